@@ -1,3 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bundle;
+pub mod canonical;
+pub mod decision;
+pub mod eval;
 pub mod ids;
+pub mod keys;
+pub mod policy;
+pub mod schemas;
+pub mod vectors;

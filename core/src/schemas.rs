@@ -1,0 +1,55 @@
+//! The canonical JSON Schemas (`schemas/` at the workspace root), embedded so every binary
+//! validates against exactly the files users and SIEMs read.
+
+use std::sync::OnceLock;
+
+/// `schemas/policy.schema.json`.
+pub const POLICY: &str = include_str!("../../schemas/policy.schema.json");
+/// `schemas/test-vectors.schema.json`.
+pub const TEST_VECTORS: &str = include_str!("../../schemas/test-vectors.schema.json");
+/// `schemas/decision.schema.json`.
+pub const DECISION: &str = include_str!("../../schemas/decision.schema.json");
+/// `schemas/decide-input.schema.json`.
+pub const DECIDE_INPUT: &str = include_str!("../../schemas/decide-input.schema.json");
+
+fn compile(text: &str) -> Option<jsonschema::Validator> {
+    let schema: serde_json::Value = serde_json::from_str(text).ok()?;
+    jsonschema::validator_for(&schema).ok()
+}
+
+/// The compiled policy schema (`None` only if the embedded file is broken, which a test rules out).
+pub fn policy_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(POLICY)).as_ref()
+}
+
+/// The compiled test-vector schema.
+pub fn test_vectors_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(TEST_VECTORS)).as_ref()
+}
+
+/// The compiled decision schema.
+pub fn decision_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(DECISION)).as_ref()
+}
+
+/// The compiled decide-input schema.
+pub fn decide_input_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(DECIDE_INPUT)).as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_schemas_compile() {
+        assert!(policy_validator().is_some());
+        assert!(test_vectors_validator().is_some());
+        assert!(decision_validator().is_some());
+        assert!(decide_input_validator().is_some());
+    }
+}
