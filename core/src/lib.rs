@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod canonical;
 pub mod decision;
+pub mod diff;
 pub mod eval;
 pub mod ids;
 pub mod keys;
