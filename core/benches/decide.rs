@@ -5,7 +5,13 @@
 //! - `raw_rvm`: regorus' RVM executing the same program on a pre-built input value — exactly
 //!   what `decide` runs, minus Aegis' input conversion and decision decoding;
 //! - `raw_interpreter`: regorus' tree-walking `CompiledPolicy::eval_with_input`, for reference.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use aegis_core::decision::DecideInput;
 use aegis_core::eval::{ENTRYPOINT, EvalLimits, Evaluator, Provenance, to_rego};
@@ -47,7 +53,10 @@ fn bench(c: &mut Criterion) {
         "params": {"amount": 3000, "currency": "EUR", "memo": "invoice 1234"}, "context": {"purpose": "ops"}
     }))
     .unwrap();
-    assert_eq!(eval.decide(&input).decision, aegis_core::decision::DecisionKind::Allow);
+    assert_eq!(
+        eval.decide(&input).decision,
+        aegis_core::decision::DecisionKind::Allow
+    );
 
     // The same program, driven directly.
     let mut engine = regorus::Engine::new();
@@ -63,16 +72,31 @@ fn bench(c: &mut Criterion) {
     let raw_input = to_rego(&serde_json::to_value(&input).unwrap());
 
     let mut g = c.benchmark_group("decide_1000_agents_x_10_tools");
-    g.bench_function("aegis_decide", |b| b.iter(|| black_box(eval.decide(black_box(&input)))));
+    g.bench_function("aegis_decide", |b| {
+        b.iter(|| black_box(eval.decide(black_box(&input))))
+    });
     g.bench_function("raw_rvm", |b| {
         b.iter(|| {
             vm.set_input(black_box(raw_input.clone()));
             black_box(vm.execute().unwrap())
         })
     });
-    g.bench_function("raw_interpreter", |b| b.iter(|| black_box(policy.eval_with_input(black_box(raw_input.clone())).unwrap())));
-    let uncovered: DecideInput = serde_json::from_value(serde_json::json!({"tenant": "bench", "agent_id": "nobody", "tool_id": "x", "action": "y"})).unwrap();
-    g.bench_function("aegis_decide_default_deny", |b| b.iter(|| black_box(eval.decide(black_box(&uncovered)))));
+    g.bench_function("raw_interpreter", |b| {
+        b.iter(|| {
+            black_box(
+                policy
+                    .eval_with_input(black_box(raw_input.clone()))
+                    .unwrap(),
+            )
+        })
+    });
+    let uncovered: DecideInput = serde_json::from_value(
+        serde_json::json!({"tenant": "bench", "agent_id": "nobody", "tool_id": "x", "action": "y"}),
+    )
+    .unwrap();
+    g.bench_function("aegis_decide_default_deny", |b| {
+        b.iter(|| black_box(eval.decide(black_box(&uncovered))))
+    });
     g.finish();
 }
 

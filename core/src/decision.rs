@@ -132,7 +132,12 @@ impl Decision {
     pub fn deny(code: &str, message: impl Into<String>) -> Decision {
         Decision {
             decision: DecisionKind::Deny,
-            reasons: vec![Reason { code: code.to_owned(), message: message.into(), policy: None, rule: None }],
+            reasons: vec![Reason {
+                code: code.to_owned(),
+                message: message.into(),
+                policy: None,
+                rule: None,
+            }],
             policy: None,
             rule: None,
             params: None,

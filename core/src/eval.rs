@@ -5,8 +5,8 @@
 //! malformed result) is a deny with reason `evaluation_error`.
 
 use crate::decision::{
-    ApprovalObligation, BudgetObligation, DecideInput, Decision, DecisionKind, EVALUATION_ERROR, Obligations, RateLimitObligation,
-    Reason,
+    ApprovalObligation, BudgetObligation, DecideInput, Decision, DecisionKind, EVALUATION_ERROR,
+    Obligations, RateLimitObligation, Reason,
 };
 use crate::policy::CompiledPolicies;
 use regorus::Value;
@@ -46,7 +46,10 @@ pub struct EvalLimits {
 
 impl Default for EvalLimits {
     fn default() -> Self {
-        EvalLimits { max_instructions: 200_000, time_limit: Duration::from_millis(50) }
+        EvalLimits {
+            max_instructions: 200_000,
+            time_limit: Duration::from_millis(50),
+        }
     }
 }
 
@@ -74,7 +77,10 @@ pub struct Evaluator {
 
 impl std::fmt::Debug for Evaluator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Evaluator").field("id", &self.inner.id).field("provenance", &self.inner.provenance).finish()
+        f.debug_struct("Evaluator")
+            .field("id", &self.inner.id)
+            .field("provenance", &self.inner.provenance)
+            .finish()
     }
 }
 
@@ -95,40 +101,80 @@ const SLOTS_PER_THREAD: usize = 4;
 
 impl Evaluator {
     /// Compiles in-memory policies (a policy tree).
-    pub fn new(policies: &CompiledPolicies, provenance: Provenance, limits: EvalLimits) -> Result<Evaluator, EvalError> {
+    pub fn new(
+        policies: &CompiledPolicies,
+        provenance: Provenance,
+        limits: EvalLimits,
+    ) -> Result<Evaluator, EvalError> {
         let data = to_rego(&policies.data.to_value());
-        let modules: Vec<(String, String)> = policies.modules.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let modules: Vec<(String, String)> = policies
+            .modules
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Self::build(data, &modules, provenance, limits)
     }
 
     /// Compiles a bundle's payload files: `data.json` and every `.rego` file.
-    pub fn from_files(files: &BTreeMap<String, Vec<u8>>, provenance: Provenance, limits: EvalLimits) -> Result<Evaluator, EvalError> {
-        let data_bytes = files.get("data.json").ok_or(EvalError::MissingFile("data.json"))?;
-        let data_text = std::str::from_utf8(data_bytes).map_err(|e| EvalError::Data(e.to_string()))?;
+    pub fn from_files(
+        files: &BTreeMap<String, Vec<u8>>,
+        provenance: Provenance,
+        limits: EvalLimits,
+    ) -> Result<Evaluator, EvalError> {
+        let data_bytes = files
+            .get("data.json")
+            .ok_or(EvalError::MissingFile("data.json"))?;
+        let data_text =
+            std::str::from_utf8(data_bytes).map_err(|e| EvalError::Data(e.to_string()))?;
         let data = Value::from_json_str(data_text).map_err(|e| EvalError::Data(e.to_string()))?;
         if !files.contains_key("policy.rego") {
             return Err(EvalError::MissingFile("policy.rego"));
         }
         let mut modules = Vec::new();
         for (path, bytes) in files.iter().filter(|(p, _)| p.ends_with(".rego")) {
-            let text = std::str::from_utf8(bytes).map_err(|e| EvalError::Module { module: path.clone(), message: e.to_string() })?;
+            let text = std::str::from_utf8(bytes).map_err(|e| EvalError::Module {
+                module: path.clone(),
+                message: e.to_string(),
+            })?;
             modules.push((path.clone(), text.to_owned()));
         }
         Self::build(data, &modules, provenance, limits)
     }
 
-    fn build(data: Value, modules: &[(String, String)], provenance: Provenance, limits: EvalLimits) -> Result<Evaluator, EvalError> {
+    fn build(
+        data: Value,
+        modules: &[(String, String)],
+        provenance: Provenance,
+        limits: EvalLimits,
+    ) -> Result<Evaluator, EvalError> {
         let mut engine = regorus::Engine::new();
         for (path, text) in modules {
             engine
                 .add_policy(path.clone(), text.clone())
-                .map_err(|e| EvalError::Module { module: path.clone(), message: e.to_string() })?;
+                .map_err(|e| EvalError::Module {
+                    module: path.clone(),
+                    message: e.to_string(),
+                })?;
         }
-        engine.add_data(data.clone()).map_err(|e| EvalError::Data(e.to_string()))?;
-        let compiled = engine.compile_with_entrypoint(&ENTRYPOINT.into()).map_err(|e| EvalError::Compile(e.to_string()))?;
-        let program = Compiler::compile_from_policy(&compiled, &[ENTRYPOINT]).map_err(|e| EvalError::Compile(e.to_string()))?;
+        engine
+            .add_data(data.clone())
+            .map_err(|e| EvalError::Data(e.to_string()))?;
+        let compiled = engine
+            .compile_with_entrypoint(&ENTRYPOINT.into())
+            .map_err(|e| EvalError::Compile(e.to_string()))?;
+        let program = Compiler::compile_from_policy(&compiled, &[ENTRYPOINT])
+            .map_err(|e| EvalError::Compile(e.to_string()))?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        Ok(Evaluator { inner: Arc::new(Inner { id, compiled, program, data, limits, provenance }) })
+        Ok(Evaluator {
+            inner: Arc::new(Inner {
+                id,
+                compiled,
+                program,
+                data,
+                limits,
+                provenance,
+            }),
+        })
     }
 
     pub fn provenance(&self) -> &Provenance {
@@ -139,11 +185,18 @@ impl Evaluator {
     /// `evaluation_error`.
     pub fn decide(&self, input: &DecideInput) -> Decision {
         let mut decision = match self.eval_value(input_to_rego(input)) {
-            Ok(v) => parse_decision(&v).unwrap_or_else(|e| Decision::deny(EVALUATION_ERROR, format!("policy returned a malformed decision: {e}"))),
+            Ok(v) => parse_decision(&v).unwrap_or_else(|e| {
+                Decision::deny(
+                    EVALUATION_ERROR,
+                    format!("policy returned a malformed decision: {e}"),
+                )
+            }),
             Err(e) => Decision::deny(EVALUATION_ERROR, format!("policy evaluation failed: {e}")),
         };
         decision.policy_version = self.inner.provenance.policy_version;
-        decision.bundle_digest.clone_from(&self.inner.provenance.bundle_digest);
+        decision
+            .bundle_digest
+            .clone_from(&self.inner.provenance.bundle_digest);
         decision
     }
 
@@ -164,7 +217,9 @@ impl Evaluator {
                     slots.len() - 1
                 }
             };
-            let slot = slots.get_mut(pos).ok_or_else(|| "VM slot vanished".to_owned())?;
+            let slot = slots
+                .get_mut(pos)
+                .ok_or_else(|| "VM slot vanished".to_owned())?;
             slot.vm.set_input(input);
             let out = slot.vm.execute().map_err(|e| e.to_string())?;
             if matches!(out, Value::Undefined) {
@@ -184,16 +239,27 @@ impl Evaluator {
             limit: inner.limits.time_limit,
             check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
         }));
-        Ok(Slot { id: inner.id, owner: Arc::downgrade(inner), vm })
+        Ok(Slot {
+            id: inner.id,
+            owner: Arc::downgrade(inner),
+            vm,
+        })
     }
 }
 
 /// Checks that a custom module compiles next to the shared logic.
 pub fn check_custom_module(rego: &str) -> Result<(), String> {
     let mut engine = regorus::Engine::new();
-    engine.add_policy("policy.rego".into(), crate::policy::set::SHARED_REGO.into()).map_err(|e| e.to_string())?;
-    engine.add_policy("custom.rego".into(), rego.into()).map_err(|e| e.to_string())?;
-    engine.compile_with_entrypoint(&ENTRYPOINT.into()).map(|_| ()).map_err(|e| e.to_string())
+    engine
+        .add_policy("policy.rego".into(), crate::policy::set::SHARED_REGO.into())
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_policy("custom.rego".into(), rego.into())
+        .map_err(|e| e.to_string())?;
+    engine
+        .compile_with_entrypoint(&ENTRYPOINT.into())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 // ---- conversions ------------------------------------------------------------------------------
@@ -219,14 +285,26 @@ pub fn to_rego(v: &serde_json::Value) -> Value {
 }
 
 fn map_to_rego(o: &serde_json::Map<String, serde_json::Value>) -> Value {
-    Value::from(o.iter().map(|(k, v)| (Value::from(k.as_str()), to_rego(v))).collect::<BTreeMap<_, _>>())
+    Value::from(
+        o.iter()
+            .map(|(k, v)| (Value::from(k.as_str()), to_rego(v)))
+            .collect::<BTreeMap<_, _>>(),
+    )
 }
 
 fn input_to_rego(i: &DecideInput) -> Value {
     let mut m = BTreeMap::new();
     m.insert(Value::from("tenant"), Value::from(i.tenant.as_str()));
     m.insert(Value::from("agent_id"), Value::from(i.agent_id.as_str()));
-    m.insert(Value::from("call_chain"), Value::from(i.call_chain.iter().map(|a| Value::from(a.as_str())).collect::<Vec<_>>()));
+    m.insert(
+        Value::from("call_chain"),
+        Value::from(
+            i.call_chain
+                .iter()
+                .map(|a| Value::from(a.as_str()))
+                .collect::<Vec<_>>(),
+        ),
+    );
     m.insert(Value::from("tool_id"), Value::from(i.tool_id.as_str()));
     m.insert(Value::from("action"), Value::from(i.action.as_str()));
     m.insert(Value::from("params"), map_to_rego(&i.params));
@@ -240,7 +318,9 @@ fn from_rego(v: &Value) -> Result<serde_json::Value, String> {
 }
 
 fn string(v: &Value, what: &str) -> Result<String, String> {
-    v.as_string().map(|s| s.to_string()).map_err(|_| format!("`{what}` is not a string"))
+    v.as_string()
+        .map(|s| s.to_string())
+        .map_err(|_| format!("`{what}` is not a string"))
 }
 
 fn opt_string(v: &Value, what: &str) -> Result<Option<String>, String> {
@@ -253,15 +333,25 @@ fn opt_string(v: &Value, what: &str) -> Result<Option<String>, String> {
 fn strings(v: &Value, what: &str) -> Result<Vec<String>, String> {
     match v {
         Value::Undefined => Ok(Vec::new()),
-        _ => v.as_array().map_err(|_| format!("`{what}` is not an array"))?.iter().map(|x| string(x, what)).collect(),
+        _ => v
+            .as_array()
+            .map_err(|_| format!("`{what}` is not an array"))?
+            .iter()
+            .map(|x| string(x, what))
+            .collect(),
     }
 }
 
 fn parse_decision(v: &Value) -> Result<Decision, String> {
     let kind_s = string(&v["decision"], "decision")?;
-    let decision = DecisionKind::parse(&kind_s).ok_or_else(|| format!("unknown decision `{kind_s}`"))?;
+    let decision =
+        DecisionKind::parse(&kind_s).ok_or_else(|| format!("unknown decision `{kind_s}`"))?;
     let mut reasons = Vec::new();
-    for r in v["reasons"].as_array().map_err(|_| "`reasons` is not an array".to_owned())?.iter() {
+    for r in v["reasons"]
+        .as_array()
+        .map_err(|_| "`reasons` is not an array".to_owned())?
+        .iter()
+    {
         reasons.push(Reason {
             code: string(&r["code"], "reasons[].code")?,
             message: string(&r["message"], "reasons[].message")?,
@@ -281,16 +371,25 @@ fn parse_decision(v: &Value) -> Result<Decision, String> {
         None
     };
     let o = &v["obligations"];
-    let mut obligations = Obligations { log_mask: strings(&o["log_mask"], "obligations.log_mask")?, ..Obligations::default() };
+    let mut obligations = Obligations {
+        log_mask: strings(&o["log_mask"], "obligations.log_mask")?,
+        ..Obligations::default()
+    };
     if !matches!(o["approval"], Value::Undefined) {
-        obligations.approval = Some(ApprovalObligation { codes: strings(&o["approval"]["codes"], "obligations.approval.codes")? });
+        obligations.approval = Some(ApprovalObligation {
+            codes: strings(&o["approval"]["codes"], "obligations.approval.codes")?,
+        });
     }
     if let Ok(budgets) = o["budgets"].as_array() {
         for b in budgets.iter() {
             obligations.budgets.push(BudgetObligation {
                 param: string(&b["param"], "budgets[].param")?,
-                max: b["max"].as_f64().map_err(|_| "budgets[].max is not a number".to_owned())?,
-                window_seconds: b["window_seconds"].as_u64().map_err(|_| "budgets[].window_seconds".to_owned())?,
+                max: b["max"]
+                    .as_f64()
+                    .map_err(|_| "budgets[].max is not a number".to_owned())?,
+                window_seconds: b["window_seconds"]
+                    .as_u64()
+                    .map_err(|_| "budgets[].window_seconds".to_owned())?,
                 scope: string(&b["scope"], "budgets[].scope")?,
             });
         }
@@ -298,8 +397,12 @@ fn parse_decision(v: &Value) -> Result<Decision, String> {
     if let Ok(limits) = o["rate_limits"].as_array() {
         for l in limits.iter() {
             obligations.rate_limits.push(RateLimitObligation {
-                calls: l["calls"].as_u64().map_err(|_| "rate_limits[].calls".to_owned())?,
-                window_seconds: l["window_seconds"].as_u64().map_err(|_| "rate_limits[].window_seconds".to_owned())?,
+                calls: l["calls"]
+                    .as_u64()
+                    .map_err(|_| "rate_limits[].calls".to_owned())?,
+                window_seconds: l["window_seconds"]
+                    .as_u64()
+                    .map_err(|_| "rate_limits[].window_seconds".to_owned())?,
                 scope: string(&l["scope"], "rate_limits[].scope")?,
             });
         }

@@ -66,11 +66,22 @@ pub fn validate_vectors(src: &SourceFile) -> Result<VectorFile, Diagnostics> {
     }
     match serde_json::from_value::<VectorDocument>(src.value.clone()) {
         Ok(doc) => {
-            let lines = (0..doc.vectors.len()).map(|i| src.locator.locate(&format!("/vectors/{i}")).map(|p| p.0)).collect();
-            Ok(VectorFile { path: src.path.clone(), vectors: doc.vectors, lines })
+            let lines = (0..doc.vectors.len())
+                .map(|i| src.locator.locate(&format!("/vectors/{i}")).map(|p| p.0))
+                .collect();
+            Ok(VectorFile {
+                path: src.path.clone(),
+                vectors: doc.vectors,
+                lines,
+            })
         }
         Err(e) => {
-            diags.push(src.locator.diagnostic(&src.path, "", format!("not a valid test vector file: {e}"), None));
+            diags.push(src.locator.diagnostic(
+                &src.path,
+                "",
+                format!("not a valid test vector file: {e}"),
+                None,
+            ));
             Err(diags)
         }
     }
@@ -105,7 +116,11 @@ pub fn check(eval: &Evaluator, v: &Vector) -> (Decision, Vec<Mismatch>) {
     let d = eval.decide(&v.input);
     let mut m = Vec::new();
     if d.decision != v.expect.decision {
-        m.push(Mismatch { what: "decision", expected: v.expect.decision.to_string(), actual: d.decision.to_string() });
+        m.push(Mismatch {
+            what: "decision",
+            expected: v.expect.decision.to_string(),
+            actual: d.decision.to_string(),
+        });
     }
     if let Some(want) = &v.expect.reasons {
         let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
@@ -113,28 +128,44 @@ pub fn check(eval: &Evaluator, v: &Vector) -> (Decision, Vec<Mismatch>) {
         want.sort_unstable();
         got.sort_unstable();
         if want != got {
-            m.push(Mismatch { what: "reasons", expected: want.join(", "), actual: got.join(", ") });
-        }
-    }
-    if let Some(want) = &v.expect.params {
-        if d.params.as_ref() != Some(want) {
             m.push(Mismatch {
-                what: "params",
-                expected: Value::Object(want.clone()).to_string(),
-                actual: d.params.clone().map(|p| Value::Object(p).to_string()).unwrap_or_else(|| "(none)".into()),
+                what: "reasons",
+                expected: want.join(", "),
+                actual: got.join(", "),
             });
         }
+    }
+    if let Some(want) = &v.expect.params
+        && d.params.as_ref() != Some(want)
+    {
+        m.push(Mismatch {
+            what: "params",
+            expected: Value::Object(want.clone()).to_string(),
+            actual: d
+                .params
+                .clone()
+                .map(|p| Value::Object(p).to_string())
+                .unwrap_or_else(|| "(none)".into()),
+        });
     }
     if let Some(want) = &v.expect.logged_params {
         let got = d.logged_params(&v.input.params);
         if &got != want {
-            m.push(Mismatch { what: "logged_params", expected: Value::Object(want.clone()).to_string(), actual: Value::Object(got).to_string() });
+            m.push(Mismatch {
+                what: "logged_params",
+                expected: Value::Object(want.clone()).to_string(),
+                actual: Value::Object(got).to_string(),
+            });
         }
     }
-    if let Some(want) = &v.expect.rule {
-        if d.rule.as_deref() != Some(want.as_str()) {
-            m.push(Mismatch { what: "rule", expected: want.clone(), actual: d.rule.clone().unwrap_or_else(|| "(none)".into()) });
-        }
+    if let Some(want) = &v.expect.rule
+        && d.rule.as_deref() != Some(want.as_str())
+    {
+        m.push(Mismatch {
+            what: "rule",
+            expected: want.clone(),
+            actual: d.rule.clone().unwrap_or_else(|| "(none)".into()),
+        });
     }
     (d, m)
 }
@@ -145,7 +176,13 @@ pub fn run_all(eval: &Evaluator, files: &[VectorFile]) -> Vec<VectorResult> {
     for f in files {
         for (i, v) in f.vectors.iter().enumerate() {
             let (decision, mismatches) = check(eval, v);
-            out.push(VectorResult { file: f.path.clone(), line: f.lines.get(i).copied().flatten(), name: v.name.clone(), decision, mismatches });
+            out.push(VectorResult {
+                file: f.path.clone(),
+                line: f.lines.get(i).copied().flatten(),
+                name: v.name.clone(),
+                decision,
+                mismatches,
+            });
         }
     }
     out

@@ -1,5 +1,10 @@
 //! The evaluator end to end: policy text → validation → compile → RVM → typed decision.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use aegis_core::decision::{DecideInput, DecisionKind};
 use aegis_core::eval::{EvalLimits, Evaluator, Provenance};
@@ -47,7 +52,15 @@ fn evaluator(docs: &[&str]) -> Evaluator {
         })
         .collect();
     let set = PolicySet::from_documents(docs).unwrap();
-    Evaluator::new(&set.compile(), Provenance { policy_version: Some(7), bundle_digest: Some("sha256:ab".into()) }, EvalLimits::default()).unwrap()
+    Evaluator::new(
+        &set.compile(),
+        Provenance {
+            policy_version: Some(7),
+            bundle_digest: Some("sha256:ab".into()),
+        },
+        EvalLimits::default(),
+    )
+    .unwrap()
 }
 
 fn input(v: serde_json::Value) -> DecideInput {
@@ -72,15 +85,30 @@ fn thresholds_give_allow_approval_and_deny() {
     assert_eq!(allow.obligations.budgets.len(), 1);
     assert_eq!(allow.obligations.rate_limits[0].calls, 10);
 
-    let approval = e.decide(&input(json!({"params": {"amount": 6000, "currency": "USD"}})));
+    let approval = e.decide(&input(
+        json!({"params": {"amount": 6000, "currency": "USD"}}),
+    ));
     assert_eq!(approval.decision, DecisionKind::ApprovalNeeded);
     assert_eq!(approval.codes(), ["amount_requires_approval"]);
-    assert_eq!(approval.obligations.approval.as_ref().unwrap().codes, ["amount_requires_approval"]);
+    assert_eq!(
+        approval.obligations.approval.as_ref().unwrap().codes,
+        ["amount_requires_approval"]
+    );
 
-    let deny = e.decide(&input(json!({"params": {"amount": 50000, "currency": "USD"}})));
+    let deny = e.decide(&input(
+        json!({"params": {"amount": 50000, "currency": "USD"}}),
+    ));
     assert_eq!(deny.decision, DecisionKind::Deny);
-    assert_eq!(deny.codes(), ["amount_over_limit"], "deny wins and approval reasons are not mixed in");
-    assert!(deny.reasons[0].message.contains("at most 25000"), "{:?}", deny.reasons);
+    assert_eq!(
+        deny.codes(),
+        ["amount_over_limit"],
+        "deny wins and approval reasons are not mixed in"
+    );
+    assert!(
+        deny.reasons[0].message.contains("at most 25000"),
+        "{:?}",
+        deny.reasons
+    );
 }
 
 #[test]
@@ -90,15 +118,32 @@ fn every_violation_is_reported() {
     assert_eq!(d.decision, DecisionKind::Deny);
     let mut codes = d.codes();
     codes.sort_unstable();
-    assert_eq!(codes, ["amount_over_limit", "currency_not_allowed", "forbidden_caller"]);
+    assert_eq!(
+        codes,
+        [
+            "amount_over_limit",
+            "currency_not_allowed",
+            "forbidden_caller"
+        ]
+    );
 }
 
 #[test]
 fn caller_constraints() {
     let e = evaluator(&[FINANCE]);
-    assert_eq!(e.decide(&input(json!({"call_chain": ["mallory"]}))).codes(), ["caller_not_allowed"]);
-    assert_eq!(e.decide(&input(json!({"call_chain": ["a", "b", "c", "planner"]}))).codes(), ["chain_too_deep"]);
-    assert_eq!(e.decide(&input(json!({"call_chain": []}))).decision, DecisionKind::Allow);
+    assert_eq!(
+        e.decide(&input(json!({"call_chain": ["mallory"]}))).codes(),
+        ["caller_not_allowed"]
+    );
+    assert_eq!(
+        e.decide(&input(json!({"call_chain": ["a", "b", "c", "planner"]})))
+            .codes(),
+        ["chain_too_deep"]
+    );
+    assert_eq!(
+        e.decide(&input(json!({"call_chain": []}))).decision,
+        DecisionKind::Allow
+    );
 }
 
 #[test]
@@ -106,9 +151,18 @@ fn missing_and_mistyped_values_violate() {
     let e = evaluator(&[FINANCE]);
     let d = e.decide(&input(json!({"params": {"currency": "USD"}})));
     assert_eq!(d.decision, DecisionKind::Deny);
-    assert!(d.reasons.iter().any(|r| r.message.contains("is required")), "{d:?}");
-    let d = e.decide(&input(json!({"params": {"amount": "3000", "currency": "USD"}})));
-    assert_eq!(d.decision, DecisionKind::Deny, "a string is not a number: {d:?}");
+    assert!(
+        d.reasons.iter().any(|r| r.message.contains("is required")),
+        "{d:?}"
+    );
+    let d = e.decide(&input(
+        json!({"params": {"amount": "3000", "currency": "USD"}}),
+    ));
+    assert_eq!(
+        d.decision,
+        DecisionKind::Deny,
+        "a string is not a number: {d:?}"
+    );
 }
 
 #[test]
@@ -136,8 +190,15 @@ fn log_masking() {
 fn wildcard_action_and_default_deny() {
     let e = evaluator(&[FINANCE]);
     let d = e.decide(&input(json!({"action": "get_balance", "params": {}})));
-    assert_eq!((d.decision, d.rule.as_deref()), (DecisionKind::Allow, Some("read")));
-    for (field, value) in [("tool_id", "ledger"), ("agent_id", "other-agent"), ("tenant", "globex")] {
+    assert_eq!(
+        (d.decision, d.rule.as_deref()),
+        (DecisionKind::Allow, Some("read"))
+    );
+    for (field, value) in [
+        ("tool_id", "ledger"),
+        ("agent_id", "other-agent"),
+        ("tenant", "globex"),
+    ] {
         let d = e.decide(&input(json!({field: value})));
         assert_eq!(d.decision, DecisionKind::Deny);
         assert_eq!(d.codes(), ["no_policy"]);
@@ -170,9 +231,21 @@ spec:
         v["params"] = params;
         serde_json::from_value::<DecideInput>(v).unwrap()
     };
-    assert_eq!(e.decide(&mk(json!({"to": "a@acme.example", "size": 1}))).decision, DecisionKind::Allow);
-    assert_eq!(e.decide(&mk(json!({"to": "x@evil.example", "size": 1}))).codes(), ["external_recipient"]);
-    assert_eq!(e.decide(&mk(json!({"to": "a@acme.example", "size": 5000000}))).codes(), ["custom_policy"]);
+    assert_eq!(
+        e.decide(&mk(json!({"to": "a@acme.example", "size": 1})))
+            .decision,
+        DecisionKind::Allow
+    );
+    assert_eq!(
+        e.decide(&mk(json!({"to": "x@evil.example", "size": 1})))
+            .codes(),
+        ["external_recipient"]
+    );
+    assert_eq!(
+        e.decide(&mk(json!({"to": "a@acme.example", "size": 5000000})))
+            .codes(),
+        ["custom_policy"]
+    );
 }
 
 #[test]
@@ -193,7 +266,10 @@ spec:
     }
 "#;
     let e = evaluator(&[doc]);
-    let i: DecideInput = serde_json::from_value(json!({"tenant": "acme", "agent_id": "spin", "tool_id": "t", "action": "a"})).unwrap();
+    let i: DecideInput = serde_json::from_value(
+        json!({"tenant": "acme", "agent_id": "spin", "tool_id": "t", "action": "a"}),
+    )
+    .unwrap();
     let d = e.decide(&i);
     assert_eq!(d.decision, DecisionKind::Deny, "{d:?}");
     assert_eq!(d.codes(), ["evaluation_error"]);
@@ -207,7 +283,13 @@ fn evaluators_work_across_threads() {
             let e = e.clone();
             std::thread::spawn(move || {
                 let amount = 1000 * (i + 1);
-                (0..50).all(|_| e.decide(&input(json!({"params": {"amount": amount, "currency": "EUR"}}))).decision == DecisionKind::Allow)
+                (0..50).all(|_| {
+                    e.decide(&input(
+                        json!({"params": {"amount": amount, "currency": "EUR"}}),
+                    ))
+                    .decision
+                        == DecisionKind::Allow
+                })
             })
         })
         .collect();
@@ -222,7 +304,14 @@ fn arb_call() -> impl Strategy<Value = (String, String, String, i64, Vec<String>
         prop::sample::select(vec!["payments", "ledger", "email"]),
         prop::sample::select(vec!["create_payment", "refund", "get_balance", "send"]),
         -10i64..60_000,
-        prop::collection::vec(prop::sample::select(vec!["planner".to_owned(), "scraper".to_owned(), "mallory".to_owned()]), 0..5),
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "planner".to_owned(),
+                "scraper".to_owned(),
+                "mallory".to_owned(),
+            ]),
+            0..5,
+        ),
     )
         .prop_map(|(a, t, ac, amt, chain)| (a.to_owned(), t.to_owned(), ac.to_owned(), amt, chain))
 }

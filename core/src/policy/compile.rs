@@ -3,7 +3,9 @@
 //! call in O(1) lookups. Everything that does not depend on the request (reason sentences, the
 //! allow answer, obligations, merged caller constraints) is computed here, once, not per call.
 
-use super::model::{CallerConstraints, Condition, Effect, LimitScope, PolicyDocument, RiskTier, SanitizeStep};
+use super::model::{
+    CallerConstraints, Condition, Effect, LimitScope, PolicyDocument, RiskTier, SanitizeStep,
+};
 use super::validate::custom_package;
 use crate::ids::{AgentId, RuleId, TenantId, ToolId};
 use serde::{Deserialize, Serialize};
@@ -109,12 +111,21 @@ pub fn compile(docs: &[&PolicyDocument]) -> CompiledData {
 
 fn compile_agent(doc: &PolicyDocument) -> CompiledAgent {
     let policy = format!("{}/{}", doc.metadata.tenant, doc.metadata.name);
-    let log_mask = doc.spec.log_masking.as_ref().map(|l| l.params.clone()).unwrap_or_default();
+    let log_mask = doc
+        .spec
+        .log_masking
+        .as_ref()
+        .map(|l| l.params.clone())
+        .unwrap_or_default();
     let mut tools: BTreeMap<ToolId, BTreeMap<String, RuleId>> = BTreeMap::new();
     let mut rules = BTreeMap::new();
     for rule in &doc.spec.rules {
         for action in &rule.actions {
-            tools.entry(rule.tool_id.clone()).or_default().entry(action.clone()).or_insert_with(|| rule.id.clone());
+            tools
+                .entry(rule.tool_id.clone())
+                .or_default()
+                .entry(action.clone())
+                .or_insert_with(|| rule.id.clone());
         }
         let callers = merge_callers(doc.spec.callers.as_ref(), rule.callers.as_ref());
         let checks = rule.conditions.iter().flat_map(compile_condition).collect();
@@ -166,7 +177,11 @@ fn compile_agent(doc: &PolicyDocument) -> CompiledAgent {
         policy,
         risk_tier: doc.metadata.risk_tier,
         owner: doc.metadata.owner.clone(),
-        custom: doc.spec.custom_rego.as_deref().and_then(|r| custom_package(r).ok()),
+        custom: doc
+            .spec
+            .custom_rego
+            .as_deref()
+            .and_then(|r| custom_package(r).ok()),
         log_mask,
         tools,
         rules,
@@ -180,7 +195,10 @@ fn scope(s: LimitScope) -> &'static str {
     }
 }
 
-fn merge_callers(a: Option<&CallerConstraints>, b: Option<&CallerConstraints>) -> Option<MergedCallers> {
+fn merge_callers(
+    a: Option<&CallerConstraints>,
+    b: Option<&CallerConstraints>,
+) -> Option<MergedCallers> {
     let parts: Vec<&CallerConstraints> = a.into_iter().chain(b).collect();
     if parts.is_empty() {
         return None;
@@ -208,7 +226,11 @@ fn merge_callers(a: Option<&CallerConstraints>, b: Option<&CallerConstraints>) -
         };
     }
     m.never.sort();
-    if m == MergedCallers::default() { None } else { Some(m) }
+    if m == MergedCallers::default() {
+        None
+    } else {
+        Some(m)
+    }
 }
 
 fn num(v: f64) -> Value {
@@ -223,10 +245,25 @@ fn num(v: f64) -> Value {
 }
 
 fn compile_condition(c: &Condition) -> Vec<Check> {
-    let Some((source, path)) = c.subject() else { return Vec::new() };
+    let Some((source, path)) = c.subject() else {
+        return Vec::new();
+    };
     let last = path.rsplit('.').next().unwrap_or(path);
-    let stem: String = last.chars().map(|ch| if ch.is_ascii_alphanumeric() { ch.to_ascii_lowercase() } else { '_' }).collect();
-    let noun = if source == "params" { format!("parameter `{path}`") } else { format!("context `{path}`") };
+    let stem: String = last
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() {
+                ch.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let noun = if source == "params" {
+        format!("parameter `{path}`")
+    } else {
+        format!("context `{path}`")
+    };
     let tail = match c.on_violation {
         Effect::Deny => "",
         Effect::ApprovalNeeded => " without approval",
@@ -234,42 +271,98 @@ fn compile_condition(c: &Condition) -> Vec<Check> {
     let mut out = Vec::new();
     let mut push = |op: &str, value: Value, default_code: String, sentence: String| {
         out.push(Check {
-            path: std::iter::once(source.to_owned()).chain(path.split('.').map(str::to_owned)).collect(),
+            path: std::iter::once(source.to_owned())
+                .chain(path.split('.').map(str::to_owned))
+                .collect(),
             op: op.to_owned(),
             value,
             effect: c.on_violation,
             code: c.code.clone().unwrap_or(default_code),
             message: c.message.clone().unwrap_or(sentence),
-            missing: format!("{noun} is required{}", c.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()),
+            missing: format!(
+                "{noun} is required{}",
+                c.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
         });
     };
     let range = format!("{stem}_out_of_range");
     if let Some(v) = c.lt {
-        push("lt", num(v), range.clone(), format!("{noun} must be below {v}{tail}"));
+        push(
+            "lt",
+            num(v),
+            range.clone(),
+            format!("{noun} must be below {v}{tail}"),
+        );
     }
     if let Some(v) = c.lte {
-        push("lte", num(v), range.clone(), format!("{noun} must be at most {v}{tail}"));
+        push(
+            "lte",
+            num(v),
+            range.clone(),
+            format!("{noun} must be at most {v}{tail}"),
+        );
     }
     if let Some(v) = c.gt {
-        push("gt", num(v), range.clone(), format!("{noun} must be above {v}{tail}"));
+        push(
+            "gt",
+            num(v),
+            range.clone(),
+            format!("{noun} must be above {v}{tail}"),
+        );
     }
     if let Some(v) = c.gte {
-        push("gte", num(v), range, format!("{noun} must be at least {v}{tail}"));
+        push(
+            "gte",
+            num(v),
+            range,
+            format!("{noun} must be at least {v}{tail}"),
+        );
     }
     if let Some(v) = &c.eq {
-        push("eq", v.clone(), format!("{stem}_not_allowed"), format!("{noun} must be {v}{tail}"));
+        push(
+            "eq",
+            v.clone(),
+            format!("{stem}_not_allowed"),
+            format!("{noun} must be {v}{tail}"),
+        );
     }
     if let Some(v) = &c.one_of {
-        push("one_of", Value::Array(v.clone()), format!("{stem}_not_allowed"), format!("{noun} must be one of {}{tail}", Value::Array(v.clone())));
+        push(
+            "one_of",
+            Value::Array(v.clone()),
+            format!("{stem}_not_allowed"),
+            format!("{noun} must be one of {}{tail}", Value::Array(v.clone())),
+        );
     }
     if let Some(v) = &c.none_of {
-        push("none_of", Value::Array(v.clone()), format!("{stem}_not_allowed"), format!("{noun} must not be any of {}{tail}", Value::Array(v.clone())));
+        push(
+            "none_of",
+            Value::Array(v.clone()),
+            format!("{stem}_not_allowed"),
+            format!(
+                "{noun} must not be any of {}{tail}",
+                Value::Array(v.clone())
+            ),
+        );
     }
     if let Some(v) = &c.regex {
-        push("regex", json!(v), format!("{stem}_mismatch"), format!("{noun} must match /{v}/{tail}"));
+        push(
+            "regex",
+            json!(v),
+            format!("{stem}_mismatch"),
+            format!("{noun} must match /{v}/{tail}"),
+        );
     }
     if let Some(v) = &c.prefix {
-        push("prefix", json!(v), format!("{stem}_mismatch"), format!("{noun} must start with {v:?}{tail}"));
+        push(
+            "prefix",
+            json!(v),
+            format!("{stem}_mismatch"),
+            format!("{noun} must start with {v:?}{tail}"),
+        );
     }
     out
 }
@@ -283,7 +376,11 @@ fn compile_sanitize(steps: &[SanitizeStep]) -> Option<CompiledSanitize> {
         match step {
             SanitizeStep::Drop(p) => s.drop.push(p.clone()),
             SanitizeStep::Redact(p) => s.redact.push(p.clone()),
-            SanitizeStep::Mask(m) => s.mask.push(CompiledMask { pattern: m.pattern.clone(), replacement: m.replacement.clone(), params: m.params.clone() }),
+            SanitizeStep::Mask(m) => s.mask.push(CompiledMask {
+                pattern: m.pattern.clone(),
+                replacement: m.replacement.clone(),
+                params: m.params.clone(),
+            }),
         }
     }
     Some(s)

@@ -135,15 +135,24 @@ mod tests {
 
     #[test]
     fn pointers_become_field_paths() {
-        assert_eq!(pointer_to_field("/spec/rules/0/conditions/12/lte"), "spec.rules[0].conditions[12].lte");
+        assert_eq!(
+            pointer_to_field("/spec/rules/0/conditions/12/lte"),
+            "spec.rules[0].conditions[12].lte"
+        );
         assert_eq!(pointer_to_field(""), "");
-        assert_eq!(pointer_to_field("/metadata/labels/a~1b"), "metadata.labels.a/b");
+        assert_eq!(
+            pointer_to_field("/metadata/labels/a~1b"),
+            "metadata.labels.a/b"
+        );
     }
 
     #[test]
     fn suggests_close_names_only() {
         assert_eq!(closest("lte_", ["lt", "lte", "gte"]), Some("lte"));
-        assert_eq!(closest("on_violaton", ["on_violation", "code"]), Some("on_violation"));
+        assert_eq!(
+            closest("on_violaton", ["on_violation", "code"]),
+            Some("on_violation")
+        );
         assert_eq!(closest("zzzzzz", ["lt", "lte"]), None);
     }
 }

@@ -41,7 +41,10 @@ impl CompiledPolicies {
     /// `path -> bytes` for the bundle builder: data.json in canonical JSON, then the modules.
     pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
         let mut files = BTreeMap::new();
-        files.insert("data.json".to_owned(), crate::canonical::to_canonical_vec(&self.data.to_value()));
+        files.insert(
+            "data.json".to_owned(),
+            crate::canonical::to_canonical_vec(&self.data.to_value()),
+        );
         for (path, text) in &self.modules {
             files.insert(path.clone(), text.as_bytes().to_vec());
         }
@@ -92,7 +95,13 @@ impl PolicySet {
 
     /// Builds a set from documents already in memory (tests, the control plane).
     pub fn from_documents(docs: Vec<(PathBuf, PolicyDocument)>) -> Result<PolicySet, Diagnostics> {
-        let mut set = PolicySet { policies: docs.into_iter().map(|(path, doc)| LoadedPolicy { path, doc }).collect(), vectors: Vec::new() };
+        let mut set = PolicySet {
+            policies: docs
+                .into_iter()
+                .map(|(path, doc)| LoadedPolicy { path, doc })
+                .collect(),
+            vectors: Vec::new(),
+        };
         let mut diags = Diagnostics::default();
         set.cross_checks(&mut diags);
         diags.into_result().map(|()| set)
@@ -103,7 +112,14 @@ impl PolicySet {
             let src = source::read(path).ok();
             match src {
                 Some(src) => src.locator.diagnostic(path, field, message, hint),
-                None => Diagnostic { file: path.to_path_buf(), line: None, column: None, field: super::diagnostic::pointer_to_field(field), message, hint },
+                None => Diagnostic {
+                    file: path.to_path_buf(),
+                    line: None,
+                    column: None,
+                    field: super::diagnostic::pointer_to_field(field),
+                    message,
+                    hint,
+                },
             }
         };
         let mut agents: BTreeMap<(String, String), &Path> = BTreeMap::new();
@@ -111,23 +127,58 @@ impl PolicySet {
         let mut customs: BTreeMap<String, &Path> = BTreeMap::new();
         for p in &self.policies {
             let m = &p.doc.metadata;
-            if let Some(first) = agents.insert((m.tenant.to_string(), p.doc.spec.agent_id.to_string()), &p.path) {
-                diags.push(loc(&p.path, "/spec/agent_id", format!("agent `{}` of tenant `{}` already has a policy in {}", p.doc.spec.agent_id, m.tenant, first.display()), Some("keep one policy document per agent; merge the rules".into())));
+            if let Some(first) = agents.insert(
+                (m.tenant.to_string(), p.doc.spec.agent_id.to_string()),
+                &p.path,
+            ) {
+                diags.push(loc(
+                    &p.path,
+                    "/spec/agent_id",
+                    format!(
+                        "agent `{}` of tenant `{}` already has a policy in {}",
+                        p.doc.spec.agent_id,
+                        m.tenant,
+                        first.display()
+                    ),
+                    Some("keep one policy document per agent; merge the rules".into()),
+                ));
             }
             if let Some(first) = names.insert((m.tenant.to_string(), m.name.to_string()), &p.path) {
-                diags.push(loc(&p.path, "/metadata/name", format!("policy name `{}` is already used in tenant `{}` by {}", m.name, m.tenant, first.display()), Some("policy names are unique per tenant".into())));
+                diags.push(loc(
+                    &p.path,
+                    "/metadata/name",
+                    format!(
+                        "policy name `{}` is already used in tenant `{}` by {}",
+                        m.name,
+                        m.tenant,
+                        first.display()
+                    ),
+                    Some("policy names are unique per tenant".into()),
+                ));
             }
-            if let Some(Ok(pkg)) = p.doc.spec.custom_rego.as_deref().map(custom_package) {
-                if let Some(first) = customs.insert(pkg.clone(), &p.path) {
-                    diags.push(loc(&p.path, "/spec/custom_rego", format!("custom package `aegis.custom.{pkg}` is already defined by {}", first.display()), Some("give each custom module its own package name".into())));
-                }
+            if let Some(Ok(pkg)) = p.doc.spec.custom_rego.as_deref().map(custom_package)
+                && let Some(first) = customs.insert(pkg.clone(), &p.path)
+            {
+                diags.push(loc(
+                    &p.path,
+                    "/spec/custom_rego",
+                    format!(
+                        "custom package `aegis.custom.{pkg}` is already defined by {}",
+                        first.display()
+                    ),
+                    Some("give each custom module its own package name".into()),
+                ));
             }
         }
     }
 
     /// The tenants this set has policies for.
     pub fn tenants(&self) -> Vec<TenantId> {
-        let mut t: Vec<TenantId> = self.policies.iter().map(|p| p.doc.metadata.tenant.clone()).collect();
+        let mut t: Vec<TenantId> = self
+            .policies
+            .iter()
+            .map(|p| p.doc.metadata.tenant.clone())
+            .collect();
         t.sort();
         t.dedup();
         t
@@ -150,10 +201,13 @@ impl PolicySet {
         let mut modules = BTreeMap::new();
         modules.insert("policy.rego".to_owned(), SHARED_REGO.to_owned());
         for p in kept {
-            if let Some(rego) = &p.doc.spec.custom_rego {
-                if let Ok(pkg) = custom_package(rego) {
-                    modules.insert(format!("custom/{}/{pkg}.rego", p.doc.metadata.tenant), rego.clone());
-                }
+            if let Some(rego) = &p.doc.spec.custom_rego
+                && let Ok(pkg) = custom_package(rego)
+            {
+                modules.insert(
+                    format!("custom/{}/{pkg}.rego", p.doc.metadata.tenant),
+                    rego.clone(),
+                );
             }
         }
         CompiledPolicies { data, modules }

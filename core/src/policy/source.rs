@@ -1,6 +1,9 @@
 //! Reading policy sources: YAML or JSON text into a JSON value, plus a locator that maps every
 //! field path back to its line and column so errors can point at the source.
 
+// Diagnostics are returned by value on the (cold) error path; boxing them buys nothing.
+#![allow(clippy::result_large_err)]
+
 use super::diagnostic::Diagnostic;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,15 +37,16 @@ impl Locator {
             Seq { ptr: String, index: usize },
         }
         let mut stack: Vec<Frame> = Vec::new();
-        loop {
-            let Ok((event, mark)) = parser.next_token() else { break };
+        while let Ok((event, mark)) = parser.next_token() {
             let pos = (mark.line(), mark.col() + 1);
             // Where does a value that starts here live?
-            let child_ptr = |stack: &mut Vec<Frame>, positions: &mut HashMap<String, (usize, usize)>| -> Option<String> {
+            let child_ptr = |stack: &mut Vec<Frame>,
+                             positions: &mut HashMap<String, (usize, usize)>|
+             -> Option<String> {
                 match stack.last_mut() {
-                    Some(Frame::Map { ptr, key }) => key.take().map(|k| {
-                        format!("{ptr}/{}", k.replace('~', "~0").replace('/', "~1"))
-                    }),
+                    Some(Frame::Map { ptr, key }) => key
+                        .take()
+                        .map(|k| format!("{ptr}/{}", k.replace('~', "~0").replace('/', "~1"))),
                     Some(Frame::Seq { ptr, index }) => {
                         let p = format!("{ptr}/{index}");
                         *index += 1;
@@ -58,7 +62,8 @@ impl Locator {
                     let is_key = matches!(stack.last(), Some(Frame::Map { key: None, .. }));
                     if is_key {
                         if let Some(Frame::Map { ptr, key }) = stack.last_mut() {
-                            let p = format!("{ptr}/{}", value.replace('~', "~0").replace('/', "~1"));
+                            let p =
+                                format!("{ptr}/{}", value.replace('~', "~0").replace('/', "~1"));
                             positions.entry(p).or_insert(pos);
                             *key = Some(value);
                         }
@@ -105,7 +110,13 @@ impl Locator {
     }
 
     /// A diagnostic at `pointer` in `file`.
-    pub fn diagnostic(&self, file: &Path, pointer: &str, message: impl Into<String>, hint: Option<String>) -> Diagnostic {
+    pub fn diagnostic(
+        &self,
+        file: &Path,
+        pointer: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> Diagnostic {
         let pos = self.locate(pointer);
         Diagnostic {
             file: file.to_path_buf(),
@@ -149,15 +160,28 @@ pub fn parse(path: &Path, text: String) -> Result<SourceFile, Diagnostic> {
     };
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_str(&text).map_err(|e| {
-            syntax(Some(e.line()), Some(e.column()), format!("invalid JSON: {e}"))
+            syntax(
+                Some(e.line()),
+                Some(e.column()),
+                format!("invalid JSON: {e}"),
+            )
         })?,
         Format::Yaml => yaml_serde::from_str(&text).map_err(|e| {
             let loc = e.location();
-            syntax(loc.as_ref().map(|l| l.line()), loc.as_ref().map(|l| l.column()), format!("invalid YAML: {e}"))
+            syntax(
+                loc.as_ref().map(|l| l.line()),
+                loc.as_ref().map(|l| l.column()),
+                format!("invalid YAML: {e}"),
+            )
         })?,
     };
     let locator = Locator::from_text(&text);
-    Ok(SourceFile { path: path.to_path_buf(), text, value, locator })
+    Ok(SourceFile {
+        path: path.to_path_buf(),
+        text,
+        value,
+        locator,
+    })
 }
 
 /// Reads and parses one file.
@@ -199,7 +223,11 @@ fn walk(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), Diagn
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
+            .filter(|p| {
+                !p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+            })
             .collect();
         entries.sort();
         for e in entries {
@@ -221,9 +249,15 @@ mod tests {
         let l = Locator::from_text(text);
         assert_eq!(l.locate("/apiVersion"), Some((1, 1)));
         assert_eq!(l.locate("/spec/rules/0/id").map(|p| p.0), Some(4));
-        assert_eq!(l.locate("/spec/rules/0/conditions/0/lte").map(|p| p.0), Some(7));
+        assert_eq!(
+            l.locate("/spec/rules/0/conditions/0/lte").map(|p| p.0),
+            Some(7)
+        );
         // unknown child falls back to the nearest ancestor
-        assert_eq!(l.locate("/spec/rules/0/conditions/0/nope").map(|p| p.0), Some(6));
+        assert_eq!(
+            l.locate("/spec/rules/0/conditions/0/nope").map(|p| p.0),
+            Some(6)
+        );
     }
 
     #[test]
