@@ -1,1 +1,15 @@
 #![doc = include_str!("../README.md")]
+//!
+//! Every command is a library function taking its options and a writer for its output and
+//! returning an [`exit::Exit`] code (or an [`exit::CliError`] carrying one); `main.rs` only
+//! parses arguments.
+
+pub mod bundle;
+pub mod diff;
+pub mod eval;
+pub mod exit;
+pub mod init;
+pub mod keys;
+pub mod lint;
+pub mod output;
+pub mod test;
