@@ -44,8 +44,13 @@ decide := covered if {
 	}],
 	"policy": null,
 	"rule": null,
-	"obligations": {},
+	"obligations": {"log_mask": known_log_mask},
 }
+
+# An uncovered call of a known agent still honours the agent's decision-log masking.
+default known_log_mask := []
+
+known_log_mask := agent.log_mask
 
 reason(code, message) := {"code": code, "message": message, "policy": policy_name, "rule": rule_id}
 
@@ -187,7 +192,8 @@ approval_reasons := [v.reason | some v in violation; v.effect == "approval_neede
 
 kept_params := object.remove(input.params, array.concat(rule.sanitize.drop, rule.sanitize.redact))
 
-redacted_params := object.union(kept_params, {k: "[REDACTED]" | some k in rule.sanitize.redact; input.params[k]})
+# Key membership, not `input.params[k]`: a parameter whose value is false is present too.
+redacted_params := object.union(kept_params, {k: "[REDACTED]" | some k in rule.sanitize.redact; k in object.keys(input.params)})
 
 sanitized := {k: mask_value(k, v) | some k, v in redacted_params}
 

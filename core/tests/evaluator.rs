@@ -346,3 +346,26 @@ proptest! {
         prop_assert!(rank(b) <= rank(a), "base {a:?} became {b:?}");
     }
 }
+
+#[test]
+fn uncovered_calls_of_a_known_agent_still_mask_the_log() {
+    let e = evaluator(&[FINANCE]);
+    let i = input(json!({"tool_id": "ledger"}));
+    let d = e.decide(&i);
+    assert_eq!(d.codes(), ["no_policy"]);
+    assert_eq!(d.logged_params(&i.params)["account_number"], "[MASKED]");
+}
+
+#[test]
+fn redact_keeps_falsy_parameters_redacted_not_dropped() {
+    let doc = FINANCE.replace(
+        "        - drop: debug\n",
+        "        - drop: debug\n        - redact: flag\n",
+    );
+    let e = evaluator(&[&doc]);
+    let d = e.decide(&input(
+        json!({"params": {"amount": 10, "currency": "USD", "flag": false}}),
+    ));
+    assert_eq!(d.decision, DecisionKind::Sanitize, "{d:?}");
+    assert_eq!(d.params.unwrap()["flag"], "[REDACTED]");
+}
