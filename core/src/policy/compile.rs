@@ -53,18 +53,9 @@ pub struct CompiledRule {
     pub sanitized: Value,
 }
 
-/// Policy-level and rule-level caller constraints combined: both must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MergedCallers {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_direct: Option<Vec<AgentId>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub never: Vec<AgentId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_depth: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_depth: Option<u32>,
-}
+/// Policy-level and rule-level caller constraints combined (both must hold): the same shape as
+/// a document's `callers`, with the lists intersected / united and the depths tightened.
+pub type MergedCallers = CallerConstraints;
 
 /// One operator on one value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
