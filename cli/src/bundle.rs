@@ -16,22 +16,37 @@ use std::path::PathBuf;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Options for [`build_cmd`].
-#[derive(Debug, Clone)]
+/// Options for [`build_cmd`]; also the `aegisctl bundle build` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
+    /// Policy files or directory trees
+    #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    #[arg(long)]
     pub tenant: TenantId,
+    /// Bundle version (>= 1, above every version published for the tenant)
+    #[arg(long)]
     pub version: u64,
-    /// Signing key file (`<name>.key.json`).
+    /// Signing key file (<name>.key.json)
+    #[arg(long)]
     pub key: PathBuf,
+    /// Output file (.tar.gz)
+    #[arg(long)]
     pub out: PathBuf,
-    /// RFC 3339; `None` = now (printed, so the build can be reproduced).
+    /// RFC 3339 creation time [default: now, printed so the build can be reproduced]
+    #[arg(long)]
     pub created_at: Option<String>,
+    /// RFC 3339 expiry time
+    #[arg(long)]
     pub expires_at: Option<String>,
-    /// `None` = `$USER`, else `aegisctl`.
+    /// Author [default: $USER, else "aegisctl"]
+    #[arg(long)]
     pub author: Option<String>,
+    /// Change (request) id the bundle is built from
+    #[arg(long)]
     pub change: Option<String>,
-    /// Build even if the tenant's vectors fail.
+    /// Build even if the tenant's test vectors fail
+    #[arg(long)]
     pub skip_tests: bool,
 }
 

@@ -118,36 +118,7 @@ enum BundleCommand {
     #[command(
         after_help = "Example:\n  aegisctl bundle build policies/ --tenant acme --version 4 --key keys/signing.key.json \\\n      --out acme-v4.tar.gz --created-at 2025-06-01T00:00:00Z --change CR-1234\n\nThe same inputs and --created-at give byte-identical bundles."
     )]
-    Build {
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        #[arg(long)]
-        tenant: TenantId,
-        /// Bundle version (>= 1, above every version published for the tenant)
-        #[arg(long)]
-        version: u64,
-        /// Signing key file (<name>.key.json)
-        #[arg(long)]
-        key: PathBuf,
-        /// Output file (.tar.gz)
-        #[arg(long)]
-        out: PathBuf,
-        /// RFC 3339 creation time [default: now, printed]
-        #[arg(long)]
-        created_at: Option<String>,
-        /// RFC 3339 expiry time
-        #[arg(long)]
-        expires_at: Option<String>,
-        /// Author [default: $USER, else "aegisctl"]
-        #[arg(long)]
-        author: Option<String>,
-        /// Change (request) id the bundle is built from
-        #[arg(long)]
-        change: Option<String>,
-        /// Build even if the tenant's test vectors fail
-        #[arg(long)]
-        skip_tests: bool,
-    },
+    Build(bundle::BuildArgs),
     /// Verify a bundle as a gateway would (signature, hashes, tenant, high-water, expiry)
     #[command(
         after_help = "Example:\n  aegisctl bundle verify acme-v4.tar.gz --trust trust/ --tenant acme \\\n      --high-water 3 --high-water-digest sha256:...\n\nExit 0 when verified, 1 when rejected."
@@ -253,32 +224,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> aegisctl::exit::CliResult {
                 out,
             )
         }
-        Command::Bundle(BundleCommand::Build {
-            paths,
-            tenant,
-            version,
-            key,
-            out: file,
-            created_at,
-            expires_at,
-            author,
-            change,
-            skip_tests,
-        }) => bundle::build_cmd(
-            &bundle::BuildArgs {
-                paths,
-                tenant,
-                version,
-                key,
-                out: file,
-                created_at,
-                expires_at,
-                author,
-                change,
-                skip_tests,
-            },
-            out,
-        ),
+        Command::Bundle(BundleCommand::Build(args)) => bundle::build_cmd(&args, out),
         Command::Bundle(BundleCommand::Verify {
             file,
             trust,
