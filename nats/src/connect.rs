@@ -183,6 +183,23 @@ pub enum ConnectError {
 
 /// Connects: one bounded attempt per URL; after that, reconnects forever.
 pub async fn connect(options: &ConnectOptions) -> Result<async_nats::Client, ConnectError> {
+    connect_inner(options, None).await
+}
+
+/// [`connect`], and forwards the client's events (disconnects, reconnects, server errors such
+/// as permission violations, slow consumers) to `events`. Events are dropped, not waited for,
+/// when the channel is full.
+pub async fn connect_with_events(
+    options: &ConnectOptions,
+    events: tokio::sync::mpsc::Sender<async_nats::Event>,
+) -> Result<async_nats::Client, ConnectError> {
+    connect_inner(options, Some(events)).await
+}
+
+async fn connect_inner(
+    options: &ConnectOptions,
+    events: Option<tokio::sync::mpsc::Sender<async_nats::Event>>,
+) -> Result<async_nats::Client, ConnectError> {
     let addrs = options.server_addrs()?;
     let mut nats = match &options.creds {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
@@ -202,6 +219,14 @@ pub async fn connect(options: &ConnectOptions) -> Result<async_nats::Client, Con
         }
         (Some(_), None) => return Err(ConnectError::IncompleteUserPassword { given: "user" }),
         (None, None) => {}
+    }
+    if let Some(events) = events {
+        nats = nats.event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.try_send(event);
+            }
+        });
     }
     let nats = nats
         .name(&options.name)

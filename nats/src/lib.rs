@@ -6,7 +6,7 @@ pub mod provision;
 pub mod publish;
 pub mod topology;
 
-pub use connect::{ConnectError, ConnectOptions, connect, jetstream};
+pub use connect::{ConnectError, ConnectOptions, connect, connect_with_events, jetstream};
 pub use provision::{
     Outcome, ProvisionError, ProvisionOptions, ProvisionReport, ResourceKind, provision,
     provision_with,

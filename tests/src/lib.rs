@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod nats_cluster;
 pub mod nats_server;
 
+pub use nats_cluster::NatsCluster;
 pub use nats_server::{NatsServer, NatsServerError, NatsServerOptions};

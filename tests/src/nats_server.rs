@@ -133,6 +133,27 @@ pub enum NatsServerError {
     /// An operation that needs a running process was called after [`NatsServer::kill`].
     #[error("nats-server is not running")]
     NotRunning,
+    /// A cluster node index out of range.
+    #[error("no node {index} in a cluster of {size}")]
+    NoSuchNode {
+        /// The index asked for.
+        index: usize,
+        /// The cluster size.
+        size: usize,
+    },
+    /// A cluster size the fixture does not start.
+    #[error("a cluster needs 1 to 5 nodes, not {0}")]
+    BadClusterSize(usize),
+    /// The cluster's nodes run, but JetStream has no meta leader or a node is not healthy.
+    #[error("nats cluster not ready after {timeout:?} (last problem: {last}); logs:\n{logs}")]
+    ClusterNotReady {
+        /// The timeout.
+        timeout: Duration,
+        /// The last readiness probe failure.
+        last: String,
+        /// The end of every node's log.
+        logs: String,
+    },
 }
 
 impl fmt::Debug for NatsServerError {
@@ -142,13 +163,13 @@ impl fmt::Debug for NatsServerError {
 }
 
 impl NatsServerError {
-    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
     }
 
     /// True when startup failed because a picked port was taken in the meantime.
-    fn is_port_conflict(&self) -> bool {
+    pub(crate) fn is_port_conflict(&self) -> bool {
         match self {
             Self::Exited { log, .. } | Self::NotReady { log, .. } => {
                 log.contains("address already in use")
@@ -225,6 +246,19 @@ pub fn find_binary() -> Result<PathBuf> {
     Err(NatsServerError::NotFound {
         searched: searched.join(", "),
     })
+}
+
+/// [`find_binary`], then checks its version is at least [`MIN_VERSION`].
+pub fn checked_binary() -> Result<(PathBuf, Version)> {
+    let binary = find_binary()?;
+    let version = binary_version(&binary)?;
+    if version < MIN_VERSION {
+        return Err(NatsServerError::TooOld {
+            path: binary,
+            found: version,
+        });
+    }
+    Ok((binary, version))
 }
 
 /// Runs `<binary> --version` and parses the answer.
@@ -312,8 +346,12 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16,
 pub struct NatsServerOptions {
     /// How long to wait for the server to accept clients with JetStream enabled.
     pub startup_timeout: Duration,
-    /// Extra lines appended to the generated config (accounts, limits, ...).
+    /// Extra lines appended to the generated config (accounts, limits, ...): for example the
+    /// text of `nats/conf/accounts.conf` (`aegis_nats::conf::ACCOUNTS_CONF`).
     pub extra_config: String,
+    /// Environment variables set for the server process (the passwords `accounts.conf`
+    /// refers to as `$AEGIS_NATS_..._PASSWORD`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for NatsServerOptions {
@@ -321,8 +359,44 @@ impl Default for NatsServerOptions {
         Self {
             startup_timeout: Duration::from_secs(30),
             extra_config: String::new(),
+            env: Vec::new(),
         }
     }
+}
+
+impl NatsServerOptions {
+    /// Appends `text` to [`NatsServerOptions::extra_config`].
+    pub fn with_config(mut self, text: &str) -> Self {
+        self.extra_config.push_str(text);
+        self.extra_config.push('\n');
+        self
+    }
+
+    /// Adds an environment variable for the server process.
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// The cluster part of a node's config (see [`crate::NatsCluster`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterSpec {
+    /// Cluster name, shared by every node.
+    pub name: String,
+    /// This node's route port.
+    pub port: u16,
+    /// Every node's route port (this one included).
+    pub routes: Vec<u16>,
+}
+
+/// What one server's generated config is made of.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSpec {
+    pub server_name: String,
+    pub port: u16,
+    pub monitor_port: u16,
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// A running `nats-server` with JetStream, owned by a test. See the module docs.
@@ -339,6 +413,7 @@ pub struct NatsServer {
     stderr_file: PathBuf,
     info: Value,
     startup_timeout: Duration,
+    env: Vec<(String, String)>,
     // Last, so the directory is removed after the process is gone (see `Drop`).
     dir: Option<TempDir>,
 }
@@ -351,14 +426,7 @@ impl NatsServer {
 
     /// Starts a single JetStream server on free loopback ports.
     pub fn start_with(options: NatsServerOptions) -> Result<Self> {
-        let binary = find_binary()?;
-        let version = binary_version(&binary)?;
-        if version < MIN_VERSION {
-            return Err(NatsServerError::TooOld {
-                path: binary,
-                found: version,
-            });
-        }
+        let (binary, version) = checked_binary()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -371,6 +439,25 @@ impl NatsServer {
 
     fn try_start(binary: &Path, version: Version, options: &NatsServerOptions) -> Result<Self> {
         let (port, monitor_port) = free_port_pair()?;
+        let spec = NodeSpec {
+            server_name: format!("aegis-test-{port}"),
+            port,
+            monitor_port,
+            cluster: None,
+        };
+        let mut server = Self::prepare(binary, version, &spec, options)?;
+        // On error `server` is dropped here, which kills the process and removes the dir.
+        server.spawn_and_wait()?;
+        Ok(server)
+    }
+
+    /// Creates the temp dir, store and config of one server, without starting it.
+    pub(crate) fn prepare(
+        binary: &Path,
+        version: Version,
+        spec: &NodeSpec,
+        options: &NatsServerOptions,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("aegis-nats-")
             .tempdir()
@@ -385,6 +472,23 @@ impl NatsServer {
             store_dir.display()
         )))?;
 
+        let cluster = match &spec.cluster {
+            None => String::new(),
+            Some(cluster) => {
+                let routes: Vec<String> = cluster
+                    .routes
+                    .iter()
+                    .map(|port| quote(&format!("nats-route://127.0.0.1:{port}")))
+                    .collect();
+                format!(
+                    "cluster {{\n  name: {name}\n  listen: \"127.0.0.1:{port}\"\n  \
+                     routes: [{routes}]\n}}\n",
+                    name = quote(&cluster.name),
+                    port = cluster.port,
+                    routes = routes.join(", "),
+                )
+            }
+        };
         let config = format!(
             "# generated by aegis-tests\n\
              server_name: {name}\n\
@@ -392,8 +496,11 @@ impl NatsServer {
              http: \"127.0.0.1:{monitor_port}\"\n\
              log_file: {log}\n\
              jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n\
+             {cluster}\
              {extra}\n",
-            name = quote(&format!("aegis-test-{port}")),
+            name = quote(&spec.server_name),
+            port = spec.port,
+            monitor_port = spec.monitor_port,
             log = quote_path(&log_file)?,
             store = quote_path(&store_dir)?,
             extra = options.extra_config,
@@ -403,26 +510,31 @@ impl NatsServer {
             config_file.display()
         )))?;
 
-        let mut server = Self {
+        Ok(Self {
             child: None,
             binary: binary.to_owned(),
             version,
-            port,
-            monitor_port,
+            port: spec.port,
+            monitor_port: spec.monitor_port,
             config_file,
             store_dir,
             log_file,
             stderr_file,
             info: Value::Null,
             startup_timeout: options.startup_timeout,
+            env: options.env.clone(),
             dir: Some(dir),
-        };
-        // On error `server` is dropped here, which kills the process and removes the dir.
-        server.spawn_and_wait()?;
-        Ok(server)
+        })
     }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.info = self.wait_ready()?;
+        Ok(())
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         let stderr = fs::File::create(&self.stderr_file).map_err(NatsServerError::io(format!(
             "creating {}",
             self.stderr_file.display()
@@ -433,6 +545,7 @@ impl NatsServer {
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.config_file)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -442,6 +555,11 @@ impl NatsServer {
                 self.binary.display()
             )))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for a started process (see [`NatsServer::spawn`]) and records its INFO.
+    pub(crate) fn wait_started(&mut self) -> Result<()> {
         self.info = self.wait_ready()?;
         Ok(())
     }
@@ -613,7 +731,7 @@ impl NatsServer {
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         let skip = lines.len().saturating_sub(40);
@@ -631,26 +749,38 @@ impl Drop for NatsServer {
     }
 }
 
+/// `count` distinct free loopback ports: bound to `127.0.0.1:0` together, then released.
+pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(NatsServerError::io(
+                "binding 127.0.0.1:0 to find a free port",
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| {
+            listener
+                .local_addr()
+                .map(|addr| addr.port())
+                .map_err(NatsServerError::io("reading a bound port"))
+        })
+        .collect()
+}
+
 /// Two distinct free loopback ports: bound to `127.0.0.1:0` together, then released.
 fn free_port_pair() -> Result<(u16, u16)> {
-    let bind = || {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(NatsServerError::io(
-            "binding 127.0.0.1:0 to find a free port",
-        ))
-    };
-    let port = |listener: &TcpListener| {
-        listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .map_err(NatsServerError::io("reading a bound port"))
-    };
-    let first = bind()?;
-    let second = bind()?;
-    Ok((port(&first)?, port(&second)?))
+    match free_ports(2)?.as_slice() {
+        [first, second] => Ok((*first, *second)),
+        _ => Err(NatsServerError::io("finding two free ports")(
+            std::io::Error::other("fewer ports than asked for"),
+        )),
+    }
 }
 
 /// A double-quoted config string.
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     // JSON string escaping is what the NATS config parser accepts in double quotes.
     Value::String(text.to_owned()).to_string()
 }
