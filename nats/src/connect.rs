@@ -81,7 +81,11 @@ impl ConnectOptions {
     }
 
     /// Sets user and password.
-    pub fn user_and_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn user_and_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
         self.user = Some(user.into());
         self.password = Some(password.into());
         self
@@ -234,20 +238,22 @@ async fn connect_inner(
         .connection_timeout(options.connect_timeout)
         .request_timeout(Some(options.request_timeout))
         .max_reconnects(None);
-    nats.connect(addrs).await.map_err(|source| match source.kind() {
-        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-            ConnectError::Unauthorized {
-                url: options.url.clone(),
-                user: options.user.clone(),
-                source,
+    nats.connect(addrs)
+        .await
+        .map_err(|source| match source.kind() {
+            ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                ConnectError::Unauthorized {
+                    url: options.url.clone(),
+                    user: options.user.clone(),
+                    source,
+                }
             }
-        }
-        _ => ConnectError::Unreachable {
-            url: options.url.clone(),
-            timeout: options.connect_timeout,
-            source,
-        },
-    })
+            _ => ConnectError::Unreachable {
+                url: options.url.clone(),
+                timeout: options.connect_timeout,
+                source,
+            },
+        })
 }
 
 /// The JetStream context for a client (its API timeout is the client's request timeout).
@@ -257,7 +263,12 @@ pub fn jetstream(client: async_nats::Client) -> async_nats::jetstream::Context {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
 
     #[test]

@@ -12,7 +12,7 @@ pub use provision::{
     provision_with,
 };
 pub use publish::{
-    LastMessage, Publish, PublishAck, PublishError, ReadError, last_message,
-    last_subject_sequence, publish,
+    LastMessage, Publish, PublishAck, PublishError, ReadError, last_message, last_subject_sequence,
+    publish,
 };
 pub use topology::{Topology, TopologyError};

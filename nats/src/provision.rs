@@ -358,7 +358,12 @@ async fn reconcile(
     Ok(report(kind, name, Outcome::Updated, drift))
 }
 
-fn report(kind: ResourceKind, name: &str, outcome: Outcome, fixed: Vec<FieldDrift>) -> ResourceReport {
+fn report(
+    kind: ResourceKind,
+    name: &str,
+    outcome: Outcome,
+    fixed: Vec<FieldDrift>,
+) -> ResourceReport {
     ResourceReport {
         kind,
         name: name.to_owned(),
@@ -594,12 +599,12 @@ pub fn fmt_duration(duration: Duration) -> String {
         return "unlimited".to_owned();
     }
     let ms = duration.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let secs = duration.as_secs();
     for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs % len == 0 {
+        if secs.is_multiple_of(len) {
             return format!("{}{unit}", secs / len);
         }
     }
@@ -610,10 +615,10 @@ fn fmt_size(size: i32) -> String {
     if size <= 0 {
         return "unlimited".to_owned();
     }
-    let size = i64::from(size);
-    if size % (1024 * 1024) == 0 {
+    let size = u64::from(size.unsigned_abs());
+    if size.is_multiple_of(1024 * 1024) {
         format!("{} MiB", size / (1024 * 1024))
-    } else if size % 1024 == 0 {
+    } else if size.is_multiple_of(1024) {
         format!("{} KiB", size / 1024)
     } else {
         format!("{size} bytes")
@@ -622,7 +627,12 @@ fn fmt_size(size: i32) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use crate::topology::CHANGES_STREAM;
 

@@ -318,7 +318,12 @@ pub async fn last_message(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
 
     #[test]
@@ -350,6 +355,9 @@ mod tests {
         let text = conflict.to_string();
         assert!(text.contains("someone else changed it first"), "{text}");
         assert!(text.contains("re-read it and retry"), "{text}");
-        assert!(text.contains("expected its last sequence to be 3, it is now 5"), "{text}");
+        assert!(
+            text.contains("expected its last sequence to be 3, it is now 5"),
+            "{text}"
+        );
     }
 }

@@ -148,7 +148,9 @@ fn checked_suffix(rest: &str) -> Result<&str, TopologyError> {
     }
     for token in rest.split('.') {
         if token.is_empty() {
-            return Err(err("it has an empty token (leading, trailing or double '.')"));
+            return Err(err(
+                "it has an empty token (leading, trailing or double '.')",
+            ));
         }
         checked_token("subject token", token).map_err(|_| {
             err("a token contains a wildcard ('*' or '>'), whitespace or a control character")
@@ -220,7 +222,11 @@ pub fn query_subject(tenant: &TenantId, rest: &str) -> Result<String, TopologyEr
 
 /// `<tenant>.<gateway>`: a gateway's key in [`GATEWAYS_KV`].
 pub fn gateway_kv_key(tenant: &TenantId, gateway: &str) -> Result<String, TopologyError> {
-    Ok(format!("{}.{}", tenant_token(tenant)?, gateway_token(gateway)?))
+    Ok(format!(
+        "{}.{}",
+        tenant_token(tenant)?,
+        gateway_token(gateway)?
+    ))
 }
 
 /// The deployment shape: replica count and the retention knobs. Everything else about the
@@ -416,7 +422,12 @@ pub fn kv_stream(bucket: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
 
     fn tenant(s: &str) -> TenantId {
@@ -487,7 +498,11 @@ mod tests {
                 AUDIT_STREAM
             ]
         );
-        assert!(streams.iter().all(|c| c.num_replicas == 1 && c.allow_direct));
+        assert!(
+            streams
+                .iter()
+                .all(|c| c.num_replicas == 1 && c.allow_direct)
+        );
         assert!(streams.iter().all(|c| c.deny_delete));
         let changes = single.stream_config(CHANGES_STREAM).unwrap();
         assert_eq!(changes.subjects, ["aegis.changes.>"]);
@@ -499,7 +514,10 @@ mod tests {
         assert_eq!(decisions.max_age, Duration::from_secs(30 * 86_400));
         assert!(!decisions.deny_purge);
         assert_eq!(
-            single.stream_config(BUNDLES_STREAM).unwrap().duplicate_window,
+            single
+                .stream_config(BUNDLES_STREAM)
+                .unwrap()
+                .duplicate_window,
             Duration::from_secs(600)
         );
         let cluster = Topology::cluster();

@@ -1,5 +1,10 @@
 //! Provisioning, drift, conflicts and dedup against a real nats-server.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 
@@ -44,12 +49,18 @@ async fn provisioning_twice_creates_then_changes_nothing() {
         ]
     );
     assert!(
-        first.resources.iter().all(|r| r.outcome == Outcome::Created),
+        first
+            .resources
+            .iter()
+            .all(|r| r.outcome == Outcome::Created),
         "{first}"
     );
 
     let second = provision(&js, &topo).await.unwrap();
-    assert!(second.all_unchanged(), "second run changed something:\n{second}");
+    assert!(
+        second.all_unchanged(),
+        "second run changed something:\n{second}"
+    );
     assert_eq!(second.resources.len(), 7);
 }
 
@@ -97,7 +108,10 @@ async fn streams_carry_the_protections_of_the_topology() {
         delete.unwrap_err().to_string().contains("delete"),
         "unexpected error"
     );
-    assert!(changes.purge().await.is_err(), "purging AEGIS_CHANGES succeeded");
+    assert!(
+        changes.purge().await.is_err(),
+        "purging AEGIS_CHANGES succeeded"
+    );
     let last = aegis_nats::last_subject_sequence(&js, CHANGES_STREAM, "aegis.changes.acme.>")
         .await
         .unwrap();
@@ -131,7 +145,10 @@ async fn a_drifted_max_age_is_reported_and_fixed_only_when_asked() {
         other => panic!("expected Drift, got {other}"),
     }
     let text = error.to_string();
-    assert!(text.contains("AEGIS_CHANGES") && text.contains("max_age"), "{text}");
+    assert!(
+        text.contains("AEGIS_CHANGES") && text.contains("max_age"),
+        "{text}"
+    );
     // Nothing was changed.
     let info = js.get_stream(CHANGES_STREAM).await.unwrap();
     assert_eq!(info.cached_info().config.max_age, Duration::from_secs(3600));
@@ -139,7 +156,11 @@ async fn a_drifted_max_age_is_reported_and_fixed_only_when_asked() {
     let fixed = provision_with(&js, &topo, ProvisionOptions { fix_drift: true })
         .await
         .unwrap();
-    assert_eq!(fixed.outcome(CHANGES_STREAM), Some(Outcome::Updated), "{fixed}");
+    assert_eq!(
+        fixed.outcome(CHANGES_STREAM),
+        Some(Outcome::Updated),
+        "{fixed}"
+    );
     let line = &fixed.resources[0];
     assert_eq!(line.fixed.len(), 1);
     assert_eq!(line.fixed[0].field, "max_age");
@@ -245,9 +266,12 @@ async fn the_second_of_two_writers_with_the_same_expectation_gets_a_conflict() {
     assert!(retry.sequence > first.sequence);
     // Another subject of the same stream is not affected by the expectation.
     let other = topology::changes_subject(&acme(), "policy.ehr").unwrap();
-    publish(&js, Publish::new(other, "x").expect_last_subject_sequence(0))
-        .await
-        .unwrap();
+    publish(
+        &js,
+        Publish::new(other, "x").expect_last_subject_sequence(0),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -306,8 +330,14 @@ async fn connecting_to_nothing_fails_fast_and_names_the_url() {
         .port();
     let url = format!("nats://127.0.0.1:{port}");
     let started = Instant::now();
-    let error = connect(&ConnectOptions::new(url.clone())).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let error = connect(&ConnectOptions::new(url.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(error, ConnectError::Unreachable { .. }), "{error}");
     let text = error.to_string();
     assert!(text.contains(&url), "{text}");

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::nats_server::{
-    ClusterSpec, NatsServer, NatsServerError, NatsServerOptions, NodeSpec, Result,
-    checked_binary, free_ports,
+    ClusterSpec, NatsServer, NatsServerError, NatsServerOptions, NodeSpec, Result, checked_binary,
+    free_ports,
 };
 
 /// How often a port conflict while starting is retried (with new ports).

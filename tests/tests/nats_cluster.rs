@@ -28,7 +28,12 @@ fn messages_on_node(cluster: &NatsCluster, index: usize, stream: &str) -> Option
     jsz["account_details"]
         .as_array()?
         .iter()
-        .flat_map(|account| account["stream_detail"].as_array().cloned().unwrap_or_default())
+        .flat_map(|account| {
+            account["stream_detail"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .find(|detail| detail["name"] == stream)?["state"]["messages"]
         .as_u64()
 }
@@ -43,7 +48,10 @@ fn the_fixture_starts_a_cluster_with_a_meta_leader() {
     assert_eq!(cluster.url_list(), urls.join(","));
     let leader = cluster.meta_leader(0).unwrap().expect("a meta leader");
     for i in 1..3 {
-        assert_eq!(cluster.meta_leader(i).unwrap().as_deref(), Some(leader.as_str()));
+        assert_eq!(
+            cluster.meta_leader(i).unwrap().as_deref(),
+            Some(leader.as_str())
+        );
     }
     let names: Vec<String> = cluster
         .nodes()
@@ -72,23 +80,40 @@ async fn r3_streams_keep_an_acknowledged_event_when_a_node_dies() {
 
     let report = provision(&js, &Topology::cluster()).await.unwrap();
     assert!(
-        report.resources.iter().all(|r| r.outcome == Outcome::Created),
+        report
+            .resources
+            .iter()
+            .all(|r| r.outcome == Outcome::Created),
         "{report}"
     );
-    assert!(provision(&js, &Topology::cluster()).await.unwrap().all_unchanged());
+    assert!(
+        provision(&js, &Topology::cluster())
+            .await
+            .unwrap()
+            .all_unchanged()
+    );
     for config in Topology::cluster().stream_configs() {
         let mut stream = js.get_stream(&config.name).await.unwrap();
         let info = stream.info().await.unwrap();
         assert_eq!(info.config.num_replicas, 3, "{}", config.name);
         let cluster_info = info.cluster.as_ref().expect("cluster info");
-        assert_eq!(cluster_info.replicas.len(), 2, "{}: leader + 2", config.name);
+        assert_eq!(
+            cluster_info.replicas.len(),
+            2,
+            "{}: leader + 2",
+            config.name
+        );
     }
     for bucket_stream in [
         topology::object_store_stream(BUNDLE_OBJECT_STORE),
         topology::kv_stream(GATEWAYS_KV),
     ] {
         let stream = js.get_stream(&bucket_stream).await.unwrap();
-        assert_eq!(stream.cached_info().config.num_replicas, 3, "{bucket_stream}");
+        assert_eq!(
+            stream.cached_info().config.num_replicas,
+            3,
+            "{bucket_stream}"
+        );
     }
 
     let acme = TenantId::new("acme").unwrap();

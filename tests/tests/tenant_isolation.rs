@@ -21,12 +21,12 @@ use aegis_nats::topology::{
     Topology,
 };
 use aegis_nats::{
-    ConnectError, ConnectOptions, connect, connect_with_events, jetstream, last_message,
-    provision, publish,
+    ConnectError, ConnectOptions, connect, connect_with_events, jetstream, last_message, provision,
+    publish,
 };
 use aegis_tests::{NatsServer, NatsServerOptions};
 use async_nats::jetstream::Context;
-use async_nats::jetstream::consumer::{pull, push};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull, push};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
@@ -130,9 +130,12 @@ async fn a_tenant_operator_publishes_its_own_changes_and_no_one_elses() {
     let mut acme = login(&server, "acme-operator").await;
 
     let own = topology::changes_subject(&tenant("acme"), "x").unwrap();
-    let ack = publish(&acme.js, Publish::new(own.clone(), "edit").msg_id("evt-acme-1"))
-        .await
-        .unwrap();
+    let ack = publish(
+        &acme.js,
+        Publish::new(own.clone(), "edit").msg_id("evt-acme-1"),
+    )
+    .await
+    .unwrap();
     assert_eq!(ack.stream, CHANGES_STREAM);
     assert!(!ack.duplicate);
 
@@ -156,7 +159,11 @@ async fn a_tenant_operator_cannot_subscribe_to_another_tenant_or_its_inbox() {
     let (server, cp) = start().await;
     let mut acme = login(&server, "acme-operator").await;
 
-    let mut theirs = acme.client.subscribe("aegis.changes.globex.>").await.unwrap();
+    let mut theirs = acme
+        .client
+        .subscribe("aegis.changes.globex.>")
+        .await
+        .unwrap();
     acme.expect_violation("subscription", "aegis.changes.globex.>")
         .await;
     for pattern in ["_INBOX.>", "_INBOX.globex-operator.>", ">", "aegis.>"] {
@@ -166,9 +173,12 @@ async fn a_tenant_operator_cannot_subscribe_to_another_tenant_or_its_inbox() {
 
     let mut ours = acme.client.subscribe("aegis.changes.acme.>").await.unwrap();
     acme.client.flush().await.unwrap();
-    publish(&cp, Publish::new("aegis.changes.globex.secret", "globex data"))
-        .await
-        .unwrap();
+    publish(
+        &cp,
+        Publish::new("aegis.changes.globex.secret", "globex data"),
+    )
+    .await
+    .unwrap();
     publish(&cp, Publish::new("aegis.changes.acme.mine", "acme data"))
         .await
         .unwrap();
@@ -188,10 +198,13 @@ async fn a_tenant_operator_cannot_subscribe_to_another_tenant_or_its_inbox() {
 #[tokio::test]
 async fn a_tenant_operator_reads_only_its_own_subjects_through_jetstream() {
     let (server, cp) = start().await;
-    let globex_seq = publish(&cp, Publish::new("aegis.changes.globex.secret", "globex data"))
-        .await
-        .unwrap()
-        .sequence;
+    let globex_seq = publish(
+        &cp,
+        Publish::new("aegis.changes.globex.secret", "globex data"),
+    )
+    .await
+    .unwrap()
+    .sequence;
     let acme_seq = publish(&cp, Publish::new("aegis.changes.acme.x", "acme data"))
         .await
         .unwrap()
@@ -203,7 +216,10 @@ async fn a_tenant_operator_reads_only_its_own_subjects_through_jetstream() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((own.sequence, own.payload.clone()), (acme_seq, Bytes::from("acme data")));
+    assert_eq!(
+        (own.sequence, own.payload.clone()),
+        (acme_seq, Bytes::from("acme data"))
+    );
     let wildcard = last_message(&acme.js, CHANGES_STREAM, "aegis.changes.acme.>")
         .await
         .unwrap()
@@ -231,7 +247,10 @@ async fn a_tenant_operator_reads_only_its_own_subjects_through_jetstream() {
         .await
         .unwrap();
     assert_ne!(sneaky.payload, Bytes::from("globex data"), "{sneaky:?}");
-    assert!(sneaky.status.is_some(), "expected an error status: {sneaky:?}");
+    assert!(
+        sneaky.status.is_some(),
+        "expected an error status: {sneaky:?}"
+    );
 
     // Body-addressed gets (by sequence, or next-by-subject) are denied outright.
     for subject in [
@@ -243,7 +262,10 @@ async fn a_tenant_operator_reads_only_its_own_subjects_through_jetstream() {
     ] {
         let answer = acme
             .client
-            .request(subject.clone(), Bytes::from(format!("{{\"seq\":{globex_seq}}}")))
+            .request(
+                subject.clone(),
+                Bytes::from(format!("{{\"seq\":{globex_seq}}}")),
+            )
             .await;
         assert!(answer.is_err(), "{subject} answered: {answer:?}");
         acme.expect_violation("publish", &subject).await;
@@ -293,7 +315,10 @@ async fn a_tenant_operator_reads_only_its_own_subjects_through_jetstream() {
             .await
             .unwrap();
         let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
-        assert!(answer.get("error").is_some(), "server accepted {body}: {answer}");
+        assert!(
+            answer.get("error").is_some(),
+            "server accepted {body}: {answer}"
+        );
     }
 
     // The permitted way: an ordered push consumer filtered to acme, delivering to acme's inbox.
@@ -326,15 +351,20 @@ async fn a_gateway_ships_decisions_and_heartbeats_but_cannot_write_changes() {
         .put("sha256-abc", &mut bundle.as_slice())
         .await
         .unwrap();
-    publish(&cp, Publish::new("aegis.bundles.acme", "BundlePublished sha256-abc"))
-        .await
-        .unwrap();
+    publish(
+        &cp,
+        Publish::new("aegis.bundles.acme", "BundlePublished sha256-abc"),
+    )
+    .await
+    .unwrap();
 
     let mut gw = login(&server, "gateway-gw1").await;
 
     // Decisions in its own name: yes; in another gateway's name or as change events: no.
     let decision = topology::decisions_subject(&tenant("acme"), "gw1").unwrap();
-    let ack = publish(&gw.js, Publish::new(decision, "allow")).await.unwrap();
+    let ack = publish(&gw.js, Publish::new(decision, "allow"))
+        .await
+        .unwrap();
     assert_eq!(ack.stream, DECISIONS_STREAM);
     gw.publish_denied("aegis.decisions.acme.gw2").await;
     gw.publish_denied("aegis.changes.acme.x").await;
@@ -344,7 +374,24 @@ async fn a_gateway_ships_decisions_and_heartbeats_but_cannot_write_changes() {
         .await
         .unwrap();
 
-    // Reads the bundle event and the bytes.
+    // Watches bundle events (an ordered consumer, last event per tenant) and reads the bytes.
+    let bundles = gw.js.get_stream(BUNDLES_STREAM).await.unwrap();
+    let watcher = bundles
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: gw.client.new_inbox(),
+            filter_subject: "aegis.bundles.>".to_owned(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut events = watcher.messages().await.unwrap();
+    let watched = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("the bundle watcher gets the last event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(watched.payload, Bytes::from("BundlePublished sha256-abc"));
     let event = last_message(&gw.js, BUNDLES_STREAM, "aegis.bundles.acme")
         .await
         .unwrap()
@@ -379,7 +426,9 @@ async fn a_gateway_ships_decisions_and_heartbeats_but_cannot_write_changes() {
 #[tokio::test]
 async fn missing_or_wrong_credentials_are_refused() {
     let (server, _cp) = start().await;
-    let anonymous = connect(&ConnectOptions::new(server.url())).await.unwrap_err();
+    let anonymous = connect(&ConnectOptions::new(server.url()))
+        .await
+        .unwrap_err();
     assert!(
         matches!(anonymous, ConnectError::Unauthorized { .. }),
         "{anonymous}"
@@ -389,7 +438,10 @@ async fn missing_or_wrong_credentials_are_refused() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(wrong, ConnectError::Unauthorized { .. }), "{wrong}");
+    assert!(
+        matches!(wrong, ConnectError::Unauthorized { .. }),
+        "{wrong}"
+    );
     let text = wrong.to_string();
     assert!(text.contains(&server.url()), "{text}");
     assert!(text.contains("acme-operator"), "{text}");
