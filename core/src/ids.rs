@@ -109,6 +109,42 @@ typed_id!(
     "policy name"
 );
 
+typed_id!(
+    /// A person or service that signs change events (`actor` in an event envelope).
+    ActorId,
+    "actor id"
+);
+typed_id!(
+    /// A proposed change to a tenant's policies (`change_id` in change events).
+    ChangeId,
+    "change id"
+);
+typed_id!(
+    /// An event's id: its envelope `id` and its `Nats-Msg-Id`, so JetStream drops a resend.
+    EventId,
+    "event id"
+);
+
+impl ChangeId {
+    /// A fresh random change id, `chg-` and 16 hex digits.
+    pub fn random() -> Result<Self, getrandom::Error> {
+        Ok(Self(format!("chg-{}", random_hex::<8>()?)))
+    }
+}
+
+impl EventId {
+    /// A fresh random event id, `evt-` and 32 hex digits.
+    pub fn random() -> Result<Self, getrandom::Error> {
+        Ok(Self(format!("evt-{}", random_hex::<16>()?)))
+    }
+}
+
+fn random_hex<const N: usize>() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@ pub mod canonical;
 pub mod decision;
 pub mod diff;
 pub mod eval;
+pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod policy;

@@ -1,0 +1,444 @@
+//! One struct per event, and [`Event`], the enum that tags them. On the wire an event is the
+//! envelope's `type` (snake_case, e.g. `change_proposed`) and `payload` (the struct).
+//! Each type has a JSON Schema in `schemas/events/<type>.schema.json`.
+
+use super::chain::ChainEntry;
+use super::roles::Role;
+use crate::ids::{ActorId, AgentId, ChangeId, PolicyName};
+use crate::keys::KeyId;
+use crate::policy::model::RiskTier;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How a document in an event is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentFormat {
+    #[default]
+    Yaml,
+    Json,
+}
+
+impl DocumentFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            DocumentFormat::Yaml => "yaml",
+            DocumentFormat::Json => "json",
+        }
+    }
+}
+
+/// A rollout stage (issue 5 fills in what gateways do with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStage {
+    /// Enforce the stable version; evaluate this one too and record both.
+    Shadow,
+    /// Enforce this version for a cohort, the stable one for everyone else.
+    Partial,
+    /// Enforce this version everywhere.
+    #[default]
+    Global,
+}
+
+impl fmt::Display for RolloutStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RolloutStage::Shadow => "shadow",
+            RolloutStage::Partial => "partial",
+            RolloutStage::Global => "global",
+        })
+    }
+}
+
+/// An actor is registered, or gains an additional key. The key signs the actor's events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorRegistered {
+    pub actor: ActorId,
+    /// ed25519 public key, standard base64 of the 32 bytes.
+    pub public_key: String,
+    /// Must equal the key id of `public_key`.
+    pub key_id: KeyId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// One of an actor's keys is revoked: events it signs from now on are rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRevoked {
+    pub actor: ActorId,
+    pub key_id: KeyId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An actor gains a role in the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGranted {
+    pub actor: ActorId,
+    pub role: Role,
+}
+
+/// An actor loses a role in the tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRevoked {
+    pub actor: ActorId,
+    pub role: Role,
+}
+
+/// How many distinct approvals (never the proposer's own) a change needs, by the highest risk
+/// tier it touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredApprovals {
+    pub low: u32,
+    pub medium: u32,
+    pub high: u32,
+}
+
+impl Default for RequiredApprovals {
+    fn default() -> Self {
+        Self {
+            low: 0,
+            medium: 1,
+            high: 2,
+        }
+    }
+}
+
+impl RequiredApprovals {
+    pub fn for_tier(&self, tier: RiskTier) -> u32 {
+        match tier {
+            RiskTier::Low => self.low,
+            RiskTier::Medium => self.medium,
+            RiskTier::High => self.high,
+        }
+    }
+}
+
+/// Tenant settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfigured {
+    pub required_approvals: RequiredApprovals,
+    /// Days a published bundle stays valid; gateways refuse it afterwards. None: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_expiry_days: Option<u32>,
+}
+
+/// An edit of one policy's draft: the newest text of the policy, before it is proposed.
+/// Published on `aegis.changes.<tenant>.policy.<name>` with `Nats-Expected-Last-Subject-Sequence`,
+/// so two operators editing the same policy from the same base cannot both land.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpserted {
+    pub name: PolicyName,
+    #[serde(default)]
+    pub format: DocumentFormat,
+    /// The whole policy document.
+    pub document: String,
+    /// The draft revision this edit was based on (0 for a new policy); stale otherwise.
+    pub base_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<ChangeId>,
+}
+
+/// A policy's draft is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDeleted {
+    pub name: PolicyName,
+    pub base_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<ChangeId>,
+}
+
+/// A policy document carried by a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposedDocument {
+    pub name: PolicyName,
+    #[serde(default)]
+    pub format: DocumentFormat,
+    pub document: String,
+    /// The published (live) revision of this policy the change was written against; 0 when
+    /// the policy is new. A change is stale when the live revision has moved on.
+    pub base_revision: u64,
+}
+
+/// A policy a change removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletedDocument {
+    pub name: PolicyName,
+    pub base_revision: u64,
+}
+
+/// A test-vector file carried by a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorDocument {
+    /// A file name, e.g. `finance-vectors.yaml`; a later change with the same name replaces it.
+    pub name: String,
+    #[serde(default)]
+    pub format: DocumentFormat,
+    pub document: String,
+}
+
+/// A change is proposed: what it is for, and the documents it would put live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeProposed {
+    pub change_id: ChangeId,
+    /// Why: one or two sentences a reviewer reads first.
+    pub intent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    #[serde(default)]
+    pub documents: Vec<ProposedDocument>,
+    #[serde(default)]
+    pub deleted: Vec<DeletedDocument>,
+    #[serde(default)]
+    pub vectors: Vec<VectorDocument>,
+}
+
+/// One check run on a proposed change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckResult {
+    /// `validate`, `compile` or `vectors`.
+    pub check: String,
+    pub passed: bool,
+    /// What failed, one line each (file:line:col: field: what, or the vector and mismatch).
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+/// The control plane's verdict on a proposed change. Signed by the control plane's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksCompleted {
+    pub change_id: ChangeId,
+    pub passed: bool,
+    pub results: Vec<CheckResult>,
+    /// The highest risk tier among the policies the change touches (old and new versions).
+    pub risk_tier: RiskTier,
+    pub vectors_run: u32,
+    pub vectors_failed: u32,
+    /// sha256 of the candidate's compiled `data.json`, when it compiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_digest: Option<String>,
+}
+
+/// An approver approves someone else's change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeApproved {
+    pub change_id: ChangeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// An approver rejects a change; it can no longer be approved or published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRejected {
+    pub change_id: ChangeId,
+    pub reason: String,
+}
+
+/// A publisher puts an approved change live; the control plane builds, signs and publishes the
+/// next bundle version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePublished {
+    pub change_id: ChangeId,
+    #[serde(default)]
+    pub stage: RolloutStage,
+}
+
+/// Publish a new version whose content is that of an older one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequested {
+    pub to_version: u64,
+    pub reason: String,
+    /// An incident rollback (issue 5 adds its stricter rules).
+    #[serde(default)]
+    pub emergency: bool,
+}
+
+/// Blocks every publish, rollback and rollout change for the tenant until unfrozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFrozen {
+    pub reason: String,
+}
+
+/// Lifts a freeze.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUnfrozen {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A published version moves to another rollout stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStageChanged {
+    pub version: u64,
+    pub stage: RolloutStage,
+    /// For `partial`: agents that get this version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentId>,
+    /// For `partial`: percentage of agents (hashed on agent id) that get this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+}
+
+/// A signed bundle is in the object store; published on `aegis.bundles.<tenant>` by the
+/// control plane with `Nats-Msg-Id` `bundle:<tenant>:<version>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlePublished {
+    pub version: u64,
+    /// `sha256:<hex>` of the bundle bytes; also the object's name in `aegis-bundles`.
+    pub digest: String,
+    pub size: u64,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<ChangeId>,
+    /// Set when this version re-publishes an older version's content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    pub stage: RolloutStage,
+    /// The key that signed the bundle manifest.
+    pub signer: KeyId,
+}
+
+/// A signed checkpoint of the tenant's hash chain, on `aegis.audit.<tenant>`. It lists every
+/// event since the previous checkpoint, so `aegisctl audit verify` can say which position was
+/// edited, dropped or moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoint {
+    /// Position (1-based) of the first entry; the previous checkpoint ended just before it.
+    pub from_position: u64,
+    /// Position of the last entry: the chain length at this checkpoint.
+    pub to_position: u64,
+    /// Chain head before `from_position`.
+    pub previous_head: String,
+    /// Chain head after `to_position`.
+    pub head: String,
+    pub entries: Vec<ChainEntry>,
+}
+
+macro_rules! events {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// Every event, tagged on the wire by `type` with its struct as `payload`.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+        pub enum Event {
+            $($variant($variant),)*
+        }
+
+        /// The type of an event without its payload.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum EventType {
+            $($variant,)*
+        }
+
+        impl EventType {
+            pub const ALL: [EventType; [$($name),*].len()] = [$(EventType::$variant),*];
+
+            /// The wire name (`type` in the envelope).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => $name,)*
+                }
+            }
+        }
+
+        impl Event {
+            pub fn event_type(&self) -> EventType {
+                match self {
+                    $(Event::$variant(_) => EventType::$variant,)*
+                }
+            }
+        }
+
+        $(impl From<$variant> for Event {
+            fn from(e: $variant) -> Self {
+                Event::$variant(e)
+            }
+        })*
+    };
+}
+
+events! {
+    ActorRegistered => "actor_registered",
+    KeyRevoked => "key_revoked",
+    RoleGranted => "role_granted",
+    RoleRevoked => "role_revoked",
+    TenantConfigured => "tenant_configured",
+    PolicyUpserted => "policy_upserted",
+    PolicyDeleted => "policy_deleted",
+    ChangeProposed => "change_proposed",
+    ChecksCompleted => "checks_completed",
+    ChangeApproved => "change_approved",
+    ChangeRejected => "change_rejected",
+    ChangePublished => "change_published",
+    RollbackRequested => "rollback_requested",
+    TenantFrozen => "tenant_frozen",
+    TenantUnfrozen => "tenant_unfrozen",
+    RolloutStageChanged => "rollout_stage_changed",
+    BundlePublished => "bundle_published",
+    AuditCheckpoint => "audit_checkpoint",
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EventType {
+    /// Which stream carries this event: `changes`, `bundles` or `audit`.
+    pub fn stream(self) -> &'static str {
+        match self {
+            EventType::BundlePublished => "bundles",
+            EventType::AuditCheckpoint => "audit",
+            _ => "changes",
+        }
+    }
+
+    /// The subject suffix under `aegis.changes.<tenant>.` for a change event: `actors`,
+    /// `config`, `policy.<name>`, `change.<id>` or `control`. None for events on other streams.
+    pub fn changes_subject_suffix(event: &Event) -> Option<String> {
+        Some(match event {
+            Event::ActorRegistered(_)
+            | Event::KeyRevoked(_)
+            | Event::RoleGranted(_)
+            | Event::RoleRevoked(_) => "actors".to_owned(),
+            Event::TenantConfigured(_) => "config".to_owned(),
+            Event::PolicyUpserted(e) => format!("policy.{}", e.name),
+            Event::PolicyDeleted(e) => format!("policy.{}", e.name),
+            Event::ChangeProposed(e) => format!("change.{}", e.change_id),
+            Event::ChecksCompleted(e) => format!("change.{}", e.change_id),
+            Event::ChangeApproved(e) => format!("change.{}", e.change_id),
+            Event::ChangeRejected(e) => format!("change.{}", e.change_id),
+            Event::ChangePublished(e) => format!("change.{}", e.change_id),
+            Event::RollbackRequested(_)
+            | Event::TenantFrozen(_)
+            | Event::TenantUnfrozen(_)
+            | Event::RolloutStageChanged(_) => "control".to_owned(),
+            Event::BundlePublished(_) | Event::AuditCheckpoint(_) => return None,
+        })
+    }
+}
