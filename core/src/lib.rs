@@ -9,5 +9,6 @@ pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod policy;
+pub mod query;
 pub mod schemas;
 pub mod vectors;
