@@ -69,6 +69,7 @@ impl QueryRequest {
 /// The reply: `{"ok": …}` or `{"error": {"code": …, "message": …}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // answers are built once and serialized
 pub enum QueryReply {
     Ok(QueryAnswer),
     Error(QueryError),
@@ -107,6 +108,7 @@ impl QueryError {
 /// One answer per request kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
 pub enum QueryAnswer {
     Status(TenantStatus),
     Changes(Vec<ChangeView>),
@@ -264,11 +266,16 @@ pub struct EventRecord {
     pub position: u64,
     /// `AEGIS_CHANGES` stream sequence.
     pub seq: u64,
-    pub id: EventId,
-    #[serde(rename = "type")]
-    pub event_type: EventType,
-    pub actor: ActorId,
-    pub time: String,
+    /// The envelope id, or `-` when the message was not an envelope.
+    pub id: String,
+    /// Absent when the message was not an envelope (it is still in the chain, rejected).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<EventType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorId>,
+    /// The envelope's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     pub subject: String,
     pub outcome: Outcome,
     /// One line a human reads: "proposed chg-… (2 policies)", "approved chg-…".
@@ -342,6 +349,7 @@ pub struct LiveDocument {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

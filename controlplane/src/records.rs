@@ -1,0 +1,181 @@
+//! What the fold stores, and under which keys. Values are JSON of typed records; keys are
+//! `t/<tenant>#<kind>/<id>` so one tenant's keys never share a prefix with another's
+//! (`#` cannot occur in an id).
+
+use crate::store::pad;
+use aegis_core::events::{DocumentFormat, RequiredApprovals, Role, VectorDocument};
+use aegis_core::ids::{ActorId, ChangeId, PolicyName, TenantId};
+use aegis_core::query::{FreezeView, KeyView, LiveDocument, LiveView};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Per-tenant settings and counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub tenant: TenantId,
+    pub required_approvals: RequiredApprovals,
+    pub bundle_expiry_days: Option<u32>,
+    pub frozen: Option<FreezeView>,
+    pub last_version: u64,
+    pub chain_position: u64,
+    pub chain_head: String,
+}
+
+impl TenantRecord {
+    pub fn new(tenant: TenantId) -> Self {
+        let chain_head = aegis_core::events::chain::genesis(&tenant);
+        TenantRecord {
+            tenant,
+            required_approvals: RequiredApprovals::default(),
+            bundle_expiry_days: None,
+            frozen: None,
+            last_version: 0,
+            chain_position: 0,
+            chain_head,
+        }
+    }
+}
+
+/// An actor of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorRecord {
+    pub actor: ActorId,
+    pub display_name: Option<String>,
+    pub roles: BTreeSet<Role>,
+    pub keys: Vec<KeyView>,
+}
+
+/// A policy's draft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftRecord {
+    pub view: aegis_core::query::DraftView,
+    pub format: DocumentFormat,
+    /// None when the draft is a deletion.
+    pub document: Option<String>,
+}
+
+/// The live documents of a tenant, in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveSet {
+    pub policies: BTreeMap<PolicyName, LiveDocument>,
+    pub vectors: BTreeMap<String, VectorDocument>,
+}
+
+impl LiveSet {
+    pub fn to_view(&self) -> LiveView {
+        LiveView {
+            policies: self.policies.values().cloned().collect(),
+            vectors: self.vectors.values().cloned().collect(),
+        }
+    }
+
+    pub fn from_view(view: LiveView) -> Self {
+        LiveSet {
+            policies: view
+                .policies
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect(),
+            vectors: view
+                .vectors
+                .into_iter()
+                .map(|v| (v.name.clone(), v))
+                .collect(),
+        }
+    }
+}
+
+/// Key builders.
+pub mod keys {
+    use super::*;
+
+    pub fn tenants_prefix() -> &'static str {
+        "tenants/"
+    }
+    pub fn tenant_marker(t: &TenantId) -> String {
+        format!("tenants/{t}")
+    }
+    pub fn prefix(t: &TenantId) -> String {
+        format!("t/{t}#")
+    }
+    pub fn tenant(t: &TenantId) -> String {
+        format!("t/{t}#tenant")
+    }
+    pub fn actor(t: &TenantId, a: &ActorId) -> String {
+        format!("t/{t}#actor/{a}")
+    }
+    pub fn actors(t: &TenantId) -> String {
+        format!("t/{t}#actor/")
+    }
+    pub fn event_id(t: &TenantId, id: &str) -> String {
+        format!("t/{t}#id/{id}")
+    }
+    pub fn event(t: &TenantId, position: u64) -> String {
+        format!("t/{t}#ev/{}", pad(position))
+    }
+    pub fn events(t: &TenantId) -> String {
+        format!("t/{t}#ev/")
+    }
+    pub fn head(t: &TenantId, position: u64) -> String {
+        format!("t/{t}#head/{}", pad(position))
+    }
+    pub fn subject_seq(t: &TenantId, name: &PolicyName) -> String {
+        format!("t/{t}#subj/{name}")
+    }
+    pub fn draft(t: &TenantId, name: &PolicyName) -> String {
+        format!("t/{t}#draft/{name}")
+    }
+    pub fn drafts(t: &TenantId) -> String {
+        format!("t/{t}#draft/")
+    }
+    pub fn change(t: &TenantId, c: &ChangeId) -> String {
+        format!("t/{t}#change/{c}")
+    }
+    pub fn changes(t: &TenantId) -> String {
+        format!("t/{t}#change/")
+    }
+    pub fn live_policy(t: &TenantId, name: &PolicyName) -> String {
+        format!("t/{t}#live/p/{name}")
+    }
+    pub fn live_policies(t: &TenantId) -> String {
+        format!("t/{t}#live/p/")
+    }
+    pub fn live_vectors(t: &TenantId, name: &str) -> String {
+        format!("t/{t}#live/v/{name}")
+    }
+    pub fn live_vectors_all(t: &TenantId) -> String {
+        format!("t/{t}#live/v/")
+    }
+    pub fn version(t: &TenantId, v: u64) -> String {
+        format!("t/{t}#version/{}", pad(v))
+    }
+    pub fn versions(t: &TenantId) -> String {
+        format!("t/{t}#version/")
+    }
+    pub fn bundle(t: &TenantId, v: u64) -> String {
+        format!("t/{t}#bundle/{}", pad(v))
+    }
+    pub fn snapshot(t: &TenantId, v: u64) -> String {
+        format!("t/{t}#snapshot/{}", pad(v))
+    }
+
+    // Local family.
+    pub fn outbox_checks(t: &TenantId, c: &ChangeId) -> String {
+        format!("outbox/checks/{t}#{c}")
+    }
+    pub fn outbox_checks_all() -> &'static str {
+        "outbox/checks/"
+    }
+    pub fn outbox_bundle(t: &TenantId, v: u64) -> String {
+        format!("outbox/bundle/{t}#{}", pad(v))
+    }
+    pub fn outbox_bundle_all() -> &'static str {
+        "outbox/bundle/"
+    }
+    pub fn announced(t: &TenantId, v: u64) -> String {
+        format!("announced/{t}#{}", pad(v))
+    }
+    pub fn audit_checkpointed(t: &TenantId) -> String {
+        format!("audit/{t}")
+    }
+}

@@ -1,0 +1,646 @@
+//! The running control plane: a consumer feeding the fold, a reactor performing the fold's
+//! effects on NATS, and the query service.
+//!
+//! - **Consumer → fold.** An ordered consumer on `AEGIS_CHANGES` starting just after the
+//!   checkpoint stored in RocksDB delivers messages in stream order; a dedicated thread folds
+//!   them (RocksDB writes and bundle builds are blocking work). The checkpoint lives in the same
+//!   `WriteBatch` as the state, so RocksDB — not a server-side ack floor — is the source of
+//!   truth for where to resume, and a kill -9 can neither skip nor double-apply an event.
+//! - **Reactor.** Publishes what the fold decided: `checks_completed` events, bundles (object
+//!   store by digest, then `BundlePublished` on `aegis.bundles.<tenant>` with a deterministic
+//!   `Nats-Msg-Id`, skipped when the subject already announces that version), and signed audit
+//!   checkpoints on `aegis.audit.<tenant>` (published with an expected last subject sequence so
+//!   two control planes cannot both extend the checkpoint chain).
+//! - **Query service.** The async-nats `service` API, one endpoint per query op on
+//!   `aegis.query.*.<op>`, in a queue group so several control planes share the load.
+
+use crate::fold::{Applied, Effect, FoldConfig, Folder, InMessage, derived_event_id};
+use crate::queries::Queries;
+use crate::records::{TenantRecord, keys};
+use crate::store::{Family, Store, StoreError};
+use aegis_core::events::chain::ChainEntry;
+use aegis_core::events::{AuditCheckpoint, BundlePublished, Envelope, Event};
+use aegis_core::ids::TenantId;
+use aegis_core::query::{EventRecord, QueryError, QueryReply, QueryRequest, VersionView};
+use aegis_nats::topology::{
+    self, AUDIT_STREAM, BUNDLE_OBJECT_STORE, BUNDLES_STREAM, CHANGES_STREAM,
+};
+use aegis_nats::{Publish, PublishError};
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub data_dir: PathBuf,
+    pub fold: FoldConfig,
+    /// Publish checks, bundles and checkpoints (off for a pure rebuild).
+    pub effects: bool,
+    /// Answer queries.
+    pub serve_queries: bool,
+    /// Stop once every message that was in the stream at start has been folded.
+    pub until_caught_up: bool,
+    /// Publish an audit checkpoint after this many new chain entries…
+    pub checkpoint_every: u64,
+    /// …or when this long has passed since the last new entry.
+    pub checkpoint_idle: Duration,
+}
+
+/// Why the control plane stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "FATAL: AEGIS_CHANGES ends at sequence {stream_last}, but this control plane has already applied up to {applied} (from {data_dir}). The stream was replaced or truncated: refusing to run. Investigate, then either restore the stream or delete the data directory to rebuild from what the stream holds."
+    )]
+    StreamBehindCheckpoint {
+        stream_last: u64,
+        applied: u64,
+        data_dir: String,
+    },
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("the fold thread stopped: {0}")]
+    Fold(String),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub applied_seq: u64,
+    pub folded: u64,
+}
+
+fn nats_err(e: impl std::fmt::Display) -> RunError {
+    RunError::Nats(e.to_string())
+}
+
+/// Runs until `shutdown` resolves (or, with `until_caught_up`, until caught up).
+pub async fn run(
+    js: jetstream::Context,
+    config: RunConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<RunSummary, RunError> {
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let applied = store.applied_seq()?;
+    let mut stream = js.get_stream(CHANGES_STREAM).await.map_err(nats_err)?;
+    let stream_last = stream.info().await.map_err(nats_err)?.state.last_sequence;
+    if stream_last < applied {
+        let err = RunError::StreamBehindCheckpoint {
+            stream_last,
+            applied,
+            data_dir: config.data_dir.display().to_string(),
+        };
+        tracing::error!(stream_last, applied, "{err}");
+        return Err(err);
+    }
+    tracing::info!(applied, stream_last, "control plane starting");
+
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.>", topology::CHANGES_PREFIX),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: applied + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err)?;
+    let mut messages = consumer.messages().await.map_err(nats_err)?;
+
+    let (to_fold, mut fold_rx) = mpsc::channel::<InMessage>(1024);
+    let (effects_tx, effects_rx) = mpsc::unbounded_channel::<(TenantId, Effect)>();
+    let (applied_tx, mut applied_rx) = watch::channel(applied);
+    let folded = Arc::new(AtomicU64::new(0));
+
+    // The fold thread.
+    let fold_store = store.clone();
+    let fold_config = config.fold.clone();
+    let fold_count = folded.clone();
+    let fold_thread = tokio::task::spawn_blocking(move || -> Result<(), RunError> {
+        let folder = Folder {
+            store: &fold_store,
+            config: &fold_config,
+        };
+        while let Some(msg) = fold_rx.blocking_recv() {
+            let seq = msg.seq;
+            match folder
+                .apply(&msg)
+                .map_err(|e| RunError::Fold(e.to_string()))?
+            {
+                Applied::Folded {
+                    tenant,
+                    record,
+                    effect,
+                } => {
+                    log_record(&tenant, &record);
+                    if let Some(effect) = effect {
+                        let _ = effects_tx.send((tenant.clone(), effect));
+                    }
+                    let _ = effects_tx.send((tenant, Effect::ChainAdvanced));
+                    fold_count.fetch_add(1, Ordering::Relaxed);
+                }
+                Applied::Duplicate { tenant, id } => {
+                    tracing::info!(%tenant, %id, seq, "duplicate event id ignored");
+                }
+                Applied::Unroutable => tracing::warn!(seq, "message outside a tenant subject"),
+                Applied::Skipped => {}
+            }
+            let _ = applied_tx.send(seq);
+        }
+        Ok(())
+    });
+
+    // The reactor.
+    let reactor = if config.effects {
+        let reactor = Reactor {
+            js: js.clone(),
+            store: store.clone(),
+            config: config.clone(),
+        };
+        Some(tokio::spawn(reactor.run(effects_rx)))
+    } else {
+        drop(effects_rx);
+        None
+    };
+
+    // The query service.
+    let service = if config.serve_queries {
+        Some(tokio::spawn(serve_queries(
+            js.clone(),
+            store.clone(),
+            config.fold.root_admins.clone(),
+        )))
+    } else {
+        None
+    };
+
+    let feed = async {
+        loop {
+            if config.until_caught_up && *applied_rx.borrow() >= stream_last {
+                return Ok::<(), RunError>(());
+            }
+            tokio::select! {
+                next = messages.next() => {
+                    let Some(msg) = next else {
+                        return Err(RunError::Nats("the AEGIS_CHANGES consumer ended".into()));
+                    };
+                    let msg = msg.map_err(nats_err)?;
+                    let seq = msg.info().map_err(nats_err)?.stream_sequence;
+                    let m = InMessage {
+                        seq,
+                        subject: msg.subject.to_string(),
+                        payload: msg.payload.to_vec(),
+                    };
+                    if to_fold.send(m).await.is_err() {
+                        return Err(RunError::Fold("fold thread is gone".into()));
+                    }
+                }
+                changed = applied_rx.changed(), if config.until_caught_up => {
+                    if changed.is_err() {
+                        return Err(RunError::Fold("fold thread is gone".into()));
+                    }
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = feed => r,
+        () = shutdown => Ok(()),
+    };
+    drop(to_fold);
+    let fold_result = fold_thread
+        .await
+        .map_err(|e| RunError::Fold(e.to_string()))?;
+    if let Some(r) = reactor {
+        r.abort();
+    }
+    if let Some(s) = service {
+        s.abort();
+    }
+    store.flush()?;
+    result?;
+    fold_result?;
+    Ok(RunSummary {
+        applied_seq: store.applied_seq()?,
+        folded: folded.load(Ordering::Relaxed),
+    })
+}
+
+fn log_record(tenant: &TenantId, r: &EventRecord) {
+    match &r.outcome {
+        aegis_core::query::Outcome::Accepted => {
+            tracing::info!(%tenant, seq = r.seq, position = r.position, id = %r.id, summary = %r.summary, "accepted")
+        }
+        aegis_core::query::Outcome::Rejected { reason } => {
+            tracing::warn!(%tenant, seq = r.seq, position = r.position, id = %r.id, %reason, "rejected")
+        }
+    }
+}
+
+struct Reactor {
+    js: jetstream::Context,
+    store: Arc<Store>,
+    config: RunConfig,
+}
+
+impl Reactor {
+    async fn run(self, mut effects: mpsc::UnboundedReceiver<(TenantId, Effect)>) {
+        // Whatever the outbox holds from before a restart.
+        self.drain_outbox().await;
+        let mut dirty: std::collections::BTreeSet<TenantId> = self.tenants().into_iter().collect();
+        let mut last_activity = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                e = effects.recv() => {
+                    let Some((tenant, effect)) = e else { return };
+                    last_activity = tokio::time::Instant::now();
+                    match effect {
+                        Effect::ChainAdvanced => {}
+                        Effect::AnnounceChecks { .. } | Effect::AnnounceBundle { .. } => {
+                            self.drain_outbox().await;
+                        }
+                    }
+                    dirty.insert(tenant.clone());
+                    self.maybe_checkpoint(&tenant, false).await;
+                }
+                _ = tick.tick() => {
+                    self.drain_outbox().await;
+                    if last_activity.elapsed() >= self.config.checkpoint_idle {
+                        let tenants: Vec<TenantId> = std::mem::take(&mut dirty).into_iter().collect();
+                        for t in tenants {
+                            if !self.maybe_checkpoint(&t, true).await {
+                                dirty.insert(t);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn tenants(&self) -> Vec<TenantId> {
+        self.store
+            .scan::<bool>(Family::State, keys::tenants_prefix())
+            .map(|v| {
+                v.into_iter()
+                    .filter_map(|(k, _)| {
+                        TenantId::new(k.trim_start_matches(keys::tenants_prefix())).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn drain_outbox(&self) {
+        // Checks.
+        let pending: Vec<(String, String)> = self
+            .store
+            .scan(Family::Local, keys::outbox_checks_all())
+            .unwrap_or_default();
+        for (key, envelope) in pending {
+            let Ok(env) = serde_json::from_str::<Envelope>(&envelope) else {
+                let _ = self.store.delete_local(&key);
+                continue;
+            };
+            let Ok(subject) =
+                topology::changes_subject(&env.tenant, &format!("change.{}", checks_change(&env)))
+            else {
+                continue;
+            };
+            let publish =
+                Publish::new(subject, envelope.clone().into_bytes()).msg_id(env.id.to_string());
+            match aegis_nats::publish(&self.js, publish).await {
+                // The fold removes the outbox entry when it folds the event.
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "publishing checks failed; will retry"),
+            }
+        }
+        // Bundles.
+        let pending: Vec<(String, u64)> = self
+            .store
+            .scan(Family::Local, keys::outbox_bundle_all())
+            .unwrap_or_default();
+        for (key, version) in pending {
+            let Some(tenant) = key
+                .trim_start_matches(keys::outbox_bundle_all())
+                .split('#')
+                .next()
+                .and_then(|t| TenantId::new(t).ok())
+            else {
+                let _ = self.store.delete_local(&key);
+                continue;
+            };
+            match self.announce_bundle(&tenant, version).await {
+                Ok(()) => {
+                    let _ = self
+                        .store
+                        .put_local(&keys::announced(&tenant, version), &true);
+                    let _ = self.store.delete_local(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(%tenant, version, error = %e, "announcing bundle failed; will retry")
+                }
+            }
+        }
+    }
+
+    async fn announce_bundle(&self, tenant: &TenantId, version: u64) -> Result<(), RunError> {
+        let view: VersionView = self
+            .store
+            .get(Family::State, &keys::version(tenant, version))?
+            .ok_or_else(|| {
+                RunError::Fold(format!("version {version} of {tenant} is not stored"))
+            })?;
+        let bytes = self
+            .store
+            .get_raw(Family::State, keys::bundle(tenant, version).as_bytes())?
+            .ok_or_else(|| RunError::Fold(format!("bundle {version} of {tenant} is not stored")))?;
+        let bucket = self
+            .js
+            .get_object_store(BUNDLE_OBJECT_STORE)
+            .await
+            .map_err(nats_err)?;
+        if bucket.info(&view.digest).await.is_err() {
+            let mut reader: &[u8] = &bytes;
+            bucket
+                .put(view.digest.as_str(), &mut reader)
+                .await
+                .map_err(nats_err)?;
+        }
+        let subject = topology::bundles_subject(tenant).map_err(nats_err)?;
+        // Another control plane (or an earlier run) may have announced it already.
+        let last = aegis_nats::last_message(&self.js, BUNDLES_STREAM, &subject)
+            .await
+            .map_err(nats_err)?;
+        let last_version = last
+            .as_ref()
+            .and_then(|m| serde_json::from_slice::<Envelope>(&m.payload).ok())
+            .and_then(|e| match e.event {
+                Event::BundlePublished(b) => Some(b.version),
+                _ => None,
+            })
+            .unwrap_or(0);
+        if last_version >= version {
+            return Ok(());
+        }
+        let event = BundlePublished {
+            version,
+            digest: view.digest.clone(),
+            size: view.size,
+            created_at: view.created_at.clone(),
+            change_id: view.change_id.clone(),
+            rollback_of: view.rollback_of,
+            stage: view.stage,
+            signer: view.signer.clone(),
+        };
+        let id = derived_event_id(&["bundle", tenant.as_str(), &version.to_string()])
+            .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
+        let time = aegis_core::events::envelope::parse_time(&view.created_at)
+            .map_err(|e| RunError::Fold(e.to_string()))?;
+        let env = Envelope::sign(
+            id,
+            tenant.clone(),
+            self.config.fold.control_plane_actor.clone(),
+            &self.config.fold.signing_key,
+            time,
+            Event::BundlePublished(event),
+        )
+        .map_err(|e| RunError::Fold(e.to_string()))?;
+        let payload = env.to_bytes().map_err(|e| RunError::Fold(e.to_string()))?;
+        let publish = Publish::new(subject, payload).msg_id(format!("bundle:{tenant}:{version}"));
+        aegis_nats::publish(&self.js, publish)
+            .await
+            .map_err(nats_err)?;
+        tracing::info!(%tenant, version, digest = %view.digest, "bundle announced");
+        Ok(())
+    }
+
+    /// Publishes a checkpoint when enough entries accumulated (or `idle` and any did). Returns
+    /// whether the tenant is fully checkpointed afterwards.
+    async fn maybe_checkpoint(&self, tenant: &TenantId, idle: bool) -> bool {
+        match self.checkpoint(tenant, idle).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "audit checkpoint failed; will retry");
+                false
+            }
+        }
+    }
+
+    async fn checkpoint(&self, tenant: &TenantId, idle: bool) -> Result<bool, RunError> {
+        let Some(t) = self
+            .store
+            .get::<TenantRecord>(Family::State, &keys::tenant(tenant))?
+        else {
+            return Ok(true);
+        };
+        let known: u64 = self
+            .store
+            .get(Family::Local, &keys::audit_checkpointed(tenant))?
+            .unwrap_or(0);
+        let pending = t.chain_position.saturating_sub(known);
+        if pending == 0 || (!idle && pending < self.config.checkpoint_every) {
+            return Ok(pending == 0);
+        }
+        // Where does the checkpoint chain on the stream end?
+        let subject = topology::audit_subject(tenant).map_err(nats_err)?;
+        let last = aegis_nats::last_message(&self.js, AUDIT_STREAM, &subject)
+            .await
+            .map_err(nats_err)?;
+        let (last_seq, stream_to) = match &last {
+            None => (0, 0),
+            Some(m) => {
+                let to = serde_json::from_slice::<Envelope>(&m.payload)
+                    .ok()
+                    .and_then(|e| match e.event {
+                        Event::AuditCheckpoint(c) => Some(c.to_position),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                (m.sequence, to)
+            }
+        };
+        if stream_to >= t.chain_position {
+            self.store
+                .put_local(&keys::audit_checkpointed(tenant), &stream_to)?;
+            return Ok(true);
+        }
+        let from = stream_to + 1;
+        let to = t.chain_position;
+        let previous_head: String = if stream_to == 0 {
+            aegis_core::events::chain::genesis(tenant)
+        } else {
+            self.store
+                .get(Family::State, &keys::head(tenant, stream_to))?
+                .ok_or_else(|| RunError::Fold(format!("no chain head at {stream_to}")))?
+        };
+        let head: String = self
+            .store
+            .get(Family::State, &keys::head(tenant, to))?
+            .ok_or_else(|| RunError::Fold(format!("no chain head at {to}")))?;
+        let mut entries: Vec<ChainEntry> = Vec::with_capacity((to - from + 1) as usize);
+        let start = keys::event(tenant, from);
+        let prefix = keys::events(tenant);
+        self.store
+            .scan_raw(Family::State, start.as_bytes(), |k, v| {
+                if !k.starts_with(prefix.as_bytes()) {
+                    return Ok(false);
+                }
+                let r: EventRecord =
+                    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(k).into_owned(),
+                        reason: e.to_string(),
+                    })?;
+                if r.position > to {
+                    return Ok(false);
+                }
+                entries.push(r.chain);
+                Ok(true)
+            })?;
+        let checkpoint = AuditCheckpoint {
+            from_position: from,
+            to_position: to,
+            previous_head,
+            head,
+            entries,
+        };
+        let id = derived_event_id(&["audit", tenant.as_str(), &from.to_string(), &to.to_string()])
+            .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
+        let time = self
+            .store
+            .get::<EventRecord>(Family::State, &keys::event(tenant, to))?
+            .and_then(|r| r.time)
+            .and_then(|t| aegis_core::events::envelope::parse_time(&t).ok())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let env = Envelope::sign(
+            id.clone(),
+            tenant.clone(),
+            self.config.fold.control_plane_actor.clone(),
+            &self.config.fold.signing_key,
+            time,
+            Event::AuditCheckpoint(checkpoint),
+        )
+        .map_err(|e| RunError::Fold(e.to_string()))?;
+        let payload = env.to_bytes().map_err(|e| RunError::Fold(e.to_string()))?;
+        let publish = Publish::new(subject, payload)
+            .msg_id(id.to_string())
+            .expect_last_subject_sequence(last_seq);
+        match aegis_nats::publish(&self.js, publish).await {
+            Ok(_) => {
+                tracing::info!(%tenant, from, to, "audit checkpoint published");
+                self.store
+                    .put_local(&keys::audit_checkpointed(tenant), &to)?;
+                Ok(true)
+            }
+            // Another control plane extended the checkpoint chain first; re-read next time.
+            Err(PublishError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(nats_err(e)),
+        }
+    }
+}
+
+fn checks_change(env: &Envelope) -> String {
+    match &env.event {
+        Event::ChecksCompleted(c) => c.change_id.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Registers one endpoint per query op and answers until aborted.
+pub async fn serve_queries(
+    js: jetstream::Context,
+    store: Arc<Store>,
+    root_admins: std::collections::BTreeMap<
+        aegis_core::ids::ActorId,
+        Vec<aegis_core::keys::PublicKey>,
+    >,
+) -> Result<(), RunError> {
+    use async_nats::service::ServiceExt as _;
+    let client = js.client();
+    let service = client
+        .service_builder()
+        .description("Aegis control plane queries: status, changes, history, events, outcomes")
+        .queue_group("aegis-controlplane")
+        .start("aegis-controlplane", env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(nats_err)?;
+    let mut endpoints = Vec::new();
+    for op in QueryRequest::OPS {
+        let endpoint = service
+            .endpoint_builder()
+            .name(op)
+            .add(format!("{}.*.{op}", topology::QUERY_PREFIX))
+            .await
+            .map_err(nats_err)?;
+        endpoints.push(endpoint);
+    }
+    let mut all = futures::stream::select_all(endpoints);
+    while let Some(request) = all.next().await {
+        let store = store.clone();
+        let root_admins = root_admins.clone();
+        tokio::spawn(async move {
+            let reply = {
+                let queries = Queries {
+                    store: &store,
+                    root_admins: &root_admins,
+                };
+                answer_message(&queries, &request.message.subject, &request.message.payload)
+            };
+            let bytes = serde_json::to_vec(&reply).unwrap_or_else(|e| {
+                format!(r#"{{"error":{{"code":"internal","message":"{e}"}}}}"#).into_bytes()
+            });
+            if let Err(e) = request.respond(Ok(bytes.into())).await {
+                tracing::warn!(error = %e, "could not answer a query");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Parses a request from its subject and body and answers it.
+pub fn answer_message(queries: &Queries<'_>, subject: &str, body: &[u8]) -> QueryReply {
+    let parts: Vec<&str> = subject.split('.').collect();
+    let (tenant, op) = match parts.as_slice() {
+        ["aegis", "query", t, op] => (*t, *op),
+        _ => {
+            return QueryReply::Error(QueryError::bad_request(format!(
+                "unexpected subject {subject}"
+            )));
+        }
+    };
+    let Ok(tenant) = TenantId::new(tenant) else {
+        return QueryReply::Error(QueryError::bad_request(format!(
+            "invalid tenant `{tenant}`"
+        )));
+    };
+    let request: QueryRequest = if body.is_empty() {
+        match serde_json::from_value(serde_json::json!({ "op": op })) {
+            Ok(r) => r,
+            Err(e) => return QueryReply::Error(QueryError::bad_request(format!("{op}: {e}"))),
+        }
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return QueryReply::Error(QueryError::bad_request(format!(
+                    "not a query request: {e}"
+                )));
+            }
+        }
+    };
+    if request.op() != op {
+        return QueryReply::Error(QueryError::bad_request(format!(
+            "a `{}` request sent to the `{op}` endpoint",
+            request.op()
+        )));
+    }
+    queries.answer(&tenant, &request)
+}
