@@ -10,6 +10,7 @@ pub mod chain;
 pub mod envelope;
 pub mod kinds;
 pub mod roles;
+pub mod schema;
 
 pub use chain::{ChainEntry, ChainHead};
 pub use envelope::{Envelope, EnvelopeError, ReceivedEnvelope, SCHEMA_VERSION};
