@@ -17,6 +17,13 @@ pub enum Exit {
     Deny,
     /// 4: `eval` decided `approval_needed`.
     ApprovalNeeded,
+    /// 5: the control plane applied the event and rejected it (missing role, self-approval,
+    /// frozen tenant, stale base, ...).
+    Rejected,
+    /// 6: NATS or the control plane could not be reached, or did not finish in `--timeout`.
+    Unavailable,
+    /// 7: someone else edited the same policy concurrently (re-run `propose`).
+    Conflict,
 }
 
 impl Exit {
@@ -28,6 +35,9 @@ impl Exit {
             Exit::Invalid => 2,
             Exit::Deny => 3,
             Exit::ApprovalNeeded => 4,
+            Exit::Rejected => 5,
+            Exit::Unavailable => 6,
+            Exit::Conflict => 7,
         }
     }
 
@@ -45,10 +55,13 @@ impl Exit {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  ok (for eval: decision allow or sanitize)
-  1  failure: tests failed, bundle rejected, I/O error
+  1  failure: tests failed, bundle rejected, checks failed, audit findings, I/O error
   2  invalid input: lint problems, bad arguments
   3  eval decision: deny
-  4  eval decision: approval_needed";
+  4  eval decision: approval_needed
+  5  rejected by the control plane (the reason is printed)
+  6  NATS or the control plane unreachable, or not done within --timeout
+  7  conflict: someone else edited the same policy concurrently (re-run propose)";
 
 /// Why a command stopped, and the exit code it maps to. Details already printed by the command
 /// (diagnostics, failing vectors) are not repeated in the message.

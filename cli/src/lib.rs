@@ -11,5 +11,6 @@ pub mod exit;
 pub mod init;
 pub mod keys;
 pub mod lint;
+pub mod online;
 pub mod output;
 pub mod test;

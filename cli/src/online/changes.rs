@@ -1,0 +1,177 @@
+//! `aegisctl changes list|show`, `approve`, `reject`: reviewing proposed changes.
+
+use super::render::{Table, approvals_cell, checks_cell, truncate, write_checks};
+use super::{Client, submit};
+use crate::exit::{CliResult, Exit};
+use crate::output::write_json;
+use aegis_core::events::{ChangeApproved, ChangeRejected, Event};
+use aegis_core::ids::ChangeId;
+use aegis_core::query::{ActView, ChangeState, ChangeView};
+use std::io::{self, Write};
+
+/// Options for [`list`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListArgs {
+    pub state: Option<ChangeState>,
+    pub json: bool,
+}
+
+/// The changes, newest first: id, state, intent, proposer, risk, approvals, checks.
+pub async fn list(client: &Client, args: &ListArgs, out: &mut dyn Write) -> CliResult {
+    let changes = client.changes(args.state).await?;
+    if args.json {
+        write_json(out, &changes)?;
+    } else {
+        write_list(&changes, out)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// The table [`list`] prints.
+pub fn write_list(changes: &[ChangeView], out: &mut dyn Write) -> io::Result<()> {
+    if changes.is_empty() {
+        return writeln!(out, "no changes");
+    }
+    let mut table = Table::new(&[
+        "id",
+        "state",
+        "risk",
+        "approvals",
+        "checks",
+        "proposer",
+        "intent",
+    ]);
+    for c in changes {
+        table.row(vec![
+            c.change_id.to_string(),
+            c.state.to_string(),
+            c.risk_tier.as_str().to_owned(),
+            approvals_cell(c),
+            checks_cell(c.checks.as_ref()),
+            c.proposed.actor.to_string(),
+            truncate(&c.intent, 60),
+        ]);
+    }
+    table.write(out)
+}
+
+/// Options for [`show`].
+#[derive(Debug, Clone)]
+pub struct ShowArgs {
+    pub change_id: ChangeId,
+    pub json: bool,
+}
+
+/// Everything about one change: documents summarized, failing checks in full.
+pub async fn show(client: &Client, args: &ShowArgs, out: &mut dyn Write) -> CliResult {
+    let change = client.change(&args.change_id).await?;
+    if args.json {
+        write_json(out, &change)?;
+    } else {
+        write_change(&change, out)?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn act(a: &ActView) -> String {
+    let mut s = format!("{} at {} ({})", a.actor, a.at, a.event_id);
+    if let Some(note) = &a.note {
+        s.push_str(&format!(": {note}"));
+    }
+    s
+}
+
+/// What [`show`] prints.
+pub fn write_change(c: &ChangeView, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out, "change:    {}", c.change_id)?;
+    writeln!(out, "state:     {}", c.state)?;
+    writeln!(out, "intent:    {}", c.intent)?;
+    if let Some(ticket) = &c.ticket {
+        writeln!(out, "ticket:    {ticket}")?;
+    }
+    writeln!(out, "proposed:  {}", act(&c.proposed))?;
+    writeln!(out, "risk tier: {}", c.risk_tier.as_str())?;
+    writeln!(
+        out,
+        "approvals: {} ({} required, never the proposer's own)",
+        approvals_cell(c),
+        c.required_approvals
+    )?;
+    for a in &c.approvals {
+        writeln!(out, "  approved by {}", act(a))?;
+    }
+    if let Some(r) = &c.rejected {
+        writeln!(out, "rejected:  {}", act(r))?;
+    }
+    if let Some(p) = &c.published {
+        writeln!(
+            out,
+            "published: version {} {} (stage {}) by {}",
+            p.version,
+            p.digest,
+            p.stage,
+            act(&p.by)
+        )?;
+    }
+    writeln!(out, "documents: {}", c.documents.len())?;
+    for d in &c.documents {
+        let lines = d.document.lines().count();
+        writeln!(
+            out,
+            "  write  {} ({}, {lines} lines, based on live revision {})",
+            d.name,
+            d.format.extension(),
+            d.base_revision
+        )?;
+    }
+    for d in &c.deleted {
+        writeln!(
+            out,
+            "  delete {} (based on live revision {})",
+            d.name, d.base_revision
+        )?;
+    }
+    writeln!(out, "vectors:   {}", c.vectors.len())?;
+    for v in &c.vectors {
+        writeln!(out, "  {} ({})", v.name, v.format.extension())?;
+    }
+    match &c.checks {
+        Some(checks) => write_checks(checks, c.required_approvals, out)?,
+        None => writeln!(out, "checks: pending")?,
+    }
+    Ok(())
+}
+
+/// Options for [`approve`].
+#[derive(Debug, Clone)]
+pub struct ApproveArgs {
+    pub change_id: ChangeId,
+    pub comment: Option<String>,
+    pub json: bool,
+}
+
+/// `change_approved` (never by the proposer: the control plane rejects self-approval).
+pub async fn approve(client: &Client, args: &ApproveArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::ChangeApproved(ChangeApproved {
+        change_id: args.change_id.clone(),
+        comment: args.comment.clone(),
+    });
+    submit(client, event, args.json, out).await
+}
+
+/// Options for [`reject`].
+#[derive(Debug, Clone)]
+pub struct RejectArgs {
+    pub change_id: ChangeId,
+    pub reason: String,
+    pub json: bool,
+}
+
+/// `change_rejected`: the change can no longer be approved or published.
+pub async fn reject(client: &Client, args: &RejectArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::ChangeRejected(ChangeRejected {
+        change_id: args.change_id.clone(),
+        reason: args.reason.clone(),
+    });
+    submit(client, event, args.json, out).await
+}

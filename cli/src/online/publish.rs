@@ -1,0 +1,266 @@
+//! `aegisctl publish`, `rollback`, `freeze`, `unfreeze`: putting versions live, and stopping
+//! that.
+
+use super::{Client, Poll, outcome_exit, outcome_line, submit};
+use crate::exit::{CliResult, Exit};
+use crate::output::write_json;
+use aegis_core::events::{
+    ChangePublished, Event, RollbackRequested, RolloutStage, TenantFrozen, TenantUnfrozen,
+};
+use aegis_core::ids::ChangeId;
+use aegis_core::query::{EventRecord, VersionView};
+use serde::Serialize;
+use std::io::Write;
+
+/// Options for [`publish`].
+#[derive(Debug, Clone)]
+pub struct PublishArgs {
+    pub change_id: ChangeId,
+    pub stage: RolloutStage,
+    pub json: bool,
+}
+
+/// Options for [`rollback`].
+#[derive(Debug, Clone)]
+pub struct RollbackArgs {
+    pub to_version: u64,
+    pub reason: String,
+    pub emergency: bool,
+    pub json: bool,
+}
+
+/// What [`publish`] and [`rollback`] print with `--json`.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    event: &'a EventRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a VersionView>,
+}
+
+/// Which new version a publish or rollback produces.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    Change(&'a ChangeId),
+    RollbackTo(u64),
+}
+
+impl Target<'_> {
+    fn matches(&self, v: &VersionView, above: u64) -> bool {
+        v.version > above
+            && match self {
+                Target::Change(id) => v.change_id.as_ref() == Some(*id),
+                Target::RollbackTo(to) => v.rollback_of == Some(*to),
+            }
+    }
+}
+
+/// The newest version in `history` that `target` produced after `above`, and whether it is
+/// announced.
+fn find_version<'h>(
+    history: &'h [VersionView],
+    target: Target<'_>,
+    above: u64,
+) -> Option<&'h VersionView> {
+    history
+        .iter()
+        .filter(|v| target.matches(v, above))
+        .max_by_key(|v| v.version)
+}
+
+async fn publish_and_wait(
+    client: &Client,
+    event: Event,
+    target: Target<'_>,
+    what: String,
+    json: bool,
+    out: &mut dyn Write,
+) -> CliResult {
+    let above = client
+        .history()
+        .await?
+        .iter()
+        .map(|v| v.version)
+        .max()
+        .unwrap_or(0);
+    let record = client.publish_event(event).await?;
+    let exit = outcome_exit(&record.outcome);
+    if exit != Exit::Ok {
+        if json {
+            write_json(
+                out,
+                &Report {
+                    event: &record,
+                    version: None,
+                },
+            )?;
+        } else {
+            writeln!(out, "{}", outcome_line(&record.outcome))?;
+        }
+        return Ok(exit);
+    }
+    if !json {
+        writeln!(out, "{}", outcome_line(&record.outcome))?;
+        writeln!(out, "waiting for the bundle to be built and announced ...")?;
+        out.flush()?;
+    }
+    let version = client
+        .poll(what, async || {
+            let history = client.history().await?;
+            Ok(match find_version(&history, target, above) {
+                Some(v) if v.announced => Poll::Ready(v.clone()),
+                Some(v) => Poll::Pending(Some(format!(
+                    "version {} is built but not announced yet",
+                    v.version
+                ))),
+                None => Poll::Pending(Some("no new version in the history yet".to_owned())),
+            })
+        })
+        .await?;
+    if json {
+        write_json(
+            out,
+            &Report {
+                event: &record,
+                version: Some(&version),
+            },
+        )?;
+    } else {
+        write_version(&version, out)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `version 5 sha256:… (stage global, signed by …)`.
+pub fn write_version(v: &VersionView, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "version: {}", v.version)?;
+    writeln!(out, "digest:  {}", v.digest)?;
+    writeln!(out, "stage:   {}", v.stage)?;
+    writeln!(out, "signer:  {}", v.signer)?;
+    if let Some(expires) = &v.expires_at {
+        writeln!(out, "expires: {expires}")?;
+    }
+    Ok(())
+}
+
+/// `change_published`; once accepted, waits until the history shows the new version announced
+/// (bundle in the object store, `BundlePublished` sent) and prints version and digest.
+pub async fn publish(client: &Client, args: &PublishArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::ChangePublished(ChangePublished {
+        change_id: args.change_id.clone(),
+        stage: args.stage,
+    });
+    publish_and_wait(
+        client,
+        event,
+        Target::Change(&args.change_id),
+        format!(
+            "change {} was published, but announcing its bundle",
+            args.change_id
+        ),
+        args.json,
+        out,
+    )
+    .await
+}
+
+/// `rollback_requested`: a new version with the content of `to_version`; waits like
+/// [`publish`].
+pub async fn rollback(client: &Client, args: &RollbackArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::RollbackRequested(RollbackRequested {
+        to_version: args.to_version,
+        reason: args.reason.clone(),
+        emergency: args.emergency,
+    });
+    publish_and_wait(
+        client,
+        event,
+        Target::RollbackTo(args.to_version),
+        format!(
+            "the rollback to version {} was accepted, but announcing its bundle",
+            args.to_version
+        ),
+        args.json,
+        out,
+    )
+    .await
+}
+
+/// Options for [`freeze`].
+#[derive(Debug, Clone)]
+pub struct FreezeArgs {
+    pub reason: String,
+    pub json: bool,
+}
+
+/// `tenant_frozen`: every publish, rollback and rollout is refused until unfrozen.
+pub async fn freeze(client: &Client, args: &FreezeArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::TenantFrozen(TenantFrozen {
+        reason: args.reason.clone(),
+    });
+    submit(client, event, args.json, out).await
+}
+
+/// Options for [`unfreeze`].
+#[derive(Debug, Clone, Default)]
+pub struct UnfreezeArgs {
+    pub reason: Option<String>,
+    pub json: bool,
+}
+
+/// `tenant_unfrozen`.
+pub async fn unfreeze(client: &Client, args: &UnfreezeArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::TenantUnfrozen(TenantUnfrozen {
+        reason: args.reason.clone(),
+    });
+    submit(client, event, args.json, out).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aegis_core::ids::ActorId;
+    use aegis_core::keys::KeyId;
+
+    fn version(
+        n: u64,
+        change: Option<&str>,
+        rollback_of: Option<u64>,
+        announced: bool,
+    ) -> VersionView {
+        VersionView {
+            version: n,
+            digest: format!("sha256:{n}"),
+            size: 1,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+            change_id: change.map(|c| ChangeId::new(c).unwrap()),
+            rollback_of,
+            emergency: false,
+            stage: RolloutStage::Global,
+            published_by: ActorId::new("carol").unwrap(),
+            approved_by: vec![],
+            signer: KeyId::new(format!("ed25519:{}", "a".repeat(16))).unwrap(),
+            announced,
+        }
+    }
+
+    #[test]
+    fn finds_the_new_version_of_a_change_or_rollback() {
+        let history = vec![
+            version(1, Some("chg-1"), None, true),
+            version(2, Some("chg-2"), None, true),
+            version(3, None, Some(1), true),
+            version(4, None, Some(1), false),
+        ];
+        let chg2 = ChangeId::new("chg-2").unwrap();
+        assert_eq!(
+            find_version(&history, Target::Change(&chg2), 1).map(|v| v.version),
+            Some(2)
+        );
+        assert!(find_version(&history, Target::Change(&chg2), 2).is_none());
+        // An older rollback to the same version does not count.
+        let v = find_version(&history, Target::RollbackTo(1), 3).unwrap();
+        assert_eq!((v.version, v.announced), (4, false));
+    }
+}
