@@ -51,6 +51,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     rustup component add "${missing[@]}"
 fi
 
+section "cargo build (binaries the end-to-end tests start)"
+cargo build --workspace --bins
+
 section "cargo test (all targets)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$TEST_LOG"
 

@@ -71,18 +71,23 @@ impl Queries<'_> {
                 let start = keys::event(tenant, from);
                 let prefix = keys::events(tenant);
                 self.store
-                    .scan_raw(Family::State, start.as_bytes(), |k, v| {
-                        if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
-                            return Ok(false);
-                        }
-                        let r: EventRecord =
-                            serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-                                key: String::from_utf8_lossy(k).into_owned(),
-                                reason: e.to_string(),
-                            })?;
-                        out.push(r);
-                        Ok(true)
-                    })
+                    .scan_from(
+                        Family::State,
+                        start.as_bytes(),
+                        prefix.as_bytes(),
+                        |k, v| {
+                            if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
+                                return Ok(false);
+                            }
+                            let r: EventRecord =
+                                serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+                                    key: String::from_utf8_lossy(k).into_owned(),
+                                    reason: e.to_string(),
+                                })?;
+                            out.push(r);
+                            Ok(true)
+                        },
+                    )
                     .map_err(internal)?;
                 QueryAnswer::Events(out)
             }

@@ -489,8 +489,11 @@ impl Reactor {
         let mut entries: Vec<ChainEntry> = Vec::with_capacity((to - from + 1) as usize);
         let start = keys::event(tenant, from);
         let prefix = keys::events(tenant);
-        self.store
-            .scan_raw(Family::State, start.as_bytes(), |k, v| {
+        self.store.scan_from(
+            Family::State,
+            start.as_bytes(),
+            prefix.as_bytes(),
+            |k, v| {
                 if !k.starts_with(prefix.as_bytes()) {
                     return Ok(false);
                 }
@@ -504,7 +507,8 @@ impl Reactor {
                 }
                 entries.push(r.chain);
                 Ok(true)
-            })?;
+            },
+        )?;
         let checkpoint = AuditCheckpoint {
             from_position: from,
             to_position: to,

@@ -139,9 +139,21 @@ impl Store {
         &self,
         family: Family,
         prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan_from(family, prefix, prefix, f)
+    }
+
+    /// Calls `f` for each raw pair under `prefix`, starting at key `from`, until it returns
+    /// `false`.
+    pub fn scan_from(
+        &self,
+        family: Family,
+        from: &[u8],
+        prefix: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let mode = IteratorMode::From(prefix, Direction::Forward);
+        let mode = IteratorMode::From(from, Direction::Forward);
         let iter = match self.cf(family) {
             Some(cf) => self.db.iterator_cf(cf, mode),
             None if family == Family::State => self.db.iterator(mode),

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod controlplane;
 pub mod nats_cluster;
 pub mod nats_server;
 

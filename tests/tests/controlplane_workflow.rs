@@ -1,0 +1,510 @@
+//! The whole change workflow against a real nats-server and the real control-plane binary:
+//! actors and roles → propose → checks → approvals by other operators → publish → the bundle in
+//! the object store verifies with the trust store → a second version → rollback → freeze blocks
+//! publishing → unfreeze → the audit chain verifies against the signed checkpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aegis_core::bundle::{VerifyPolicy, verify};
+use aegis_core::events::chain::{StreamMessage, verify as verify_chain};
+use aegis_core::events::*;
+use aegis_core::ids::{ChangeId, PolicyName, TenantId};
+use aegis_core::keys::TrustStore;
+use aegis_core::query::{ChangeState, ChangeView, Outcome, QueryAnswer, QueryRequest, VersionView};
+use aegis_tests::NatsServer;
+use aegis_tests::controlplane::{ControlPlane, Keys, Operator, eventually, query, submit};
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use std::time::Duration;
+
+const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
+const FINANCE_VECTORS: &str = include_str!("../../policies/templates/finance/vectors.yaml");
+
+fn accepted(r: &aegis_core::query::EventRecord) {
+    assert_eq!(
+        r.outcome,
+        Outcome::Accepted,
+        "{}: {:?}",
+        r.summary,
+        r.outcome
+    );
+}
+
+fn rejected_with(r: &aegis_core::query::EventRecord, needle: &str) {
+    match &r.outcome {
+        Outcome::Rejected { reason } => assert!(
+            reason.contains(needle),
+            "expected a rejection mentioning {needle:?}, got {reason:?}"
+        ),
+        Outcome::Accepted => panic!(
+            "expected a rejection ({needle}), got accepted: {}",
+            r.summary
+        ),
+    }
+}
+
+pub fn proposal(
+    id: &ChangeId,
+    document: &str,
+    base_revision: u64,
+    vectors: &str,
+) -> ChangeProposed {
+    ChangeProposed {
+        change_id: id.clone(),
+        intent: "finance agent thresholds".into(),
+        ticket: Some("FIN-1001".into()),
+        documents: vec![ProposedDocument {
+            name: PolicyName::new("finance-agent").unwrap(),
+            format: DocumentFormat::Yaml,
+            document: document.into(),
+            base_revision,
+        }],
+        deleted: vec![],
+        vectors: vec![VectorDocument {
+            name: "finance-vectors.yaml".into(),
+            format: DocumentFormat::Yaml,
+            document: vectors.into(),
+        }],
+    }
+}
+
+async fn change(js: &jetstream::Context, tenant: &TenantId, id: &ChangeId) -> ChangeView {
+    match query(
+        &js.client(),
+        tenant,
+        QueryRequest::Change {
+            change_id: id.clone(),
+        },
+    )
+    .await
+    .unwrap()
+    {
+        QueryAnswer::Change(c) => *c,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+async fn announced(js: &jetstream::Context, tenant: &TenantId, version: u64) -> VersionView {
+    eventually(
+        Duration::from_secs(60),
+        "the bundle to be announced",
+        || async {
+            match query(&js.client(), tenant, QueryRequest::History).await {
+                Ok(QueryAnswer::History(h)) => {
+                    h.into_iter().find(|v| v.version == version && v.announced)
+                }
+                _ => None,
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn fetch_verified(
+    js: &jetstream::Context,
+    trust: &TrustStore,
+    digest: &str,
+) -> aegis_core::bundle::VerifiedBundle {
+    let bucket = js.get_object_store("aegis-bundles").await.unwrap();
+    let mut object = bucket.get(digest).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .unwrap();
+    verify(
+        &bytes,
+        trust,
+        &VerifyPolicy::new(time::OffsetDateTime::now_utc()),
+    )
+    .unwrap_or_else(|e| panic!("bundle {digest} does not verify: {e}"))
+}
+
+pub async fn setup_actors(js: &jetstream::Context, keys: &Keys, tenant: &str) -> [Operator; 4] {
+    let t = TenantId::new(tenant).unwrap();
+    let root = keys.root_operator(&t);
+    let alice = Operator::new(tenant, "alice");
+    let bob = Operator::new(tenant, "bob");
+    let carol = Operator::new(tenant, "carol");
+    let pat = Operator::new(tenant, "pat");
+    for (op, role) in [
+        (&alice, Role::Editor),
+        (&bob, Role::Approver),
+        (&carol, Role::Approver),
+        (&pat, Role::Publisher),
+    ] {
+        accepted(&submit(js, &root.register(op)).await.unwrap());
+        accepted(
+            &submit(
+                js,
+                &root.sign(RoleGranted {
+                    actor: op.actor.clone(),
+                    role,
+                }),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    [alice, bob, carol, pat]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propose_approve_publish_rollback_freeze_and_audit() {
+    let server = NatsServer::start().unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    aegis_nats::provision(&js, &aegis_nats::Topology::single())
+        .await
+        .unwrap();
+    let keys = Keys::generate().unwrap();
+    let cp = ControlPlane::start(&server.url(), &keys, &[]).unwrap();
+    let tenant = TenantId::new("acme").unwrap();
+    let [alice, bob, carol, pat] = setup_actors(&js, &keys, "acme").await;
+    let mut trust = TrustStore::new();
+    trust.trust(keys.control_plane.public_key().clone());
+
+    // Propose: checks run and pass; high risk needs two approvals.
+    let c1 = ChangeId::random().unwrap();
+    accepted(
+        &submit(
+            &js,
+            &alice.sign(proposal(&c1, FINANCE_POLICY, 0, FINANCE_VECTORS)),
+        )
+        .await
+        .unwrap(),
+    );
+    let view = change(&js, &tenant, &c1).await;
+    let checks = view.checks.clone().expect("checks ran");
+    assert!(checks.passed, "{checks:#?}\n{}", cp.log());
+    assert!(checks.vectors_run > 5, "{checks:?}");
+    assert_eq!(view.required_approvals, 2);
+    assert_eq!(view.state, ChangeState::Open);
+
+    // Nobody approves their own change — not even an editor who is also an approver.
+    let root = keys.root_operator(&tenant);
+    accepted(
+        &submit(
+            &js,
+            &root.sign(RoleGranted {
+                actor: alice.actor.clone(),
+                role: Role::Approver,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    // Nothing goes live without its approvals.
+    rejected_with(
+        &submit(
+            &js,
+            &alice.sign(ChangeApproved {
+                change_id: c1.clone(),
+                comment: None,
+            }),
+        )
+        .await
+        .unwrap(),
+        "four eyes",
+    );
+    rejected_with(
+        &submit(
+            &js,
+            &pat.sign(ChangePublished {
+                change_id: c1.clone(),
+                stage: RolloutStage::Global,
+            }),
+        )
+        .await
+        .unwrap(),
+        "needs 2 approval",
+    );
+    accepted(
+        &submit(
+            &js,
+            &bob.sign(ChangeApproved {
+                change_id: c1.clone(),
+                comment: Some("ok".into()),
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    rejected_with(
+        &submit(
+            &js,
+            &bob.sign(ChangeApproved {
+                change_id: c1.clone(),
+                comment: None,
+            }),
+        )
+        .await
+        .unwrap(),
+        "already approved",
+    );
+    accepted(
+        &submit(
+            &js,
+            &carol.sign(ChangeApproved {
+                change_id: c1.clone(),
+                comment: None,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(change(&js, &tenant, &c1).await.state, ChangeState::Approved);
+
+    // Publish: version 1 lands in the object store, signed, and verifies.
+    accepted(
+        &submit(
+            &js,
+            &pat.sign(ChangePublished {
+                change_id: c1.clone(),
+                stage: RolloutStage::Global,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    let v1 = announced(&js, &tenant, 1).await;
+    assert_eq!(v1.approved_by.len(), 2);
+    let b1 = fetch_verified(&js, &trust, &v1.digest).await;
+    assert_eq!(b1.manifest.version, 1);
+    assert_eq!(b1.manifest.source_change.as_deref(), Some(c1.as_str()));
+    assert_eq!(
+        b1.manifest.created_at, v1.created_at,
+        "created_at comes from the publish event"
+    );
+    // The announcement is on aegis.bundles.acme.
+    let last = aegis_nats::last_message(&js, "AEGIS_BUNDLES", "aegis.bundles.acme")
+        .await
+        .unwrap()
+        .unwrap();
+    let announced_env: Envelope = serde_json::from_slice(&last.payload).unwrap();
+    match announced_env.event {
+        Event::BundlePublished(b) => {
+            assert_eq!((b.version, b.digest.as_str()), (1, v1.digest.as_str()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        change(&js, &tenant, &c1).await.state,
+        ChangeState::Published
+    );
+
+    // Version 2: a stricter limit. A change based on the old live revision is stale.
+    let stricter = FINANCE_POLICY.replace("ticket: FIN-1001", "ticket: FIN-1002");
+    let stale = ChangeId::random().unwrap();
+    rejected_with(
+        &submit(
+            &js,
+            &alice.sign(proposal(&stale, &stricter, 0, FINANCE_VECTORS)),
+        )
+        .await
+        .unwrap(),
+        "stale",
+    );
+    let c2 = ChangeId::random().unwrap();
+    accepted(
+        &submit(
+            &js,
+            &alice.sign(proposal(&c2, &stricter, 1, FINANCE_VECTORS)),
+        )
+        .await
+        .unwrap(),
+    );
+    for op in [&bob, &carol] {
+        accepted(
+            &submit(
+                &js,
+                &op.sign(ChangeApproved {
+                    change_id: c2.clone(),
+                    comment: None,
+                }),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    accepted(
+        &submit(
+            &js,
+            &pat.sign(ChangePublished {
+                change_id: c2.clone(),
+                stage: RolloutStage::Global,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    let v2 = announced(&js, &tenant, 2).await;
+    assert_ne!(v2.digest, v1.digest);
+
+    // Rollback to 1: a new version 3 whose content is version 1's.
+    accepted(
+        &submit(
+            &js,
+            &pat.sign(RollbackRequested {
+                to_version: 1,
+                reason: "incident 42".into(),
+                emergency: false,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    let v3 = announced(&js, &tenant, 3).await;
+    assert_eq!(v3.rollback_of, Some(1));
+    let b3 = fetch_verified(&js, &trust, &v3.digest).await;
+    assert_eq!(b3.manifest.version, 3);
+    assert_eq!(b3.data(), b1.data(), "rollback content is version 1's");
+
+    // Freeze blocks publish and rollback, and says so.
+    accepted(
+        &submit(
+            &js,
+            &pat.sign(TenantFrozen {
+                reason: "quarter close".into(),
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    let c3 = ChangeId::random().unwrap();
+    let again = FINANCE_POLICY.replace("ticket: FIN-1001", "ticket: FIN-1003");
+    accepted(
+        &submit(&js, &alice.sign(proposal(&c3, &again, 3, FINANCE_VECTORS)))
+            .await
+            .unwrap(),
+    );
+    for op in [&bob, &carol] {
+        accepted(
+            &submit(
+                &js,
+                &op.sign(ChangeApproved {
+                    change_id: c3.clone(),
+                    comment: None,
+                }),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    rejected_with(
+        &submit(
+            &js,
+            &pat.sign(ChangePublished {
+                change_id: c3.clone(),
+                stage: RolloutStage::Global,
+            }),
+        )
+        .await
+        .unwrap(),
+        "frozen",
+    );
+    rejected_with(
+        &submit(
+            &js,
+            &pat.sign(RollbackRequested {
+                to_version: 2,
+                reason: "x".into(),
+                emergency: false,
+            }),
+        )
+        .await
+        .unwrap(),
+        "frozen",
+    );
+    accepted(
+        &submit(&js, &pat.sign(TenantUnfrozen { reason: None }))
+            .await
+            .unwrap(),
+    );
+    accepted(
+        &submit(
+            &js,
+            &pat.sign(ChangePublished {
+                change_id: c3.clone(),
+                stage: RolloutStage::Global,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    announced(&js, &tenant, 4).await;
+
+    // Audit: the checkpoints cover the whole chain and the stream matches them.
+    let status = match query(&js.client(), &tenant, QueryRequest::Status)
+        .await
+        .unwrap()
+    {
+        QueryAnswer::Status(s) => s,
+        other => panic!("{other:?}"),
+    };
+    let checkpoints = eventually(
+        Duration::from_secs(30),
+        "checkpoints up to the chain head",
+        || {
+            let js = js.clone();
+            let want = status.chain_position;
+            async move {
+                let cps = read_checkpoints(&js, "aegis.audit.acme").await;
+                (cps.last().map(|c| c.to_position) >= Some(want)).then_some(cps)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let messages = read_messages(&js, "AEGIS_CHANGES", "aegis.changes.acme.>").await;
+    let report = verify_chain(&tenant, &messages, &checkpoints);
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(report.events, status.chain_position);
+    assert!(report.checkpointed >= status.chain_position);
+    drop(cp);
+}
+
+/// Every message on `filter` in stream order.
+pub async fn read_messages(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Vec<StreamMessage> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let last = stream.cached_info().state.last_sequence;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut msgs = consumer.messages().await.unwrap();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await;
+        let Ok(Some(Ok(m))) = next else { break };
+        let seq = m.info().unwrap().stream_sequence;
+        out.push(StreamMessage {
+            seq,
+            raw: m.payload.to_vec(),
+        });
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+/// The audit checkpoints on `subject`.
+pub async fn read_checkpoints(js: &jetstream::Context, subject: &str) -> Vec<AuditCheckpoint> {
+    read_messages(js, "AEGIS_AUDIT", subject)
+        .await
+        .into_iter()
+        .filter_map(
+            |m| match serde_json::from_slice::<Envelope>(&m.raw).ok()?.event {
+                Event::AuditCheckpoint(c) => Some(c),
+                _ => None,
+            },
+        )
+        .collect()
+}
