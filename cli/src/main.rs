@@ -250,7 +250,9 @@ enum ActorCommand {
         after_help = "Example:\n  aegisctl keys generate --out keys/ --name bob\n  aegisctl actor add bob --public-key keys/bob.pub.json --name 'Bob B.' --role approver \\\n      --tenant acme --actor admin --key keys/admin.key.json"
     )]
     Add {
-        actor: ActorId,
+        /// The actor to act on
+        #[arg(value_name = "ACTOR")]
+        id: ActorId,
         /// The actor's *.pub.json
         #[arg(long, value_name = "FILE")]
         public_key: PathBuf,
@@ -265,21 +267,27 @@ enum ActorCommand {
     },
     /// Grant a role
     Grant {
-        actor: ActorId,
+        /// The actor to act on
+        #[arg(value_name = "ACTOR")]
+        id: ActorId,
         role: Role,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Revoke a role
     Revoke {
-        actor: ActorId,
+        /// The actor to act on
+        #[arg(value_name = "ACTOR")]
+        id: ActorId,
         role: Role,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Revoke one of an actor's keys
     RevokeKey {
-        actor: ActorId,
+        /// The actor to act on
+        #[arg(value_name = "ACTOR")]
+        id: ActorId,
         key_id: KeyId,
         #[arg(long)]
         reason: Option<String>,
@@ -587,7 +595,7 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
             })
         }
         Command::Actor(ActorCommand::Add {
-            actor,
+            id: actor,
             public_key,
             name,
             roles,
@@ -605,7 +613,7 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
             })
         }
         Command::Actor(ActorCommand::Grant {
-            actor,
+            id: actor,
             role,
             online,
         }) => {
@@ -619,7 +627,7 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
             })
         }
         Command::Actor(ActorCommand::Revoke {
-            actor,
+            id: actor,
             role,
             online,
         }) => {
@@ -633,7 +641,7 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
             })
         }
         Command::Actor(ActorCommand::RevokeKey {
-            actor,
+            id: actor,
             key_id,
             reason,
             online,
@@ -851,4 +859,15 @@ fn main() -> ExitCode {
         return ExitCode::from(Exit::Failure.code());
     }
     ExitCode::from(exit.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

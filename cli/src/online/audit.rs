@@ -7,7 +7,7 @@ use crate::output::write_json;
 use aegis_core::events::chain::{self, ChainReport, Finding, FindingKind, StreamMessage};
 use aegis_core::events::{AuditCheckpoint, Event, EventType, ReceivedEnvelope};
 use aegis_core::ids::{EventId, TenantId};
-use aegis_core::keys::TrustStore;
+use aegis_core::keys::{PublicKey, TrustStore};
 use aegis_core::query::{ChangeView, EventRecord, Outcome, VersionView};
 use aegis_nats::topology::{self, AUDIT_STREAM, CHANGES_STREAM};
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push::OrderedConfig};
@@ -573,11 +573,28 @@ pub fn write_report(report: &ChainReport, out: &mut dyn Write) -> std::io::Resul
     )
 }
 
+/// A trust store from a trust file, a directory of `*.pub.json`, or one `*.pub.json` (the
+/// control plane's key as `aegisctl keys generate` wrote it).
+pub fn load_trust(path: &std::path::Path) -> Result<TrustStore, CliError> {
+    let single = path.is_file()
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".pub.json"));
+    if single {
+        let key = PublicKey::load(path).map_err(|e| CliError::invalid(e.to_string()))?;
+        let mut trust = TrustStore::new();
+        trust.trust(key);
+        return Ok(trust);
+    }
+    TrustStore::load(path).map_err(|e| CliError::invalid(e.to_string()))
+}
+
 /// Options for [`verify`].
 #[derive(Debug, Clone, Default)]
 pub struct VerifyArgs {
-    /// A trust file or directory with the control plane's public key(s): checkpoint signatures
-    /// are then verified too.
+    /// The control plane's public key(s) (see [`load_trust`]): checkpoint signatures are then
+    /// verified too.
     pub trust: Option<PathBuf>,
     pub json: bool,
 }
@@ -585,7 +602,7 @@ pub struct VerifyArgs {
 /// Reads the streams, verifies, prints `chain intact: …` (exit 0) or every finding (exit 1).
 pub async fn verify(client: &Client, args: &VerifyArgs, out: &mut dyn Write) -> CliResult {
     let trust = match &args.trust {
-        Some(path) => Some(TrustStore::load(path).map_err(|e| CliError::invalid(e.to_string()))?),
+        Some(path) => Some(load_trust(path)?),
         None => None,
     };
     let streams = read_streams(

@@ -151,9 +151,12 @@ pub enum ClientError {
     UnexpectedAnswer { op: &'static str, got: &'static str },
     /// Something published was not folded in time.
     #[error(
-        "{what} was not done within {}s{}: is the control plane running and keeping up? \
-         (raise --timeout to wait longer)",
-        timeout.as_secs(), progress.as_deref().map(|p| format!(" ({p})")).unwrap_or_default()
+        "{what} was not done within {}s{}", timeout.as_secs(),
+        match (progress, cause) {
+            (_, Some(cause)) => format!(": {cause}"),
+            (Some(p), None) => format!(" ({p}): is the control plane running and keeping up? (raise --timeout to wait longer)"),
+            (None, None) => ": is the control plane running and keeping up? (raise --timeout to wait longer)".to_owned(),
+        }
     )]
     TimedOut {
         /// What was waited for, e.g. "event evt-… (stream sequence 12) was published, but
@@ -162,6 +165,8 @@ pub enum ClientError {
         timeout: Duration,
         /// What was seen last, e.g. "the control plane has applied up to sequence 10".
         progress: Option<String>,
+        /// The last query failure, when the control plane did not answer at all.
+        cause: Option<String>,
     },
 }
 
@@ -351,11 +356,7 @@ impl Client {
 
     /// The subject an event is published on: `aegis.changes.<tenant>.<suffix>`.
     pub fn subject_for(&self, event: &Event) -> Result<String, ClientError> {
-        let suffix =
-            EventType::changes_subject_suffix(event).ok_or(ClientError::NotAChangeEvent {
-                event_type: event.event_type(),
-            })?;
-        Ok(topology::changes_subject(&self.tenant, &suffix)?)
+        change_subject(&self.tenant, event)
     }
 
     /// Publishes a signed envelope (its canonical bytes, `Nats-Msg-Id` = its id), optionally
@@ -445,8 +446,9 @@ impl Client {
         event_id: &EventId,
         what: String,
     ) -> Result<EventRecord, ClientError> {
-        self.poll(what, async || {
-            match self
+        let this = self;
+        self.poll(what, move || async move {
+            match this
                 .query(QueryRequest::Outcome {
                     event_id: event_id.clone(),
                 })
@@ -466,18 +468,25 @@ impl Client {
 
     /// Calls `step` every poll interval until it is ready, up to the timeout. Transient query
     /// failures (no responder, no answer) are retried; the timeout error then names them.
-    pub async fn poll<T>(
+    pub async fn poll<T, F>(
         &self,
         what: impl Into<String>,
-        mut step: impl AsyncFnMut() -> Result<Poll<T>, ClientError>,
-    ) -> Result<T, ClientError> {
+        mut step: impl FnMut() -> F,
+    ) -> Result<T, ClientError>
+    where
+        F: Future<Output = Result<Poll<T>, ClientError>>,
+    {
         let deadline = Instant::now() + self.timeout;
-        let mut progress;
+        let mut progress = None;
+        let mut cause;
         loop {
             match step().await {
                 Ok(Poll::Ready(value)) => return Ok(value),
-                Ok(Poll::Pending(p)) => progress = p,
-                Err(e) if e.is_transient() => progress = Some(e.to_string()),
+                Ok(Poll::Pending(p)) => {
+                    progress = p;
+                    cause = None;
+                }
+                Err(e) if e.is_transient() => cause = Some(e.to_string()),
                 Err(e) => return Err(e),
             }
             if Instant::now() + self.poll_interval > deadline {
@@ -485,6 +494,7 @@ impl Client {
                     what: what.into(),
                     timeout: self.timeout,
                     progress,
+                    cause,
                 });
             }
             tokio::time::sleep(self.poll_interval).await;
@@ -663,6 +673,15 @@ impl Client {
     }
 }
 
+/// `aegis.changes.<tenant>.<suffix>` for a change event (see
+/// [`EventType::changes_subject_suffix`]).
+pub fn change_subject(tenant: &TenantId, event: &Event) -> Result<String, ClientError> {
+    let suffix = EventType::changes_subject_suffix(event).ok_or(ClientError::NotAChangeEvent {
+        event_type: event.event_type(),
+    })?;
+    Ok(topology::changes_subject(tenant, &suffix)?)
+}
+
 /// One step of [`Client::poll`].
 #[derive(Debug)]
 pub enum Poll<T> {
@@ -696,5 +715,62 @@ fn unexpected(op: &'static str, answer: &QueryAnswer) -> ClientError {
     ClientError::UnexpectedAnswer {
         op,
         got: answer_kind(answer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aegis_core::events::TenantFrozen;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Tests may run several clients' calls concurrently (`tokio::spawn`): the futures must be
+    /// `Send`. Never called; it only has to compile.
+    #[allow(dead_code)]
+    fn client_futures_are_send(client: &Client, id: &EventId) {
+        assert_send(&client.publish_event(Event::TenantFrozen(TenantFrozen {
+            reason: String::new(),
+        })));
+        assert_send(&client.wait_outcome(id));
+        assert_send(&client.all_events());
+        assert_send(&client.query(QueryRequest::Status));
+    }
+
+    #[test]
+    fn subjects_follow_the_event() {
+        let acme = TenantId::new("acme").unwrap();
+        let frozen = Event::TenantFrozen(TenantFrozen {
+            reason: String::new(),
+        });
+        assert_eq!(
+            change_subject(&acme, &frozen).unwrap(),
+            "aegis.changes.acme.control"
+        );
+        let approved = Event::ChangeApproved(aegis_core::events::ChangeApproved {
+            change_id: ChangeId::new("chg-1").unwrap(),
+            comment: None,
+        });
+        assert_eq!(
+            change_subject(&acme, &approved).unwrap(),
+            "aegis.changes.acme.change.chg-1"
+        );
+        let checkpoint = Event::AuditCheckpoint(aegis_core::events::AuditCheckpoint {
+            from_position: 1,
+            to_position: 0,
+            previous_head: String::new(),
+            head: String::new(),
+            entries: vec![],
+        });
+        assert!(matches!(
+            change_subject(&acme, &checkpoint),
+            Err(ClientError::NotAChangeEvent { .. })
+        ));
+        let dotted = TenantId::new("acme.eu").unwrap();
+        assert!(matches!(
+            change_subject(&dotted, &frozen),
+            Err(ClientError::Subject(_))
+        ));
     }
 }

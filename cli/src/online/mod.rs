@@ -21,7 +21,7 @@ pub mod tenant;
 
 pub use client::{
     Client, ClientError, ClientOptions, DEFAULT_TIMEOUT, EVENTS_PAGE, MAX_QUERY_TIMEOUT,
-    POLL_INTERVAL, Poll, Published, Signer, SignerSource,
+    POLL_INTERVAL, Poll, Published, Signer, SignerSource, change_subject,
 };
 
 use crate::exit::{CliError, CliResult, Exit};
@@ -195,11 +195,28 @@ mod tests {
             what: "change_approved evt-1 was published (stream sequence 9), but applying it".into(),
             timeout: Duration::from_secs(30),
             progress: Some("the control plane has applied stream sequences up to 7".into()),
+            cause: None,
         };
         let e = CliError::from(timeout);
         assert_eq!(e.exit, Exit::Unavailable);
         assert!(e.message.contains("within 30s"), "{}", e.message);
         assert!(e.message.contains("up to 7"), "{}", e.message);
+        assert!(
+            e.message.contains("is the control plane running"),
+            "{}",
+            e.message
+        );
+        let silent = ClientError::TimedOut {
+            what: "tenant_frozen evt-2 was published (stream sequence 3), but applying it".into(),
+            timeout: Duration::from_secs(2),
+            progress: None,
+            cause: Some("no control plane answers aegis.query.acme.outcome".into()),
+        };
+        assert_eq!(
+            silent.to_string(),
+            "tenant_frozen evt-2 was published (stream sequence 3), but applying it was not \
+             done within 2s: no control plane answers aegis.query.acme.outcome"
+        );
     }
 
     #[test]

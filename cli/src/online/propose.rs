@@ -553,7 +553,7 @@ pub async fn run(client: &Client, args: &ProposeArgs, out: &mut dyn Write) -> Cl
     let change = client
         .poll(
             format!("change {change_id} was proposed, but its checks"),
-            async || {
+            || async {
                 let change = client.change(&change_id).await?;
                 Ok(if change.checks.is_some() {
                     Poll::Ready(change)

@@ -104,7 +104,7 @@ async fn publish_and_wait(
         out.flush()?;
     }
     let version = client
-        .poll(what, async || {
+        .poll(what, || async move {
             let history = client.history().await?;
             Ok(match find_version(&history, target, above) {
                 Some(v) if v.announced => Poll::Ready(v.clone()),
