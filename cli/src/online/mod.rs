@@ -171,7 +171,12 @@ pub async fn submit(client: &Client, event: Event, json: bool, out: &mut dyn Wri
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
 
     #[test]
@@ -216,6 +221,59 @@ mod tests {
             silent.to_string(),
             "tenant_frozen evt-2 was published (stream sequence 3), but applying it was not \
              done within 2s: no control plane answers aegis.query.acme.outcome"
+        );
+    }
+
+    fn record(outcome: Outcome) -> EventRecord {
+        EventRecord {
+            position: 7,
+            seq: 12,
+            id: "evt-7".into(),
+            event_type: Some(aegis_core::events::EventType::ChangeApproved),
+            actor: Some("alice".parse().unwrap()),
+            time: Some("2026-01-01T00:00:00.000Z".into()),
+            subject: "aegis.changes.acme.change.chg-1".into(),
+            outcome,
+            summary: "approved chg-1".into(),
+            chain: aegis_core::events::ChainEntry {
+                position: 7,
+                seq: 12,
+                id: "evt-7".into(),
+                hash: "00".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_rejected_outcome_prints_its_reason_and_exits_5() {
+        let rejected = record(Outcome::Rejected {
+            reason: "alice may not approve her own change chg-1".into(),
+        });
+        let mut out = Vec::new();
+        let exit = write_outcome(&rejected, false, &mut out).unwrap();
+        assert_eq!(exit, Exit::Rejected);
+        assert_eq!(exit.code(), 5);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "rejected: alice may not approve her own change chg-1\n"
+        );
+
+        let mut out = Vec::new();
+        let exit = write_outcome(&rejected, true, &mut out).unwrap();
+        assert_eq!(exit, Exit::Rejected);
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["outcome"]["status"], "rejected");
+        assert_eq!(
+            json["outcome"]["reason"],
+            "alice may not approve her own change chg-1"
+        );
+        assert_eq!(json["type"], "change_approved");
+
+        let mut out = Vec::new();
+        let exit = write_outcome(&record(Outcome::Accepted), false, &mut out).unwrap();
+        assert_eq!(
+            (exit, String::from_utf8(out).unwrap()),
+            (Exit::Ok, "accepted\n".to_owned())
         );
     }
 
