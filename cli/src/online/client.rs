@@ -129,7 +129,8 @@ pub enum ClientError {
     /// The control plane did not answer a query in time.
     #[error(
         "the control plane did not answer {subject} on {url} within {}s: is it running and \
-         healthy?", timeout.as_secs_f32()
+         healthy? (a NATS user that may not publish to {subject} gets no answer either: check \
+         the credentials and --tenant)", timeout.as_secs_f32()
     )]
     QueryTimedOut {
         subject: String,
