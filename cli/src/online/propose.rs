@@ -17,7 +17,7 @@ use aegis_core::ids::{ChangeId, PolicyName, TenantId};
 use aegis_core::policy::PolicyDocument;
 use aegis_core::policy::set::parse_document;
 use aegis_core::policy::source;
-use aegis_core::query::{ChangeView, DraftView, EventRecord, LiveView, Outcome};
+use aegis_core::query::{ChangeView, EventRecord, LiveView, Outcome};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -304,7 +304,7 @@ pub fn plan(tree: &Tree, live: &LiveView, prune: bool) -> Plan {
     p
 }
 
-/// One draft edit: the event and the draft revision it is based on (also its
+/// One draft edit: the event and the revision it is based on (also its
 /// `Nats-Expected-Last-Subject-Sequence`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DraftEdit {
@@ -313,15 +313,29 @@ pub struct DraftEdit {
     pub event: Event,
 }
 
-/// The `policy_upserted` / `policy_deleted` events for a plan, each based on the policy's
-/// current draft revision (0 when it never had a draft).
-pub fn draft_edits(plan: &Plan, drafts: &[DraftView], change_id: &ChangeId) -> Vec<DraftEdit> {
-    let revision = |name: &PolicyName| {
-        drafts
-            .iter()
-            .find(|d| &d.name == name)
-            .map_or(0, |d| d.revision)
-    };
+/// The policies a plan edits: each needs the revision its edit is based on.
+pub fn edited_policies(plan: &Plan) -> Vec<PolicyName> {
+    plan.upserts
+        .iter()
+        .map(|u| u.document.name.clone())
+        .chain(plan.deletes.iter().map(|d| d.name.clone()))
+        .collect()
+}
+
+/// The `policy_upserted` / `policy_deleted` events for a plan, each based on `revisions[name]`
+/// (0 when absent: the policy's subject has no message yet).
+///
+/// The revision to use is the last stream sequence on `aegis.changes.<tenant>.policy.<name>`
+/// ([`Client::last_subject_sequence`]): that is what the fold compares `base_revision` with,
+/// and what `Nats-Expected-Last-Subject-Sequence` checks. It equals the `Drafts` revision
+/// unless an edit after the last accepted one was rejected: the rejected message still moves
+/// the subject on, so the `Drafts` revision would be refused by the stream forever.
+pub fn draft_edits(
+    plan: &Plan,
+    revisions: &BTreeMap<PolicyName, u64>,
+    change_id: &ChangeId,
+) -> Vec<DraftEdit> {
+    let revision = |name: &PolicyName| revisions.get(name).copied().unwrap_or(0);
     let upserts = plan.upserts.iter().map(|u| {
         let base_revision = revision(&u.document.name);
         DraftEdit {
@@ -479,7 +493,13 @@ pub async fn run(client: &Client, args: &ProposeArgs, out: &mut dyn Write) -> Cl
     if !args.json {
         write_plan(&tenant, &tree, &plan, out)?;
     }
-    let drafts = client.drafts().await?;
+    let mut revisions = BTreeMap::new();
+    for name in edited_policies(&plan) {
+        let subject = aegis_nats::topology::changes_subject(&tenant, &format!("policy.{name}"))
+            .map_err(|e| CliError::invalid(e.to_string()))?;
+        let last = client.last_subject_sequence(&subject).await?;
+        revisions.insert(name, last.unwrap_or(0));
+    }
     let change_id = ChangeId::random()
         .map_err(|e| CliError::failure(format!("cannot make a change id: {e}")))?;
     let mut records = Vec::new();
@@ -498,7 +518,7 @@ pub async fn run(client: &Client, args: &ProposeArgs, out: &mut dyn Write) -> Cl
             },
         )
     };
-    for edit in draft_edits(&plan, &drafts, &change_id) {
+    for edit in draft_edits(&plan, &revisions, &change_id) {
         let record = match client
             .publish_event_expecting(edit.event, Some(edit.base_revision))
             .await
@@ -582,7 +602,6 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
-    use aegis_core::ids::ActorId;
     use aegis_core::policy::model::RiskTier;
     use aegis_core::query::LiveDocument;
 
@@ -779,14 +798,12 @@ mod tests {
         live.vectors.clear();
         let p = plan(&tree, &live, true);
         let change_id = ChangeId::new("chg-1").unwrap();
-        let drafts = vec![DraftView {
-            name: name("legacy-agent"),
-            revision: 41,
-            deleted: false,
-            by: ActorId::new("alice").unwrap(),
-            at: "2026-01-01T00:00:00Z".into(),
-        }];
-        let edits = draft_edits(&p, &drafts, &change_id);
+        assert_eq!(
+            edited_policies(&p),
+            [name("finance-agent"), name("legacy-agent")]
+        );
+        let revisions = BTreeMap::from([(name("legacy-agent"), 41)]);
+        let edits = draft_edits(&p, &revisions, &change_id);
         assert_eq!(edits.len(), 2);
         match &edits[0].event {
             Event::PolicyUpserted(u) => {
