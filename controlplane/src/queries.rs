@@ -118,7 +118,21 @@ impl Queries<'_> {
                     .store
                     .scan(Family::State, &keys::drafts(tenant))
                     .map_err(internal)?;
-                QueryAnswer::Drafts(drafts.into_iter().map(|(_, d)| d.view).collect())
+                // The revision an edit must be based on is the subject's last sequence, which
+                // also moves on rejected edits (that is what the fold and NATS compare).
+                let mut views = Vec::with_capacity(drafts.len());
+                for (_, d) in drafts {
+                    let mut view = d.view;
+                    if let Some(seq) = self
+                        .store
+                        .get::<u64>(Family::State, &keys::subject_seq(tenant, &view.name))
+                        .map_err(internal)?
+                    {
+                        view.revision = seq;
+                    }
+                    views.push(view);
+                }
+                QueryAnswer::Drafts(views)
             }
             QueryRequest::Live => QueryAnswer::Live(self.live(tenant).map_err(internal)?),
         })

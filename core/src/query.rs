@@ -322,8 +322,8 @@ pub struct KeyView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DraftView {
     pub name: PolicyName,
-    /// The stream sequence of the last edit; the next edit's `base_revision` and
-    /// `Nats-Expected-Last-Subject-Sequence`.
+    /// The stream sequence of the last message on the policy's subject (accepted or rejected);
+    /// the next edit's `base_revision` and `Nats-Expected-Last-Subject-Sequence`.
     pub revision: u64,
     pub deleted: bool,
     pub by: ActorId,

@@ -410,3 +410,19 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until the control plane answers queries for `tenant` (it provisions the topology
+/// before it starts answering).
+pub async fn wait_ready(
+    client: &async_nats::Client,
+    tenant: &TenantId,
+    timeout: Duration,
+) -> Result<()> {
+    eventually(timeout, "the control plane to answer queries", || async {
+        query(client, tenant, QueryRequest::Status)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
+}
