@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Aegis demo (the README's main command): lint and test the shipped policy templates, evaluate
 # example calls against each template, then generate a signing key, build, verify and inspect a
-# signed bundle per tenant. Everything it writes goes to a temp dir that is removed at the end
+# signed bundle per tenant; then run the control plane against a local nats-server and take a
+# change through propose -> checks -> four-eyes approval -> publish -> rollback -> freeze, and
+# export and verify the audit trail. Everything it writes goes to a temp dir that is removed at the end
 # (set AEGIS_DEMO_KEEP=1 to keep it).
 #
 # `aegisctl eval` exits 0 for allow/sanitize, 3 for deny and 4 for approval_needed; each example
@@ -37,7 +39,12 @@ run() {
 }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/aegis-demo.XXXXXX")"
+PIDS=()
 cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [ "${AEGIS_DEMO_KEEP:-0}" = "1" ]; then
         echo "demo files kept in $WORK"
     else
@@ -52,8 +59,9 @@ section setup
 source "$ROOT/scripts/setup.sh"
 
 section build
-run cargo build --release -p aegisctl
+run cargo build --release -p aegisctl -p aegis-controlplane
 AEGISCTL="$CARGO_TARGET_DIR/release/aegisctl"
+CONTROLPLANE="$CARGO_TARGET_DIR/release/aegis-controlplane"
 if [ ! -x "$AEGISCTL" ]; then
     echo "aegisctl not found at $AEGISCTL after the build" >&2
     exit 1
@@ -178,6 +186,112 @@ else
     echo "bundle build is not deterministic" >&2
     exit 1
 fi
+
+# ---------------------------------------------------------------------------------------------
+# The control plane: every edit, approval and publish is a signed event on NATS JetStream; the
+# control plane folds them into RocksDB and is the only one that signs bundles.
+section "control plane: start nats-server and aegis-controlplane"
+NATS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+mkdir -p "$WORK/nats"
+cat >"$WORK/nats/nats.conf" <<CONF
+listen: 127.0.0.1:$NATS_PORT
+jetstream { store_dir: "$WORK/nats/store", sync_interval: always }
+CONF
+"$AEGIS_NATS_SERVER" -c "$WORK/nats/nats.conf" >"$WORK/nats/nats.log" 2>&1 &
+PIDS+=($!)
+export AEGIS_NATS_URL="nats://127.0.0.1:$NATS_PORT" AEGIS_TENANT=acme
+echo "nats-server on $AEGIS_NATS_URL (log: $WORK/nats/nats.log)"
+
+for who in root control-plane alice bob carol pat; do
+    "$AEGISCTL" keys generate --out "$KEYS" --name "$who" >/dev/null
+done
+# wait for the server, then provision the streams, object store and KV bucket
+for _ in $(seq 1 100); do "$AEGISCTL" nats init >/dev/null 2>&1 && break; sleep 0.1; done
+run aegisctl nats init
+
+show aegis-controlplane run --data "$WORK/cp-data" --key "$KEYS/control-plane.key.json" \
+    --root-admin "root=$KEYS/root.pub.json"
+"$CONTROLPLANE" run --data "$WORK/cp-data" --key "$KEYS/control-plane.key.json" \
+    --root-admin "root=$KEYS/root.pub.json" >"$WORK/cp.log" 2>&1 &
+PIDS+=($!)
+echo "control plane started (log: $WORK/cp.log)"
+
+# as ACTOR aegisctl-arguments...: run aegisctl signed by ACTOR's key
+as() {
+    local actor="$1"
+    shift
+    show aegisctl "$@" "  # as $actor"
+    AEGIS_ACTOR="$actor" AEGIS_KEY="$KEYS/$actor.key.json" "$AEGISCTL" "$@"
+}
+# expect_exit CODE ACTOR aegisctl-arguments...: the command must exit with CODE
+expect_exit() {
+    local want="$1" rc=0
+    shift
+    as "$@" || rc=$?
+    if [ "$rc" -ne "$want" ]; then
+        echo "   => exit $rc, expected $want" >&2
+        exit 1
+    fi
+    echo "   => exit $rc, as expected"
+}
+open_change() {
+    AEGIS_ACTOR=pat AEGIS_KEY="$KEYS/pat.key.json" "$AEGISCTL" changes list --state open --json |
+        python3 -c 'import json,sys; c=json.load(sys.stdin); print(c[0]["change_id"])'
+}
+for _ in $(seq 1 100); do as root status >/dev/null 2>&1 && break; sleep 0.2; done
+
+section "control plane: actors and roles (signed by the root admin)"
+as root actor add alice --public-key "$KEYS/alice.pub.json" --name "Alice (policy author)" --role editor --role approver
+as root actor add bob --public-key "$KEYS/bob.pub.json" --role approver
+as root actor add carol --public-key "$KEYS/carol.pub.json" --role approver
+as root actor add pat --public-key "$KEYS/pat.pub.json" --role publisher
+as root actor list
+
+section "control plane: propose the finance policy; the control plane runs the checks"
+as alice propose "$TEMPLATES/finance" --intent "Finance agent: pay invoices within thresholds" --ticket FIN-1001
+C1="$(open_change)"
+as alice changes show "$C1"
+
+section "control plane: four eyes"
+echo "-- alice cannot approve her own change:"
+expect_exit 5 alice approve "$C1"
+echo "-- nor can pat publish before two approvals (the policy is high risk):"
+expect_exit 5 pat publish "$C1"
+as bob approve "$C1" --comment "thresholds match the treasury policy"
+as carol approve "$C1"
+as pat publish "$C1"
+
+section "control plane: a second version, then a rollback"
+cp -r "$TEMPLATES/finance" "$WORK/finance-v2"
+sed -i 's/lte: 5000$/lte: 4000/' "$WORK/finance-v2/policy.yaml"
+as alice propose "$WORK/finance-v2" --intent "Lower the approval threshold to 4,000" --ticket FIN-1002
+C2="$(open_change)"
+as bob approve "$C2"
+as carol approve "$C2"
+as pat publish "$C2"
+as pat rollback --to 1 --reason "treasury asked to restore 5,000"
+as pat history
+
+section "control plane: freeze blocks publishing"
+as pat freeze --reason "quarter close"
+as alice propose "$WORK/finance-v2" --intent "Lower the approval threshold to 4,000 (again)" --ticket FIN-1003
+C3="$(open_change)"
+as bob approve "$C3"
+as carol approve "$C3"
+expect_exit 5 pat publish "$C3"
+as pat unfreeze --reason "quarter closed"
+as pat publish "$C3"
+as pat status
+
+section "control plane: audit"
+as pat audit export --format csv
+# checkpoints are signed after a second without new events
+for _ in $(seq 1 50); do
+    out="$(AEGIS_ACTOR=pat AEGIS_KEY="$KEYS/pat.key.json" "$AEGISCTL" audit verify --trust "$KEYS/control-plane.pub.json" 2>&1 || true)"
+    case "$out" in *"chain intact"*) [[ "$out" == *"not covered yet"* ]] || break ;; esac
+    sleep 0.2
+done
+as pat audit verify --trust "$KEYS/control-plane.pub.json"
 
 section "done"
 echo "demo finished"
