@@ -6,7 +6,12 @@
 //! - Four eyes and approvals: whatever the order of events, no version is ever cut for a change
 //!   without the required approvals from someone other than its proposer, and no publish lands
 //!   while the tenant is frozen.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use aegis_controlplane::fold::{Applied, FoldConfig, Folder, InMessage};
 use aegis_controlplane::queries::Queries;

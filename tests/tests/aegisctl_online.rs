@@ -2,7 +2,12 @@
 //! shipped accounts.conf, the control plane as the `controlplane` user, every operator command
 //! as the tenant's `acme-operator` user. Propose a policy tree, approve as two other operators,
 //! publish, export the audit trail and verify the chain.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use aegis_core::events::{Role, RolloutStage};
 use aegis_core::ids::{ActorId, ChangeId, TenantId};

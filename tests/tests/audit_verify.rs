@@ -3,7 +3,12 @@
 //! event, onto a second nats-server — once faithfully, once with one event edited, once with one
 //! dropped, once with two swapped — next to the genuine checkpoints. Verify must pass the
 //! faithful copy and name the position of each forgery.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use aegis_core::events::chain::{FindingKind, StreamMessage};
 use aegis_core::events::*;

@@ -1,6 +1,11 @@
 //! Every way an event is refused, against a real nats-server and the real control plane: each is
 //! recorded as rejected with a reason that says what is wrong, and changes nothing.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use aegis_core::events::*;
 use aegis_core::ids::{ChangeId, EventId, PolicyName, TenantId};

@@ -2,7 +2,12 @@
 //! actors and roles → propose → checks → approvals by other operators → publish → the bundle in
 //! the object store verifies with the trust store → a second version → rollback → freeze blocks
 //! publishing → unfreeze → the audit chain verifies against the signed checkpoints.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use aegis_core::bundle::{VerifyPolicy, verify};
 use aegis_core::events::chain::{StreamMessage, verify as verify_chain};
