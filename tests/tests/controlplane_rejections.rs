@@ -526,3 +526,95 @@ async fn a_change_whose_vectors_fail_cannot_be_published() {
     assert_eq!(r.event_type, Some(EventType::ChecksCompleted));
     let _: EventId = checks_id;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_approvals_follow_the_tenant_configuration() {
+    let w = world().await;
+    let js = &w.js;
+    let root = w.keys.root_operator(&w.tenant);
+    let configure = |low, medium, high| {
+        root.sign(TenantConfigured {
+            required_approvals: RequiredApprovals { low, medium, high },
+            bundle_expiry_days: Some(30),
+        })
+    };
+    // Only an admin configures the tenant.
+    rejected_with(
+        &submit(
+            js,
+            &w.pat.sign(TenantConfigured {
+                required_approvals: RequiredApprovals {
+                    low: 0,
+                    medium: 0,
+                    high: 0,
+                },
+                bundle_expiry_days: None,
+            }),
+        )
+        .await
+        .unwrap(),
+        "needs role admin",
+    );
+    accepted(&submit(js, &configure(0, 0, 1)).await.unwrap());
+    let c = ChangeId::random().unwrap();
+    accepted(
+        &submit(
+            js,
+            &w.alice.sign(ChangeProposed {
+                change_id: c.clone(),
+                intent: "thresholds".into(),
+                ticket: None,
+                documents: vec![ProposedDocument {
+                    name: PolicyName::new("finance-agent").unwrap(),
+                    format: DocumentFormat::Yaml,
+                    document: FINANCE_POLICY.into(),
+                    base_revision: 0,
+                }],
+                deleted: vec![],
+                vectors: vec![],
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    accepted(
+        &submit(
+            js,
+            &w.bob.sign(ChangeApproved {
+                change_id: c.clone(),
+                comment: None,
+            }),
+        )
+        .await
+        .unwrap(),
+    );
+    // The tenant now demands three approvals for high risk: one is not enough any more.
+    accepted(&submit(js, &configure(0, 1, 3)).await.unwrap());
+    let publish = || {
+        w.pat.sign(ChangePublished {
+            change_id: c.clone(),
+            stage: RolloutStage::Global,
+        })
+    };
+    rejected_with(
+        &submit(js, &publish()).await.unwrap(),
+        "needs 3 approval(s)",
+    );
+    // Back to one: it publishes, and the bundle expires 30 days after the publish event.
+    accepted(&submit(js, &configure(0, 0, 1)).await.unwrap());
+    let published = publish();
+    accepted(&submit(js, &published).await.unwrap());
+    let history = match query(&js.client(), &w.tenant, QueryRequest::History)
+        .await
+        .unwrap()
+    {
+        QueryAnswer::History(h) => h,
+        other => panic!("{other:?}"),
+    };
+    let v = &history[0];
+    assert_eq!(v.created_at, published.time);
+    let created = aegis_core::events::envelope::parse_time(&v.created_at).unwrap();
+    let expires =
+        aegis_core::events::envelope::parse_time(v.expires_at.as_deref().unwrap()).unwrap();
+    assert_eq!(expires - created, time::Duration::days(30));
+}
