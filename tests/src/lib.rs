@@ -3,6 +3,7 @@
 pub mod controlplane;
 pub mod nats_cluster;
 pub mod nats_server;
+pub mod workload;
 
 pub use nats_cluster::NatsCluster;
 pub use nats_server::{NatsServer, NatsServerError, NatsServerOptions};
