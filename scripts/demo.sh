@@ -264,6 +264,12 @@ as pat publish "$C1"
 section "control plane: a second version, then a rollback"
 cp -r "$TEMPLATES/finance" "$WORK/finance-v2"
 sed -i 's/lte: 5000$/lte: 4000/' "$WORK/finance-v2/policy.yaml"
+echo "-- the checks run the tenant's test vectors against the candidate: one no longer holds"
+expect_exit 1 alice propose "$WORK/finance-v2" --intent "Lower the approval threshold to 4,000" --ticket FIN-1002
+FAILED="$(open_change)"
+as bob reject "$FAILED" --reason "the 5,000 vector fails; update the vectors with the threshold"
+sed -i 's/exactly 5,000 is still allowed/exactly 4,000 is still allowed/; s/amount: 5000, currency: GBP/amount: 4000, currency: GBP/' \
+    "$WORK/finance-v2/vectors.yaml"
 as alice propose "$WORK/finance-v2" --intent "Lower the approval threshold to 4,000" --ticket FIN-1002
 C2="$(open_change)"
 as bob approve "$C2"

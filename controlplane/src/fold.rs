@@ -774,9 +774,9 @@ impl Ctx<'_, '_> {
         let have = change.approvals.len() as u32;
         if have < required {
             reject!(
-                "change {} touches {:?}-risk policies and needs {required} approval(s) from someone other than its proposer; it has {have}",
+                "change {} touches {}-risk policies and needs {required} approval(s) from someone other than its proposer; it has {have}",
                 e.change_id,
-                change.risk_tier
+                change.risk_tier.as_str()
             );
         }
         let live = self.live()?;

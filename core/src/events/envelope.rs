@@ -174,15 +174,20 @@ impl ReceivedEnvelope {
     }
 }
 
-/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-25T10:00:00.123Z`.
+/// RFC 3339 in UTC with exactly three fraction digits, e.g. `2026-11-25T10:00:00.120Z`: fixed
+/// width, so times sort as strings the way they sort as instants.
 pub fn format_time(time: OffsetDateTime) -> Result<String, EnvelopeError> {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let utc = time.to_offset(time::UtcOffset::UTC);
-    let ms = utc.millisecond();
-    let truncated = utc
-        .replace_nanosecond(u32::from(ms) * 1_000_000)
-        .map_err(|e| EnvelopeError::FormatTime(e.to_string()))?;
-    truncated
-        .format(&Rfc3339)
+    if !(0..=9999).contains(&utc.year()) {
+        return Err(EnvelopeError::FormatTime(format!(
+            "year {} is outside 0000..=9999",
+            utc.year()
+        )));
+    }
+    utc.format(FORMAT)
         .map_err(|e| EnvelopeError::FormatTime(e.to_string()))
 }
 

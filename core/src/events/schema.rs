@@ -638,16 +638,16 @@ mod tests {
             if let Err(e) = validate(&raw) {
                 panic!("{ty}: {e}\n{raw:#}");
             }
-            // Whole seconds are written without a fraction.
+            // Whole seconds are written with a fraction too: times are fixed width.
             let whole = signed_at(
                 ty,
                 OffsetDateTime::from_unix_timestamp(1_764_064_800).unwrap(),
             );
-            assert_eq!(whole["time"], "2025-11-25T10:00:00Z");
+            assert_eq!(whole["time"], "2025-11-25T10:00:00.000Z");
             validate(&whole).unwrap();
         }
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_764_064_800_120_000_000).unwrap();
-        assert_eq!(format_time(t).unwrap(), "2025-11-25T10:00:00.12Z");
+        assert_eq!(format_time(t).unwrap(), "2025-11-25T10:00:00.120Z");
     }
 
     /// The drift check: each payload member the schema lists is one the struct writes, each
