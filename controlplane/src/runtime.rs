@@ -102,17 +102,7 @@ pub async fn run(
     }
     tracing::info!(applied, stream_last, "control plane starting");
 
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("{}.>", topology::CHANGES_PREFIX),
-            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: applied + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(nats_err)?;
-    let mut messages = consumer.messages().await.map_err(nats_err)?;
+    let mut messages = open_consumer(&stream, applied + 1).await?;
 
     let (to_fold, mut fold_rx) = mpsc::channel::<InMessage>(1024);
     let (effects_tx, effects_rx) = mpsc::unbounded_channel::<(TenantId, Effect)>();
@@ -182,17 +172,47 @@ pub async fn run(
     };
 
     let feed = async {
+        // The sequence of the last message handed to the fold: a new consumer starts after it.
+        let mut last_enqueued = applied;
         loop {
             if config.until_caught_up && *applied_rx.borrow() >= stream_last {
                 return Ok::<(), RunError>(());
             }
             tokio::select! {
-                next = messages.next() => {
-                    let Some(msg) = next else {
-                        return Err(RunError::Nats("the AEGIS_CHANGES consumer ended".into()));
+                next = tokio::time::timeout(STALL_CHECK, messages.next()) => {
+                    let msg = match next {
+                        Ok(Some(Ok(msg))) => msg,
+                        // The consumer failed or ended (a server restart, a lost connection):
+                        // start a new one just after what the fold already has.
+                        Ok(Some(Err(e))) => {
+                            tracing::warn!(error = %e, after = last_enqueued, "AEGIS_CHANGES consumer failed; recreating it");
+                            messages = reopen(&stream, last_enqueued + 1).await;
+                            continue;
+                        }
+                        Ok(None) => {
+                            tracing::warn!(after = last_enqueued, "AEGIS_CHANGES consumer ended; recreating it");
+                            messages = reopen(&stream, last_enqueued + 1).await;
+                            continue;
+                        }
+                        // Quiet: make sure it is the stream that is quiet, not the consumer
+                        // that silently lost its server-side state.
+                        Err(_) => {
+                            let last = stream.info().await.map(|i| i.state.last_sequence);
+                            if let Ok(last) = last && last > last_enqueued {
+                                tracing::warn!(stream_last = last, after = last_enqueued, "AEGIS_CHANGES consumer stalled; recreating it");
+                                messages = reopen(&stream, last_enqueued + 1).await;
+                            }
+                            continue;
+                        }
                     };
-                    let msg = msg.map_err(nats_err)?;
-                    let seq = msg.info().map_err(nats_err)?.stream_sequence;
+                    let Ok(info) = msg.info() else {
+                        tracing::warn!(subject = %msg.subject, "a message without JetStream metadata; ignored");
+                        continue;
+                    };
+                    let seq = info.stream_sequence;
+                    if seq <= last_enqueued {
+                        continue;
+                    }
                     let m = InMessage {
                         seq,
                         subject: msg.subject.to_string(),
@@ -201,6 +221,7 @@ pub async fn run(
                     if to_fold.send(m).await.is_err() {
                         return Err(RunError::Fold("fold thread is gone".into()));
                     }
+                    last_enqueued = seq;
                 }
                 changed = applied_rx.changed(), if config.until_caught_up => {
                     if changed.is_err() {
@@ -231,6 +252,44 @@ pub async fn run(
         applied_seq: store.applied_seq()?,
         folded: folded.load(Ordering::Relaxed),
     })
+}
+
+/// How long the consumer may be silent before the stream is asked whether it is really quiet.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+
+type Messages = jetstream::consumer::pull::Ordered;
+
+/// An ordered consumer over every change subject, from `start` on.
+async fn open_consumer(
+    stream: &jetstream::stream::Stream,
+    start: u64,
+) -> Result<Messages, RunError> {
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.>", topology::CHANGES_PREFIX),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err)?;
+    consumer.messages().await.map_err(nats_err)
+}
+
+/// [`open_consumer`], retried with backoff until it works (NATS may still be coming back).
+async fn reopen(stream: &jetstream::stream::Stream, start: u64) -> Messages {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match open_consumer(stream, start).await {
+            Ok(m) => return m,
+            Err(e) => {
+                tracing::warn!(error = %e, start, "cannot create the AEGIS_CHANGES consumer yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 fn log_record(tenant: &TenantId, r: &EventRecord) {
@@ -299,12 +358,35 @@ impl Reactor {
             .unwrap_or_default()
     }
 
+    /// Whether the fold has reached the end of `AEGIS_CHANGES` as it is now. Only then is a
+    /// pending `checks_completed` known not to be on the stream already: had any control plane
+    /// published it, the fold would have folded it and cleared the outbox entry. (Relying on
+    /// `Nats-Msg-Id` alone would re-publish it when a replica starts, or a rebuild runs, more
+    /// than the duplicate window after the proposal.)
+    async fn caught_up(&self) -> bool {
+        let Ok(mut stream) = self.js.get_stream(CHANGES_STREAM).await else {
+            return false;
+        };
+        let Ok(info) = stream.info().await else {
+            return false;
+        };
+        let last = info.state.last_sequence;
+        self.store
+            .applied_seq()
+            .is_ok_and(|applied| applied >= last)
+    }
+
     async fn drain_outbox(&self) {
         // Checks.
         let pending: Vec<(String, String)> = self
             .store
             .scan(Family::Local, keys::outbox_checks_all())
             .unwrap_or_default();
+        let pending = if !pending.is_empty() && self.caught_up().await {
+            pending
+        } else {
+            Vec::new()
+        };
         for (key, envelope) in pending {
             let Ok(env) = serde_json::from_str::<Envelope>(&envelope) else {
                 let _ = self.store.delete_local(&key);
