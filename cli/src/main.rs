@@ -2,13 +2,10 @@
 //! plane over NATS. Argument parsing only; the commands live in the library.
 
 use aegis_core::bundle::HighWater;
-use aegis_core::events::{Role, RolloutStage};
-use aegis_core::ids::{ActorId, AgentId, ChangeId, TenantId, ToolId};
-use aegis_core::keys::KeyId;
-use aegis_core::query::ChangeState;
+use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegisctl::exit::{CliError, CliResult, EXIT_CODES_HELP, Exit};
 use aegisctl::online::{
-    self, Client, OnlineArgs, actors, audit, changes, propose, publish, status, tenant,
+    self, Client, CommandArgs, OnlineArgs, actors, audit, changes, propose, publish, status, tenant,
 };
 use aegisctl::{bundle, diff, eval, init, keys, lint, test};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -133,17 +130,8 @@ enum Command {
         after_help = "Example:\n  aegisctl propose policies/acme --intent 'Raise the payment approval threshold to 7,500' \\\n      --ticket FIN-1042 --tenant acme --actor alice --key keys/alice.key.json\n\nThe tree is validated first (exit 2 with the lint diagnostics). Only --tenant's documents\nare proposed; policies compared after parsing, so formatting-only edits do not count.\nExit 0 when the checks passed, 1 when they failed or there is nothing to propose,\n5 when the control plane rejected an event, 7 on a concurrent edit of the same policy."
     )]
     Propose {
-        /// The policy tree (files or directories)
-        #[arg(required = true, value_name = "DIR")]
-        paths: Vec<PathBuf>,
-        /// Why: one or two sentences a reviewer reads first
-        #[arg(long)]
-        intent: String,
-        #[arg(long)]
-        ticket: Option<String>,
-        /// Also delete live policies that are not in the tree
-        #[arg(long)]
-        prune: bool,
+        #[command(flatten)]
+        args: propose::ProposeArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -155,17 +143,15 @@ enum Command {
         after_help = "Example:\n  aegisctl approve chg-0123456789abcdef --comment 'reviewed the diff' --actor bob --key keys/bob.key.json"
     )]
     Approve {
-        change_id: ChangeId,
-        #[arg(long)]
-        comment: Option<String>,
+        #[command(flatten)]
+        args: changes::ApproveArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Reject a change: it can no longer be approved or published
     Reject {
-        change_id: ChangeId,
-        #[arg(long)]
-        reason: String,
+        #[command(flatten)]
+        args: changes::RejectArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -174,9 +160,8 @@ enum Command {
         after_help = "Example:\n  aegisctl publish chg-0123456789abcdef --stage global --actor carol --key keys/carol.key.json\n\nPrints the new version and its bundle digest."
     )]
     Publish {
-        change_id: ChangeId,
-        #[arg(long, value_enum, default_value_t = StageArg::Global)]
-        stage: StageArg,
+        #[command(flatten)]
+        args: publish::PublishArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -185,38 +170,36 @@ enum Command {
         after_help = "Example:\n  aegisctl rollback --to 3 --reason 'v4 blocks refunds' --actor carol --key keys/carol.key.json"
     )]
     Rollback {
-        /// The version whose content to publish again
-        #[arg(long = "to", value_name = "V")]
-        to: u64,
-        #[arg(long)]
-        reason: String,
-        /// An incident rollback
-        #[arg(long)]
-        emergency: bool,
+        #[command(flatten)]
+        args: publish::RollbackArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Block every publish, rollback and rollout for the tenant
     Freeze {
-        #[arg(long)]
-        reason: String,
+        #[command(flatten)]
+        args: publish::FreezeArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Lift a freeze
     Unfreeze {
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        args: publish::UnfreezeArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// The tenant at a glance: freeze, latest version, open changes, live policies, audit chain
     Status {
         #[command(flatten)]
+        args: status::ViewArgs,
+        #[command(flatten)]
         online: OnlineArgs,
     },
     /// Every published version
     History {
+        #[command(flatten)]
+        args: status::ViewArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -232,12 +215,8 @@ enum NatsCommand {
         after_help = "Example:\n  aegisctl nats init --nats nats://127.0.0.1:4222\n  aegisctl nats init --replicas 3 --nats nats://n1:4222,nats://n2:4223\n\nIdempotent. A resource whose config drifted is an error unless --fix-drift."
     )]
     Init {
-        /// 1 for a single server, 3 for a cluster
-        #[arg(long, default_value = "1", value_parser = ["1", "3"])]
-        replicas: String,
-        /// Update drifted resources in place
-        #[arg(long)]
-        fix_drift: bool,
+        #[command(flatten)]
+        args: online::nats::InitArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -250,52 +229,36 @@ enum ActorCommand {
         after_help = "Example:\n  aegisctl keys generate --out keys/ --name bob\n  aegisctl actor add bob --public-key keys/bob.pub.json --name 'Bob B.' --role approver \\\n      --tenant acme --actor admin --key keys/admin.key.json"
     )]
     Add {
-        /// The actor to act on
-        #[arg(value_name = "ACTOR")]
-        id: ActorId,
-        /// The actor's *.pub.json
-        #[arg(long, value_name = "FILE")]
-        public_key: PathBuf,
-        /// Display name
-        #[arg(long)]
-        name: Option<String>,
-        /// admin, editor, approver, publisher or auditor (repeatable)
-        #[arg(long = "role")]
-        roles: Vec<Role>,
+        #[command(flatten)]
+        args: actors::AddArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Grant a role
     Grant {
-        /// The actor to act on
-        #[arg(value_name = "ACTOR")]
-        id: ActorId,
-        role: Role,
+        #[command(flatten)]
+        args: actors::RoleArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Revoke a role
     Revoke {
-        /// The actor to act on
-        #[arg(value_name = "ACTOR")]
-        id: ActorId,
-        role: Role,
+        #[command(flatten)]
+        args: actors::RoleArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// Revoke one of an actor's keys
     RevokeKey {
-        /// The actor to act on
-        #[arg(value_name = "ACTOR")]
-        id: ActorId,
-        key_id: KeyId,
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        args: actors::RevokeKeyArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// List actors, roles and keys
     List {
+        #[command(flatten)]
+        args: actors::ListArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -305,17 +268,8 @@ enum ActorCommand {
 enum TenantCommand {
     /// Set required approvals per risk tier and bundle expiry (unset flags keep their value)
     Configure {
-        #[arg(long)]
-        low: Option<u32>,
-        #[arg(long)]
-        medium: Option<u32>,
-        #[arg(long)]
-        high: Option<u32>,
-        #[arg(long, value_name = "D")]
-        bundle_expiry_days: Option<u32>,
-        /// Published bundles never expire
-        #[arg(long, conflicts_with = "bundle_expiry_days")]
-        no_bundle_expiry: bool,
+        #[command(flatten)]
+        args: tenant::ConfigureArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -325,14 +279,15 @@ enum TenantCommand {
 enum ChangesCommand {
     /// Changes, newest first
     List {
-        #[arg(long, value_enum)]
-        state: Option<StateArg>,
+        #[command(flatten)]
+        args: changes::ListArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
     /// One change in full: documents, checks, approvals, publish
     Show {
-        change_id: ChangeId,
+        #[command(flatten)]
+        args: changes::ShowArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -346,11 +301,8 @@ enum AuditCommand {
         after_help = "Example:\n  aegisctl audit export --format csv --output acme-audit.csv --tenant acme"
     )]
     Export {
-        #[arg(long, value_enum, default_value_t = FormatArg::Json)]
-        format: FormatArg,
-        /// Write to FILE instead of stdout
-        #[arg(long, value_name = "FILE")]
-        output: Option<PathBuf>,
+        #[command(flatten)]
+        args: audit::ExportArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -360,54 +312,11 @@ enum AuditCommand {
         after_help = "Example:\n  aegisctl audit verify --tenant acme --trust trust/controlplane.pub.json\n\nExit 0 when intact, 1 on any finding (each printed with kind, position, event id, sequence)."
     )]
     Verify {
-        /// The control plane's public key(s): also verify checkpoint signatures
-        #[arg(long, value_name = "PATH")]
-        trust: Option<PathBuf>,
+        #[command(flatten)]
+        args: audit::VerifyArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum StageArg {
-    Shadow,
-    Partial,
-    Global,
-}
-
-impl From<StageArg> for RolloutStage {
-    fn from(s: StageArg) -> Self {
-        match s {
-            StageArg::Shadow => RolloutStage::Shadow,
-            StageArg::Partial => RolloutStage::Partial,
-            StageArg::Global => RolloutStage::Global,
-        }
-    }
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum StateArg {
-    Open,
-    Approved,
-    Rejected,
-    Published,
-}
-
-impl From<StateArg> for ChangeState {
-    fn from(s: StateArg) -> Self {
-        match s {
-            StateArg::Open => ChangeState::Open,
-            StateArg::Approved => ChangeState::Approved,
-            StateArg::Rejected => ChangeState::Rejected,
-            StateArg::Published => ChangeState::Published,
-        }
-    }
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum FormatArg {
-    Json,
-    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -563,273 +472,68 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::failure(format!("cannot start the async runtime: {e}")))
 }
 
-/// Connects as `online` says and runs `f` with the client.
-fn with_client(
+/// Connects as `online` says and runs `command` with the client and `args` (with `--json`
+/// handed on from `online`).
+fn with_client<A: CommandArgs>(
     online: &OnlineArgs,
+    mut args: A,
     out: &mut dyn Write,
-    f: impl AsyncFnOnce(&Client, &mut dyn Write) -> CliResult,
+    command: impl AsyncFnOnce(&Client, &A, &mut dyn Write) -> CliResult,
 ) -> CliResult {
+    args.set_json(online.json);
     let options = online.client_options()?;
     runtime()?.block_on(async {
         let client = Client::connect(&options).await?;
-        f(&client, out).await
+        command(&client, &args, out).await
     })
 }
 
 fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
     match command {
-        Command::Nats(NatsCommand::Init {
-            replicas,
-            fix_drift,
-            online,
-        }) => {
-            let args = online::nats::InitArgs {
-                replicas: replicas.parse().unwrap_or(1),
-                fix_drift,
-            };
-            runtime()?.block_on(async {
-                let client = aegis_nats::connect(&online.connect_options())
-                    .await
-                    .map_err(|source| CliError::from(online::ClientError::Connect { source }))?;
-                online::nats::init(&aegis_nats::jetstream(client), &args, out).await
-            })
+        Command::Nats(NatsCommand::Init { args, online }) => runtime()?.block_on(async {
+            let client = aegis_nats::connect(&online.connect_options())
+                .await
+                .map_err(|source| CliError::from(online::ClientError::Connect { source }))?;
+            online::nats::init(&aegis_nats::jetstream(client), &args, out).await
+        }),
+        Command::Actor(ActorCommand::Add { args, online }) => {
+            with_client(&online, args, out, actors::add)
         }
-        Command::Actor(ActorCommand::Add {
-            id: actor,
-            public_key,
-            name,
-            roles,
-            online,
-        }) => {
-            let args = actors::AddArgs {
-                actor,
-                public_key,
-                display_name: name,
-                roles,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                actors::add(c, &args, out).await
-            })
+        Command::Actor(ActorCommand::Grant { args, online }) => {
+            with_client(&online, args, out, actors::grant)
         }
-        Command::Actor(ActorCommand::Grant {
-            id: actor,
-            role,
-            online,
-        }) => {
-            let args = actors::RoleArgs {
-                actor,
-                role,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                actors::grant(c, &args, out).await
-            })
+        Command::Actor(ActorCommand::Revoke { args, online }) => {
+            with_client(&online, args, out, actors::revoke)
         }
-        Command::Actor(ActorCommand::Revoke {
-            id: actor,
-            role,
-            online,
-        }) => {
-            let args = actors::RoleArgs {
-                actor,
-                role,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                actors::revoke(c, &args, out).await
-            })
+        Command::Actor(ActorCommand::RevokeKey { args, online }) => {
+            with_client(&online, args, out, actors::revoke_key)
         }
-        Command::Actor(ActorCommand::RevokeKey {
-            id: actor,
-            key_id,
-            reason,
-            online,
-        }) => {
-            let args = actors::RevokeKeyArgs {
-                actor,
-                key_id,
-                reason,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                actors::revoke_key(c, &args, out).await
-            })
+        Command::Actor(ActorCommand::List { args, online }) => {
+            with_client(&online, args, out, actors::list)
         }
-        Command::Actor(ActorCommand::List { online }) => {
-            let args = actors::ListArgs { json: online.json };
-            with_client(&online, out, async |c, out| {
-                actors::list(c, &args, out).await
-            })
+        Command::Tenant(TenantCommand::Configure { args, online }) => {
+            with_client(&online, args, out, tenant::configure)
         }
-        Command::Tenant(TenantCommand::Configure {
-            low,
-            medium,
-            high,
-            bundle_expiry_days,
-            no_bundle_expiry,
-            online,
-        }) => {
-            let args = tenant::ConfigureArgs {
-                low,
-                medium,
-                high,
-                bundle_expiry_days,
-                no_bundle_expiry,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                tenant::configure(c, &args, out).await
-            })
+        Command::Propose { args, online } => with_client(&online, args, out, propose::run),
+        Command::Changes(ChangesCommand::List { args, online }) => {
+            with_client(&online, args, out, changes::list)
         }
-        Command::Propose {
-            paths,
-            intent,
-            ticket,
-            prune,
-            online,
-        } => {
-            let args = propose::ProposeArgs {
-                paths,
-                intent,
-                ticket,
-                prune,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                propose::run(c, &args, out).await
-            })
+        Command::Changes(ChangesCommand::Show { args, online }) => {
+            with_client(&online, args, out, changes::show)
         }
-        Command::Changes(ChangesCommand::List { state, online }) => {
-            let args = changes::ListArgs {
-                state: state.map(Into::into),
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                changes::list(c, &args, out).await
-            })
+        Command::Approve { args, online } => with_client(&online, args, out, changes::approve),
+        Command::Reject { args, online } => with_client(&online, args, out, changes::reject),
+        Command::Publish { args, online } => with_client(&online, args, out, publish::publish),
+        Command::Rollback { args, online } => with_client(&online, args, out, publish::rollback),
+        Command::Freeze { args, online } => with_client(&online, args, out, publish::freeze),
+        Command::Unfreeze { args, online } => with_client(&online, args, out, publish::unfreeze),
+        Command::Status { args, online } => with_client(&online, args, out, status::status),
+        Command::History { args, online } => with_client(&online, args, out, status::history),
+        Command::Audit(AuditCommand::Export { args, online }) => {
+            with_client(&online, args, out, audit::export)
         }
-        Command::Changes(ChangesCommand::Show { change_id, online }) => {
-            let args = changes::ShowArgs {
-                change_id,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                changes::show(c, &args, out).await
-            })
-        }
-        Command::Approve {
-            change_id,
-            comment,
-            online,
-        } => {
-            let args = changes::ApproveArgs {
-                change_id,
-                comment,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                changes::approve(c, &args, out).await
-            })
-        }
-        Command::Reject {
-            change_id,
-            reason,
-            online,
-        } => {
-            let args = changes::RejectArgs {
-                change_id,
-                reason,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                changes::reject(c, &args, out).await
-            })
-        }
-        Command::Publish {
-            change_id,
-            stage,
-            online,
-        } => {
-            let args = publish::PublishArgs {
-                change_id,
-                stage: stage.into(),
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                publish::publish(c, &args, out).await
-            })
-        }
-        Command::Rollback {
-            to,
-            reason,
-            emergency,
-            online,
-        } => {
-            let args = publish::RollbackArgs {
-                to_version: to,
-                reason,
-                emergency,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                publish::rollback(c, &args, out).await
-            })
-        }
-        Command::Freeze { reason, online } => {
-            let args = publish::FreezeArgs {
-                reason,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                publish::freeze(c, &args, out).await
-            })
-        }
-        Command::Unfreeze { reason, online } => {
-            let args = publish::UnfreezeArgs {
-                reason,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                publish::unfreeze(c, &args, out).await
-            })
-        }
-        Command::Status { online } => {
-            let args = status::ViewArgs { json: online.json };
-            with_client(&online, out, async |c, out| {
-                status::status(c, &args, out).await
-            })
-        }
-        Command::History { online } => {
-            let args = status::ViewArgs { json: online.json };
-            with_client(&online, out, async |c, out| {
-                status::history(c, &args, out).await
-            })
-        }
-        Command::Audit(AuditCommand::Export {
-            format,
-            output,
-            online,
-        }) => {
-            let args = audit::ExportArgs {
-                format: match format {
-                    FormatArg::Json => audit::ExportFormat::Json,
-                    FormatArg::Csv => audit::ExportFormat::Csv,
-                },
-                output,
-            };
-            with_client(&online, out, async |c, out| {
-                audit::export(c, &args, out).await
-            })
-        }
-        Command::Audit(AuditCommand::Verify { trust, online }) => {
-            let args = audit::VerifyArgs {
-                trust,
-                json: online.json,
-            };
-            with_client(&online, out, async |c, out| {
-                audit::verify(c, &args, out).await
-            })
+        Command::Audit(AuditCommand::Verify { args, online }) => {
+            with_client(&online, args, out, audit::verify)
         }
         Command::Init { .. }
         | Command::Lint { .. }
@@ -863,11 +567,101 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use aegis_core::events::{Role, RolloutStage};
+    use aegis_core::query::ChangeState;
     use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("aegisctl").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn online_flags_land_in_the_library_arguments() {
+        let Command::Publish { args, online } = parse(&["publish", "chg-0123456789abcdef"]) else {
+            panic!("not publish");
+        };
+        assert_eq!(args.stage, RolloutStage::Global);
+        assert!(!online.json);
+        let Command::Publish { args, .. } =
+            parse(&["publish", "chg-0123456789abcdef", "--stage", "shadow"])
+        else {
+            panic!("not publish");
+        };
+        assert_eq!(args.stage, RolloutStage::Shadow);
+
+        let Command::Changes(ChangesCommand::List { args, .. }) =
+            parse(&["changes", "list", "--state", "approved"])
+        else {
+            panic!("not changes list");
+        };
+        assert_eq!(args.state, Some(ChangeState::Approved));
+
+        let Command::Nats(NatsCommand::Init { args, .. }) = parse(&["nats", "init"]) else {
+            panic!("not nats init");
+        };
+        assert_eq!((args.replicas, args.fix_drift), (1, false));
+        let Command::Nats(NatsCommand::Init { args, .. }) =
+            parse(&["nats", "init", "--replicas", "3", "--fix-drift"])
+        else {
+            panic!("not nats init");
+        };
+        assert_eq!((args.replicas, args.fix_drift), (3, true));
+
+        let Command::Audit(AuditCommand::Export { args, .. }) =
+            parse(&["audit", "export", "--format", "csv", "--output", "a.csv"])
+        else {
+            panic!("not audit export");
+        };
+        assert_eq!(args.format, audit::ExportFormat::Csv);
+        assert_eq!(args.output, Some(PathBuf::from("a.csv")));
+
+        let Command::Rollback { args, .. } = parse(&["rollback", "--to", "3", "--reason", "r"])
+        else {
+            panic!("not rollback");
+        };
+        assert_eq!((args.to_version, args.emergency), (3, false));
+
+        let Command::Actor(ActorCommand::Add { args, online }) = parse(&[
+            "actor",
+            "add",
+            "bob",
+            "--public-key",
+            "bob.pub.json",
+            "--name",
+            "Bob B.",
+            "--role",
+            "approver",
+            "--role",
+            "editor",
+            "--actor",
+            "admin",
+        ]) else {
+            panic!("not actor add");
+        };
+        assert_eq!(args.actor.as_str(), "bob");
+        assert_eq!(online.actor.unwrap().as_str(), "admin");
+        assert_eq!(args.display_name.as_deref(), Some("Bob B."));
+        assert_eq!(args.roles, [Role::Approver, Role::Editor]);
+    }
+
+    #[test]
+    fn json_is_handed_on_from_the_online_flags() {
+        let Command::Approve { mut args, online } =
+            parse(&["approve", "chg-0123456789abcdef", "--json"])
+        else {
+            panic!("not approve");
+        };
+        assert!(online.json && !args.json);
+        args.set_json(online.json);
+        assert!(args.json);
     }
 }

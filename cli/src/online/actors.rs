@@ -10,15 +10,25 @@ use aegis_core::keys::{KeyId, PublicKey};
 use std::io::Write;
 use std::path::PathBuf;
 
-/// Options for [`add`].
-#[derive(Debug, Clone)]
+/// Options for [`add`]; also the `aegisctl actor add` arguments. The public key is a
+/// `*.pub.json` from `aegisctl keys generate`; each role is granted right after registering, one
+/// `role_granted` event each.
+#[derive(Debug, Clone, clap::Args)]
 pub struct AddArgs {
+    /// The actor to act on
+    #[arg(id = "id", value_name = "ACTOR")]
     pub actor: ActorId,
-    /// The actor's `*.pub.json` (from `aegisctl keys generate`).
+    /// The actor's *.pub.json
+    #[arg(long, value_name = "FILE")]
     pub public_key: PathBuf,
+    /// Display name
+    #[arg(long = "name", value_name = "NAME")]
     pub display_name: Option<String>,
-    /// Roles granted right after registering, one `role_granted` event each.
+    /// admin, editor, approver, publisher or auditor (repeatable)
+    #[arg(long = "role")]
     pub roles: Vec<Role>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -64,11 +74,15 @@ pub async fn add(client: &Client, args: &AddArgs, out: &mut dyn Write) -> CliRes
     Ok(exit)
 }
 
-/// Options for [`grant`] and [`revoke`].
-#[derive(Debug, Clone)]
+/// Options for [`grant`] and [`revoke`]; also the `aegisctl actor grant|revoke` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RoleArgs {
+    /// The actor to act on
+    #[arg(id = "id", value_name = "ACTOR")]
     pub actor: ActorId,
     pub role: Role,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -90,12 +104,17 @@ pub async fn revoke(client: &Client, args: &RoleArgs, out: &mut dyn Write) -> Cl
     submit(client, event, args.json, out).await
 }
 
-/// Options for [`revoke_key`].
-#[derive(Debug, Clone)]
+/// Options for [`revoke_key`]; also the `aegisctl actor revoke-key` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RevokeKeyArgs {
+    /// The actor to act on
+    #[arg(id = "id", value_name = "ACTOR")]
     pub actor: ActorId,
     pub key_id: KeyId,
+    #[arg(long)]
     pub reason: Option<String>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -109,9 +128,11 @@ pub async fn revoke_key(client: &Client, args: &RevokeKeyArgs, out: &mut dyn Wri
     submit(client, event, args.json, out).await
 }
 
-/// Options for [`list`].
-#[derive(Debug, Clone, Copy, Default)]
+/// Options for [`list`]; `aegisctl actor list` has no arguments of its own.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct ListArgs {
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 

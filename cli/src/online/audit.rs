@@ -22,18 +22,20 @@ use std::time::Duration;
 // export
 
 /// Output format of [`export`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ExportFormat {
     #[default]
     Json,
     Csv,
 }
 
-/// Options for [`export`].
-#[derive(Debug, Clone, Default)]
+/// Options for [`export`]; also the `aegisctl audit export` arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ExportArgs {
+    #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
     pub format: ExportFormat,
-    /// Write here instead of the command's output.
+    /// Write to FILE instead of stdout
+    #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
 
@@ -590,12 +592,15 @@ pub fn load_trust(path: &std::path::Path) -> Result<TrustStore, CliError> {
     TrustStore::load(path).map_err(|e| CliError::invalid(e.to_string()))
 }
 
-/// Options for [`verify`].
-#[derive(Debug, Clone, Default)]
+/// Options for [`verify`]; also the `aegisctl audit verify` arguments. The trust path is read
+/// with [`load_trust`].
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct VerifyArgs {
-    /// The control plane's public key(s) (see [`load_trust`]): checkpoint signatures are then
-    /// verified too.
+    /// The control plane's public key(s): also verify checkpoint signatures
+    #[arg(long, value_name = "PATH")]
     pub trust: Option<PathBuf>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 

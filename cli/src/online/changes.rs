@@ -7,13 +7,37 @@ use crate::output::write_json;
 use aegis_core::events::{ChangeApproved, ChangeRejected, Event};
 use aegis_core::ids::ChangeId;
 use aegis_core::query::{ActView, ChangeState, ChangeView};
+use clap::builder::{EnumValueParser, TypedValueParser};
 use std::io::{self, Write};
 
-/// Options for [`list`].
-#[derive(Debug, Clone, Copy, Default)]
+/// Options for [`list`]; also the `aegisctl changes list` arguments.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct ListArgs {
+    #[arg(long, value_parser = EnumValueParser::<StateArg>::new().map(ChangeState::from))]
     pub state: Option<ChangeState>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
+}
+
+/// The `--state` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StateArg {
+    Open,
+    Approved,
+    Rejected,
+    Published,
+}
+
+impl From<StateArg> for ChangeState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Open => ChangeState::Open,
+            StateArg::Approved => ChangeState::Approved,
+            StateArg::Rejected => ChangeState::Rejected,
+            StateArg::Published => ChangeState::Published,
+        }
+    }
 }
 
 /// The changes, newest first: id, state, intent, proposer, risk, approvals, checks.
@@ -55,10 +79,12 @@ pub fn write_list(changes: &[ChangeView], out: &mut dyn Write) -> io::Result<()>
     table.write(out)
 }
 
-/// Options for [`show`].
-#[derive(Debug, Clone)]
+/// Options for [`show`]; also the `aegisctl changes show` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ShowArgs {
     pub change_id: ChangeId,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -142,11 +168,14 @@ pub fn write_change(c: &ChangeView, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// Options for [`approve`].
-#[derive(Debug, Clone)]
+/// Options for [`approve`]; also the `aegisctl approve` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApproveArgs {
     pub change_id: ChangeId,
+    #[arg(long)]
     pub comment: Option<String>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -159,11 +188,14 @@ pub async fn approve(client: &Client, args: &ApproveArgs, out: &mut dyn Write) -
     submit(client, event, args.json, out).await
 }
 
-/// Options for [`reject`].
-#[derive(Debug, Clone)]
+/// Options for [`reject`]; also the `aegisctl reject` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RejectArgs {
     pub change_id: ChangeId,
+    #[arg(long)]
     pub reason: String,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 

@@ -116,6 +116,47 @@ impl OnlineArgs {
     }
 }
 
+/// The arguments of an online command. `--json` is declared once, in [`OnlineArgs`]; the
+/// command's own arguments (`#[arg(skip)] json`) take it from there.
+pub trait CommandArgs {
+    /// Sets whether the command prints JSON.
+    fn set_json(&mut self, json: bool);
+}
+
+macro_rules! command_args_with_json {
+    ($($args:ty),+ $(,)?) => {
+        $(impl CommandArgs for $args {
+            fn set_json(&mut self, json: bool) {
+                self.json = json;
+            }
+        })+
+    };
+}
+
+command_args_with_json!(
+    actors::AddArgs,
+    actors::RoleArgs,
+    actors::RevokeKeyArgs,
+    actors::ListArgs,
+    tenant::ConfigureArgs,
+    propose::ProposeArgs,
+    changes::ListArgs,
+    changes::ShowArgs,
+    changes::ApproveArgs,
+    changes::RejectArgs,
+    publish::PublishArgs,
+    publish::RollbackArgs,
+    publish::FreezeArgs,
+    publish::UnfreezeArgs,
+    status::ViewArgs,
+    audit::VerifyArgs,
+);
+
+/// `--format` decides the export's format; `--json` is accepted and ignored.
+impl CommandArgs for audit::ExportArgs {
+    fn set_json(&mut self, _json: bool) {}
+}
+
 impl From<ClientError> for CliError {
     fn from(e: ClientError) -> CliError {
         let exit = if e.is_unavailable() {

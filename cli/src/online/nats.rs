@@ -3,14 +3,22 @@
 use crate::exit::{CliError, CliResult, Exit};
 use aegis_nats::{ProvisionError, ProvisionOptions, Topology, provision_with};
 use async_nats::jetstream;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use std::io::Write;
 
-/// Options for [`init`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Options for [`init`]; also the `aegisctl nats init` arguments. Without `fix_drift`, a
+/// resource whose config drifted is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct InitArgs {
-    /// 1 (single server) or 3 (cluster).
+    /// 1 for a single server, 3 for a cluster
+    #[arg(
+        long,
+        default_value = "1",
+        value_parser = PossibleValuesParser::new(["1", "3"]).try_map(|n| n.parse::<usize>())
+    )]
     pub replicas: usize,
-    /// Update resources whose config drifted instead of failing.
+    /// Update drifted resources in place
+    #[arg(long)]
     pub fix_drift: bool,
 }
 

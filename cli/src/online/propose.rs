@@ -24,16 +24,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Options for [`run`].
-#[derive(Debug, Clone)]
+/// Options for [`run`]; also the `aegisctl propose` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ProposeArgs {
-    /// The policy tree (files or directories).
+    /// The policy tree (files or directories)
+    #[arg(required = true, value_name = "DIR")]
     pub paths: Vec<PathBuf>,
-    /// Why: what a reviewer reads first.
+    /// Why: one or two sentences a reviewer reads first
+    #[arg(long)]
     pub intent: String,
+    #[arg(long)]
     pub ticket: Option<String>,
-    /// Delete live policies that are not in the tree.
+    /// Also delete live policies that are not in the tree
+    #[arg(long)]
     pub prune: bool,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 

@@ -9,23 +9,56 @@ use aegis_core::events::{
 };
 use aegis_core::ids::ChangeId;
 use aegis_core::query::{EventRecord, VersionView};
+use clap::builder::{EnumValueParser, TypedValueParser};
 use serde::Serialize;
 use std::io::Write;
 
-/// Options for [`publish`].
-#[derive(Debug, Clone)]
+/// Options for [`publish`]; also the `aegisctl publish` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct PublishArgs {
     pub change_id: ChangeId,
+    #[arg(
+        long,
+        value_parser = EnumValueParser::<StageArg>::new().map(RolloutStage::from),
+        default_value = "global"
+    )]
     pub stage: RolloutStage,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
-/// Options for [`rollback`].
-#[derive(Debug, Clone)]
+/// The `--stage` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StageArg {
+    Shadow,
+    Partial,
+    Global,
+}
+
+impl From<StageArg> for RolloutStage {
+    fn from(s: StageArg) -> Self {
+        match s {
+            StageArg::Shadow => RolloutStage::Shadow,
+            StageArg::Partial => RolloutStage::Partial,
+            StageArg::Global => RolloutStage::Global,
+        }
+    }
+}
+
+/// Options for [`rollback`]; also the `aegisctl rollback` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct RollbackArgs {
+    /// The version whose content to publish again
+    #[arg(long = "to", value_name = "V")]
     pub to_version: u64,
+    #[arg(long)]
     pub reason: String,
+    /// An incident rollback
+    #[arg(long)]
     pub emergency: bool,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -185,10 +218,13 @@ pub async fn rollback(client: &Client, args: &RollbackArgs, out: &mut dyn Write)
     .await
 }
 
-/// Options for [`freeze`].
-#[derive(Debug, Clone)]
+/// Options for [`freeze`]; also the `aegisctl freeze` arguments.
+#[derive(Debug, Clone, clap::Args)]
 pub struct FreezeArgs {
+    #[arg(long)]
     pub reason: String,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
@@ -200,10 +236,13 @@ pub async fn freeze(client: &Client, args: &FreezeArgs, out: &mut dyn Write) -> 
     submit(client, event, args.json, out).await
 }
 
-/// Options for [`unfreeze`].
-#[derive(Debug, Clone, Default)]
+/// Options for [`unfreeze`]; also the `aegisctl unfreeze` arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct UnfreezeArgs {
+    #[arg(long)]
     pub reason: Option<String>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 

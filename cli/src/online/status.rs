@@ -7,9 +7,12 @@ use crate::output::write_json;
 use aegis_core::query::{TenantStatus, VersionView};
 use std::io::{self, Write};
 
-/// Options for [`status`] and [`history`].
-#[derive(Debug, Clone, Copy, Default)]
+/// Options for [`status`] and [`history`]; `aegisctl status|history` have no arguments of
+/// their own.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct ViewArgs {
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 

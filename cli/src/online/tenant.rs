@@ -5,15 +5,23 @@ use crate::exit::CliResult;
 use aegis_core::events::{Event, RequiredApprovals, TenantConfigured};
 use std::io::Write;
 
-/// Options for [`configure`]. Unset fields keep the tenant's current value.
-#[derive(Debug, Clone, Default)]
+/// Options for [`configure`]; also the `aegisctl tenant configure` arguments. Unset fields
+/// keep the tenant's current value; `no_bundle_expiry` clears `bundle_expiry_days`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigureArgs {
+    #[arg(long)]
     pub low: Option<u32>,
+    #[arg(long)]
     pub medium: Option<u32>,
+    #[arg(long)]
     pub high: Option<u32>,
+    #[arg(long, value_name = "D")]
     pub bundle_expiry_days: Option<u32>,
-    /// Bundles never expire (clears `bundle_expiry_days`).
+    /// Published bundles never expire
+    #[arg(long, conflicts_with = "bundle_expiry_days")]
     pub no_bundle_expiry: bool,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
     pub json: bool,
 }
 
