@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod controlplane;
+pub mod flow;
 pub mod nats_cluster;
 pub mod nats_server;
 pub mod workload;

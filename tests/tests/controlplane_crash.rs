@@ -13,16 +13,15 @@
     clippy::indexing_slicing
 )]
 
-use aegis_core::events::{Envelope, Event, EventType};
+use aegis_core::events::{Event, EventType};
 use aegis_core::ids::TenantId;
-use aegis_core::query::{QueryAnswer, QueryRequest, TenantStatus};
 use aegis_tests::NatsServer;
 use aegis_tests::controlplane::{
-    ControlPlane, Keys, Operator, eventually, query, rebuild, state_digest, submit,
+    ControlPlane, Keys, Operator, eventually, rebuild, state_digest, submit,
 };
+use aegis_tests::flow::{read_stream, status, stream_last};
 use aegis_tests::workload::{Publisher, Reject, Rng, Workload, WorkloadConfig, check_outcomes};
 use async_nats::jetstream;
-use futures::StreamExt as _;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,49 +40,6 @@ fn seed() -> u64 {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-async fn status(client: &async_nats::Client, tenant: &TenantId) -> Option<TenantStatus> {
-    match query(client, tenant, QueryRequest::Status).await {
-        Ok(QueryAnswer::Status(s)) => Some(s),
-        _ => None,
-    }
-}
-
-async fn stream_last(js: &jetstream::Context) -> u64 {
-    js.get_stream("AEGIS_CHANGES")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence
-}
-
-/// Every message on `filter` in stream order, as (sequence, payload).
-async fn read_messages(js: &jetstream::Context, stream: &str, filter: &str) -> Vec<(u64, Vec<u8>)> {
-    let stream = js.get_stream(stream).await.unwrap();
-    let last = stream.cached_info().state.last_sequence;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let mut msgs = consumer.messages().await.unwrap();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await;
-        let Ok(Some(Ok(m))) = next else { break };
-        let seq = m.info().unwrap().stream_sequence;
-        out.push((seq, m.payload.to_vec()));
-        if seq >= last {
-            break;
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +137,7 @@ async fn kill_9_at_random_points_while_events_stream_in_then_state_equals_a_fres
     let quiet_deadline = Instant::now() + Duration::from_secs(180);
     let mut stable_since = (0u64, Instant::now());
     let last = loop {
-        let last = stream_last(&js).await;
+        let last = stream_last(&js, "AEGIS_CHANGES").await;
         let applied = status(&client, &probe).await.map(|s| s.applied_seq);
         if last != stable_since.0 {
             stable_since = (last, Instant::now());
@@ -280,7 +236,7 @@ async fn kill_9_at_random_points_while_events_stream_in_then_state_equals_a_fres
             let (js, tenant, n) = (js.clone(), e.tenant.clone(), e.last_version);
             async move {
                 let msgs =
-                    read_messages(&js, "AEGIS_BUNDLES", &format!("aegis.bundles.{tenant}")).await;
+                    read_stream(&js, "AEGIS_BUNDLES", &format!("aegis.bundles.{tenant}")).await;
                 (msgs.len() as u64 >= n).then_some(msgs)
             }
         })
@@ -288,12 +244,10 @@ async fn kill_9_at_random_points_while_events_stream_in_then_state_equals_a_fres
         .unwrap();
         let versions: Vec<u64> = announced
             .iter()
-            .filter_map(
-                |(_, raw)| match serde_json::from_slice::<Envelope>(raw).ok()?.event {
-                    Event::BundlePublished(b) => Some(b.version),
-                    _ => None,
-                },
-            )
+            .filter_map(|m| match m.envelope()?.event {
+                Event::BundlePublished(b) => Some(b.version),
+                _ => None,
+            })
             .collect();
         assert_eq!(
             versions,
@@ -310,12 +264,12 @@ async fn kill_9_at_random_points_while_events_stream_in_then_state_equals_a_fres
         .iter()
         .map(|e| e.accepted_proposals.len())
         .sum();
-    let checks_messages = read_messages(&js, "AEGIS_CHANGES", "aegis.changes.*.change.>")
+    let checks_messages = read_stream(&js, "AEGIS_CHANGES", "aegis.changes.*.change.>")
         .await
         .into_iter()
-        .filter(|(_, raw)| {
-            serde_json::from_slice::<Envelope>(raw)
-                .is_ok_and(|e| e.event_type() == EventType::ChecksCompleted)
+        .filter(|m| {
+            m.envelope()
+                .is_some_and(|e| e.event_type() == EventType::ChecksCompleted)
         })
         .count();
     if checks_messages != accepted_proposals {
@@ -390,7 +344,7 @@ async fn a_data_directory_ahead_of_the_stream_is_fatal() {
             .await
             .unwrap();
     }
-    assert_eq!(stream_last(&js).await, 3);
+    assert_eq!(stream_last(&js, "AEGIS_CHANGES").await, 3);
 
     // Restarted on the directory that has applied up to 10: it refuses, loudly.
     cp.restart().unwrap();
@@ -416,12 +370,11 @@ async fn a_data_directory_ahead_of_the_stream_is_fatal() {
         Some(10)
     );
     // Nothing new was folded or published on its behalf.
-    let changes = read_messages(&js, "AEGIS_CHANGES", "aegis.changes.>").await;
+    let changes = read_stream(&js, "AEGIS_CHANGES", "aegis.changes.>").await;
     assert_eq!(changes.len(), 3);
-    assert!(changes.iter().all(|(_, raw)| {
-        serde_json::from_slice::<Envelope>(raw)
-            .unwrap()
-            .event_type()
-            == EventType::ActorRegistered
-    }));
+    assert!(
+        changes
+            .iter()
+            .all(|m| m.envelope().unwrap().event_type() == EventType::ActorRegistered)
+    );
 }

@@ -32,12 +32,18 @@ async fn folding_and_publishing_resume_after_nats_restarts() {
     let alice = Operator::new("acme", "alice");
     let bob = Operator::new("acme", "bob");
     for (op, role) in [(&alice, Role::Editor), (&bob, Role::Publisher)] {
-        assert_eq!(submit(&js, &root.register(op)).await.unwrap().outcome, Outcome::Accepted);
+        assert_eq!(
+            submit(&js, &root.register(op)).await.unwrap().outcome,
+            Outcome::Accepted
+        );
         let grant = root.sign(RoleGranted {
             actor: op.actor.clone(),
             role,
         });
-        assert_eq!(submit(&js, &grant).await.unwrap().outcome, Outcome::Accepted);
+        assert_eq!(
+            submit(&js, &grant).await.unwrap().outcome,
+            Outcome::Accepted
+        );
     }
 
     // The server goes away and comes back (same port, same store).

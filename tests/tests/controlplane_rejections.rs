@@ -9,42 +9,14 @@
 
 use aegis_core::events::*;
 use aegis_core::ids::{ChangeId, EventId, PolicyName, TenantId};
-use aegis_core::query::{ChangeState, EventRecord, Outcome, QueryAnswer, QueryRequest};
+use aegis_core::query::{ChangeState, Outcome, QueryAnswer, QueryRequest};
 use aegis_tests::NatsServer;
 use aegis_tests::controlplane::{
     ControlPlane, Keys, Operator, publish, publish_raw, query, submit, wait_outcome,
 };
+use aegis_tests::flow::{FINANCE_POLICY, FINANCE_VECTORS, accepted, rejected_with};
 use async_nats::jetstream;
 use std::time::Duration;
-
-const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
-const FINANCE_VECTORS: &str = include_str!("../../policies/templates/finance/vectors.yaml");
-
-fn accepted(r: &EventRecord) {
-    assert_eq!(
-        r.outcome,
-        Outcome::Accepted,
-        "{}: {:?}",
-        r.summary,
-        r.outcome
-    );
-}
-
-fn rejected_with(r: &EventRecord, needle: &str) -> String {
-    match &r.outcome {
-        Outcome::Rejected { reason } => {
-            assert!(
-                reason.contains(needle),
-                "expected a rejection mentioning {needle:?}, got {reason:?}"
-            );
-            reason.clone()
-        }
-        Outcome::Accepted => panic!(
-            "expected a rejection ({needle}), got accepted: {}",
-            r.summary
-        ),
-    }
-}
 
 fn upsert(name: &str, document: &str, base_revision: u64) -> PolicyUpserted {
     PolicyUpserted {

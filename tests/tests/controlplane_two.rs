@@ -12,12 +12,16 @@
 
 use aegis_core::bundle::{VerifyPolicy, sha256_hex, verify};
 use aegis_core::events::*;
-use aegis_core::ids::{ChangeId, PolicyName, TenantId};
+use aegis_core::ids::{ChangeId, TenantId};
 use aegis_core::keys::TrustStore;
-use aegis_core::query::{Outcome, QueryAnswer, QueryRequest, VersionView};
+use aegis_core::query::{QueryAnswer, QueryRequest};
 use aegis_tests::NatsServer;
 use aegis_tests::controlplane::{
-    ControlPlane, Keys, Operator, eventually, query, rebuild, state_digest, submit,
+    ControlPlane, Keys, Operator, query, rebuild, state_digest, submit,
+};
+use aegis_tests::flow::{
+    FINANCE_POLICY, accepted, announced, envelopes, finance_proposal, read_stream, rejected_with,
+    setup_actors, stream_last,
 };
 use aegis_tests::workload::{Template, Workload, WorkloadConfig, check_outcomes, publish_workload};
 use async_nats::jetstream;
@@ -25,83 +29,7 @@ use futures::StreamExt as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
-const FINANCE_VECTORS: &str = include_str!("../../policies/templates/finance/vectors.yaml");
 const WORKLOAD_EVENTS: usize = 1000;
-
-fn accepted(r: &aegis_core::query::EventRecord) {
-    assert_eq!(
-        r.outcome,
-        Outcome::Accepted,
-        "{}: {:?}",
-        r.summary,
-        r.outcome
-    );
-}
-
-fn rejected_with(r: &aegis_core::query::EventRecord, needle: &str) {
-    match &r.outcome {
-        Outcome::Rejected { reason } => assert!(
-            reason.contains(needle),
-            "expected a rejection mentioning {needle:?}, got {reason:?}"
-        ),
-        Outcome::Accepted => panic!(
-            "expected a rejection ({needle}), got accepted: {}",
-            r.summary
-        ),
-    }
-}
-
-fn proposal(id: &ChangeId, document: &str, base_revision: u64) -> ChangeProposed {
-    ChangeProposed {
-        change_id: id.clone(),
-        intent: "finance agent thresholds".into(),
-        ticket: Some("FIN-1001".into()),
-        documents: vec![ProposedDocument {
-            name: PolicyName::new("finance-agent").unwrap(),
-            format: DocumentFormat::Yaml,
-            document: document.into(),
-            base_revision,
-        }],
-        deleted: vec![],
-        vectors: vec![VectorDocument {
-            name: "finance-vectors.yaml".into(),
-            format: DocumentFormat::Yaml,
-            document: FINANCE_VECTORS.into(),
-        }],
-    }
-}
-
-async fn setup_actors(js: &jetstream::Context, keys: &Keys, tenant: &str) -> [Operator; 4] {
-    let t = TenantId::new(tenant).unwrap();
-    let root = keys.root_operator(&t);
-    let alice = Operator::new(tenant, "alice");
-    let bob = Operator::new(tenant, "bob");
-    let carol = Operator::new(tenant, "carol");
-    let pat = Operator::new(tenant, "pat");
-    for (op, roles) in [
-        (&alice, &[Role::Editor, Role::Approver][..]),
-        (&bob, &[Role::Approver][..]),
-        (&carol, &[Role::Approver][..]),
-        (&pat, &[Role::Publisher][..]),
-    ] {
-        accepted(&submit(js, &root.register(op)).await.unwrap());
-        for role in roles {
-            accepted(
-                &submit(
-                    js,
-                    &root.sign(RoleGranted {
-                        actor: op.actor.clone(),
-                        role: *role,
-                    }),
-                )
-                .await
-                .unwrap(),
-            );
-        }
-    }
-    [alice, bob, carol, pat]
-}
 
 /// Proposes `document`, has bob and carol approve it (after alice's own approval is refused),
 /// publishes it, and waits for the announcement of `version`.
@@ -115,9 +43,12 @@ async fn change_to_version(
     let [alice, bob, carol, pat] = ops;
     let id = ChangeId::random().unwrap();
     accepted(
-        &submit(js, &alice.sign(proposal(&id, document, base_revision)))
-            .await
-            .unwrap(),
+        &submit(
+            js,
+            &alice.sign(finance_proposal(&id, document, base_revision)),
+        )
+        .await
+        .unwrap(),
     );
     rejected_with(
         &submit(
@@ -157,69 +88,6 @@ async fn change_to_version(
     );
     announced(js, &alice.tenant, version).await;
     id
-}
-
-async fn announced(js: &jetstream::Context, tenant: &TenantId, version: u64) -> VersionView {
-    eventually(
-        Duration::from_secs(60),
-        "the bundle to be announced",
-        || async {
-            match query(&js.client(), tenant, QueryRequest::History).await {
-                Ok(QueryAnswer::History(h)) => {
-                    h.into_iter().find(|v| v.version == version && v.announced)
-                }
-                _ => None,
-            }
-        },
-    )
-    .await
-    .unwrap()
-}
-
-async fn stream_last(js: &jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .last_sequence
-}
-
-/// Every message on `filter` in stream order, as (subject, payload).
-async fn read_messages(
-    js: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-) -> Vec<(String, Vec<u8>)> {
-    let stream = js.get_stream(stream).await.unwrap();
-    let last = stream.cached_info().state.last_sequence;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let mut msgs = consumer.messages().await.unwrap();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await;
-        let Ok(Some(Ok(m))) = next else { break };
-        let seq = m.info().unwrap().stream_sequence;
-        out.push((m.subject.to_string(), m.payload.to_vec()));
-        if seq >= last {
-            break;
-        }
-    }
-    out
-}
-
-fn envelopes(msgs: &[(String, Vec<u8>)]) -> Vec<Envelope> {
-    msgs.iter()
-        .filter_map(|(_, raw)| serde_json::from_slice::<Envelope>(raw).ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +209,7 @@ async fn two_control_planes_publish_one_bundle_per_version_and_end_in_identical_
 
     // AEGIS_BUNDLES: exactly one bundle_published per version, in order, matching History.
     for (tenant, &n) in &want_versions {
-        let msgs = read_messages(&js, "AEGIS_BUNDLES", &format!("aegis.bundles.{tenant}")).await;
+        let msgs = read_stream(&js, "AEGIS_BUNDLES", &format!("aegis.bundles.{tenant}")).await;
         let announced: Vec<BundlePublished> = envelopes(&msgs)
             .into_iter()
             .filter_map(|e| match e.event {
@@ -429,8 +297,8 @@ async fn two_control_planes_publish_one_bundle_per_version_and_end_in_identical_
             (tenant, *version)
         );
     }
-    let meta = read_messages(&js, "OBJ_aegis-bundles", "$O.aegis-bundles.M.>").await;
-    let chunk_msgs = read_messages(&js, "OBJ_aegis-bundles", "$O.aegis-bundles.C.>").await;
+    let meta = read_stream(&js, "OBJ_aegis-bundles", "$O.aegis-bundles.M.>").await;
+    let chunk_msgs = read_stream(&js, "OBJ_aegis-bundles", "$O.aegis-bundles.C.>").await;
     assert_eq!(meta.len(), digests.len(), "one metadata record per bundle");
     // Known limitation (not asserted): when both control planes find no object and put the
     // same bundle at once, the async-nats object store's put (random chunk subject, then a
@@ -446,7 +314,7 @@ async fn two_control_planes_publish_one_bundle_per_version_and_end_in_identical_
     }
 
     // AEGIS_CHANGES: exactly one checks_completed per accepted proposal.
-    let changes = envelopes(&read_messages(&js, "AEGIS_CHANGES", "aegis.changes.>").await);
+    let changes = envelopes(&read_stream(&js, "AEGIS_CHANGES", "aegis.changes.>").await);
     let mut checks: BTreeMap<(TenantId, ChangeId), usize> = BTreeMap::new();
     for e in &changes {
         if let Event::ChecksCompleted(c) = &e.event {

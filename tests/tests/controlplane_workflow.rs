@@ -12,65 +12,16 @@
 use aegis_core::bundle::{VerifyPolicy, verify};
 use aegis_core::events::chain::{StreamMessage, verify as verify_chain};
 use aegis_core::events::*;
-use aegis_core::ids::{ChangeId, PolicyName, TenantId};
+use aegis_core::ids::{ChangeId, TenantId};
 use aegis_core::keys::TrustStore;
-use aegis_core::query::{ChangeState, ChangeView, Outcome, QueryAnswer, QueryRequest, VersionView};
+use aegis_core::query::{ChangeState, ChangeView, QueryAnswer, QueryRequest};
 use aegis_tests::NatsServer;
-use aegis_tests::controlplane::{ControlPlane, Keys, Operator, eventually, query, submit};
+use aegis_tests::controlplane::{ControlPlane, Keys, eventually, query, submit};
+use aegis_tests::flow::{
+    FINANCE_POLICY, accepted, announced, finance_proposal, read_stream, rejected_with, setup_actors,
+};
 use async_nats::jetstream;
-use futures::StreamExt as _;
 use std::time::Duration;
-
-const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
-const FINANCE_VECTORS: &str = include_str!("../../policies/templates/finance/vectors.yaml");
-
-fn accepted(r: &aegis_core::query::EventRecord) {
-    assert_eq!(
-        r.outcome,
-        Outcome::Accepted,
-        "{}: {:?}",
-        r.summary,
-        r.outcome
-    );
-}
-
-fn rejected_with(r: &aegis_core::query::EventRecord, needle: &str) {
-    match &r.outcome {
-        Outcome::Rejected { reason } => assert!(
-            reason.contains(needle),
-            "expected a rejection mentioning {needle:?}, got {reason:?}"
-        ),
-        Outcome::Accepted => panic!(
-            "expected a rejection ({needle}), got accepted: {}",
-            r.summary
-        ),
-    }
-}
-
-pub fn proposal(
-    id: &ChangeId,
-    document: &str,
-    base_revision: u64,
-    vectors: &str,
-) -> ChangeProposed {
-    ChangeProposed {
-        change_id: id.clone(),
-        intent: "finance agent thresholds".into(),
-        ticket: Some("FIN-1001".into()),
-        documents: vec![ProposedDocument {
-            name: PolicyName::new("finance-agent").unwrap(),
-            format: DocumentFormat::Yaml,
-            document: document.into(),
-            base_revision,
-        }],
-        deleted: vec![],
-        vectors: vec![VectorDocument {
-            name: "finance-vectors.yaml".into(),
-            format: DocumentFormat::Yaml,
-            document: vectors.into(),
-        }],
-    }
-}
 
 async fn change(js: &jetstream::Context, tenant: &TenantId, id: &ChangeId) -> ChangeView {
     match query(
@@ -86,23 +37,6 @@ async fn change(js: &jetstream::Context, tenant: &TenantId, id: &ChangeId) -> Ch
         QueryAnswer::Change(c) => *c,
         other => panic!("unexpected answer {other:?}"),
     }
-}
-
-async fn announced(js: &jetstream::Context, tenant: &TenantId, version: u64) -> VersionView {
-    eventually(
-        Duration::from_secs(60),
-        "the bundle to be announced",
-        || async {
-            match query(&js.client(), tenant, QueryRequest::History).await {
-                Ok(QueryAnswer::History(h)) => {
-                    h.into_iter().find(|v| v.version == version && v.announced)
-                }
-                _ => None,
-            }
-        },
-    )
-    .await
-    .unwrap()
 }
 
 async fn fetch_verified(
@@ -124,35 +58,6 @@ async fn fetch_verified(
     .unwrap_or_else(|e| panic!("bundle {digest} does not verify: {e}"))
 }
 
-pub async fn setup_actors(js: &jetstream::Context, keys: &Keys, tenant: &str) -> [Operator; 4] {
-    let t = TenantId::new(tenant).unwrap();
-    let root = keys.root_operator(&t);
-    let alice = Operator::new(tenant, "alice");
-    let bob = Operator::new(tenant, "bob");
-    let carol = Operator::new(tenant, "carol");
-    let pat = Operator::new(tenant, "pat");
-    for (op, role) in [
-        (&alice, Role::Editor),
-        (&bob, Role::Approver),
-        (&carol, Role::Approver),
-        (&pat, Role::Publisher),
-    ] {
-        accepted(&submit(js, &root.register(op)).await.unwrap());
-        accepted(
-            &submit(
-                js,
-                &root.sign(RoleGranted {
-                    actor: op.actor.clone(),
-                    role,
-                }),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    [alice, bob, carol, pat]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propose_approve_publish_rollback_freeze_and_audit() {
     let server = NatsServer::start().unwrap();
@@ -171,12 +76,9 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     // Propose: checks run and pass; high risk needs two approvals.
     let c1 = ChangeId::random().unwrap();
     accepted(
-        &submit(
-            &js,
-            &alice.sign(proposal(&c1, FINANCE_POLICY, 0, FINANCE_VECTORS)),
-        )
-        .await
-        .unwrap(),
+        &submit(&js, &alice.sign(finance_proposal(&c1, FINANCE_POLICY, 0)))
+            .await
+            .unwrap(),
     );
     let view = change(&js, &tenant, &c1).await;
     let checks = view.checks.clone().expect("checks ran");
@@ -185,20 +87,8 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     assert_eq!(view.required_approvals, 2);
     assert_eq!(view.state, ChangeState::Open);
 
-    // Nobody approves their own change — not even an editor who is also an approver.
-    let root = keys.root_operator(&tenant);
-    accepted(
-        &submit(
-            &js,
-            &root.sign(RoleGranted {
-                actor: alice.actor.clone(),
-                role: Role::Approver,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
-    // Nothing goes live without its approvals.
+    // Nobody approves their own change — not even alice, an editor who is also an approver —
+    // and nothing goes live without its approvals.
     rejected_with(
         &submit(
             &js,
@@ -301,22 +191,16 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     let stricter = FINANCE_POLICY.replace("ticket: FIN-1001", "ticket: FIN-1002");
     let stale = ChangeId::random().unwrap();
     rejected_with(
-        &submit(
-            &js,
-            &alice.sign(proposal(&stale, &stricter, 0, FINANCE_VECTORS)),
-        )
-        .await
-        .unwrap(),
+        &submit(&js, &alice.sign(finance_proposal(&stale, &stricter, 0)))
+            .await
+            .unwrap(),
         "stale",
     );
     let c2 = ChangeId::random().unwrap();
     accepted(
-        &submit(
-            &js,
-            &alice.sign(proposal(&c2, &stricter, 1, FINANCE_VECTORS)),
-        )
-        .await
-        .unwrap(),
+        &submit(&js, &alice.sign(finance_proposal(&c2, &stricter, 1)))
+            .await
+            .unwrap(),
     );
     for op in [&bob, &carol] {
         accepted(
@@ -378,7 +262,7 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     let c3 = ChangeId::random().unwrap();
     let again = FINANCE_POLICY.replace("ticket: FIN-1001", "ticket: FIN-1003");
     accepted(
-        &submit(&js, &alice.sign(proposal(&c3, &again, 3, FINANCE_VECTORS)))
+        &submit(&js, &alice.sign(finance_proposal(&c3, &again, 3)))
             .await
             .unwrap(),
     );
@@ -460,7 +344,14 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     )
     .await
     .unwrap();
-    let messages = read_messages(&js, "AEGIS_CHANGES", "aegis.changes.acme.>").await;
+    let messages: Vec<StreamMessage> = read_stream(&js, "AEGIS_CHANGES", "aegis.changes.acme.>")
+        .await
+        .into_iter()
+        .map(|m| StreamMessage {
+            seq: m.seq,
+            raw: m.raw,
+        })
+        .collect();
     let report = verify_chain(&tenant, &messages, &checkpoints);
     assert!(report.ok(), "{report:#?}");
     assert_eq!(report.events, status.chain_position);
@@ -468,48 +359,14 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     drop(cp);
 }
 
-/// Every message on `filter` in stream order.
-pub async fn read_messages(
-    js: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-) -> Vec<StreamMessage> {
-    let stream = js.get_stream(stream).await.unwrap();
-    let last = stream.cached_info().state.last_sequence;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: filter.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let mut msgs = consumer.messages().await.unwrap();
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(2), msgs.next()).await;
-        let Ok(Some(Ok(m))) = next else { break };
-        let seq = m.info().unwrap().stream_sequence;
-        out.push(StreamMessage {
-            seq,
-            raw: m.payload.to_vec(),
-        });
-        if seq >= last {
-            break;
-        }
-    }
-    out
-}
-
 /// The audit checkpoints on `subject`.
 pub async fn read_checkpoints(js: &jetstream::Context, subject: &str) -> Vec<AuditCheckpoint> {
-    read_messages(js, "AEGIS_AUDIT", subject)
+    read_stream(js, "AEGIS_AUDIT", subject)
         .await
         .into_iter()
-        .filter_map(
-            |m| match serde_json::from_slice::<Envelope>(&m.raw).ok()?.event {
-                Event::AuditCheckpoint(c) => Some(c),
-                _ => None,
-            },
-        )
+        .filter_map(|m| match m.envelope()?.event {
+            Event::AuditCheckpoint(c) => Some(c),
+            _ => None,
+        })
         .collect()
 }
