@@ -1344,7 +1344,7 @@ fn main() -> anyhow::Result<()> {
     };
     step("ed25519 signature verify", probe.verify_us, probe.verify_us);
     step(
-        "policy document parse + validate (policy_upserted only)",
+        "policy document parse + validate (policy edits only)",
         probe.document_us,
         probe.document_us * policy_edits as f64 / total.max(1) as f64,
     );
