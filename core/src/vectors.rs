@@ -67,7 +67,7 @@ pub fn validate_vectors(src: &SourceFile) -> Result<VectorFile, Diagnostics> {
     match serde_json::from_value::<VectorDocument>(src.value.clone()) {
         Ok(doc) => {
             let lines = (0..doc.vectors.len())
-                .map(|i| src.locator.locate(&format!("/vectors/{i}")).map(|p| p.0))
+                .map(|i| src.locator().locate(&format!("/vectors/{i}")).map(|p| p.0))
                 .collect();
             Ok(VectorFile {
                 path: src.path.clone(),
@@ -76,7 +76,7 @@ pub fn validate_vectors(src: &SourceFile) -> Result<VectorFile, Diagnostics> {
             })
         }
         Err(e) => {
-            diags.push(src.locator.diagnostic(
+            diags.push(src.locator().diagnostic(
                 &src.path,
                 "",
                 format!("not a valid test vector file: {e}"),

@@ -77,7 +77,7 @@ impl PolicySet {
                     Ok(v) => set.vectors.push(v),
                     Err(d) => diags.extend(d),
                 },
-                other => diags.push(src.locator.diagnostic(
+                other => diags.push(src.locator().diagnostic(
                     &path,
                     "/kind",
                     match other {
@@ -111,7 +111,7 @@ impl PolicySet {
         let loc = |path: &Path, field: &str, message: String, hint: Option<String>| {
             let src = source::read(path).ok();
             match src {
-                Some(src) => src.locator.diagnostic(path, field, message, hint),
+                Some(src) => src.locator().diagnostic(path, field, message, hint),
                 None => Diagnostic {
                     file: path.to_path_buf(),
                     line: None,

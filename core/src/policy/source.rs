@@ -15,7 +15,15 @@ pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
     pub value: serde_json::Value,
-    pub locator: Locator,
+    /// Built on first use: only diagnostics need it, and building it parses the text again.
+    locator: std::sync::OnceLock<Locator>,
+}
+
+impl SourceFile {
+    /// Where each field is in the text (for diagnostics).
+    pub fn locator(&self) -> &Locator {
+        self.locator.get_or_init(|| Locator::from_text(&self.text))
+    }
 }
 
 /// JSON pointer → (line, column), both 1-based. For a mapping entry the key's position, for a
@@ -175,12 +183,11 @@ pub fn parse(path: &Path, text: String) -> Result<SourceFile, Diagnostic> {
             )
         })?,
     };
-    let locator = Locator::from_text(&text);
     Ok(SourceFile {
         path: path.to_path_buf(),
         text,
         value,
-        locator,
+        locator: std::sync::OnceLock::new(),
     })
 }
 

@@ -20,7 +20,7 @@ pub fn validate_document(src: &SourceFile) -> Result<PolicyDocument, Diagnostics
     let doc: PolicyDocument = match serde_json::from_value(src.value.clone()) {
         Ok(doc) => doc,
         Err(e) => {
-            diags.push(src.locator.diagnostic(
+            diags.push(src.locator().diagnostic(
                 &src.path,
                 "",
                 format!("does not match the policy model: {e}"),
@@ -41,7 +41,7 @@ pub fn schema_diagnostics(
 ) -> Diagnostics {
     let mut diags = Diagnostics::default();
     let Some(validator) = validator else {
-        diags.push(src.locator.diagnostic(
+        diags.push(src.locator().diagnostic(
             &src.path,
             "",
             "internal error: the embedded schema does not compile",
@@ -98,7 +98,7 @@ pub fn schema_diagnostics(
             }
             _ => (err.to_string(), None, pointer.clone()),
         };
-        diags.push(src.locator.diagnostic(&src.path, &at, message, hint));
+        diags.push(src.locator().diagnostic(&src.path, &at, message, hint));
     }
     diags
 }
@@ -162,7 +162,7 @@ fn allowed_properties(doc: &serde_json::Value, pointer: &str) -> Vec<String> {
 
 fn semantic_checks(src: &SourceFile, doc: &PolicyDocument, diags: &mut Diagnostics) {
     let at = |ptr: String, msg: String, hint: Option<String>| {
-        src.locator.diagnostic(&src.path, &ptr, msg, hint)
+        src.locator().diagnostic(&src.path, &ptr, msg, hint)
     };
 
     if let Some(c) = &doc.spec.callers {
