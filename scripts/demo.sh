@@ -220,7 +220,7 @@ echo "control plane started (log: $WORK/cp.log)"
 as() {
     local actor="$1"
     shift
-    show aegisctl "$@" "  # as $actor"
+    printf '%s   # as %s\n' "$(show aegisctl "$@")" "$actor"
     AEGIS_ACTOR="$actor" AEGIS_KEY="$KEYS/$actor.key.json" "$AEGISCTL" "$@"
 }
 # expect_exit CODE ACTOR aegisctl-arguments...: the command must exit with CODE
