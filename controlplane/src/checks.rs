@@ -9,7 +9,7 @@ use crate::records::LiveSet;
 use aegis_core::bundle::sha256_hex;
 use aegis_core::eval::{EvalLimits, Evaluator, Provenance};
 use aegis_core::events::{ChangeProposed, CheckResult, ChecksCompleted, DocumentFormat};
-use aegis_core::ids::{ChangeId, PolicyName, TenantId};
+use aegis_core::ids::{PolicyName, TenantId};
 use aegis_core::policy::model::{PolicyDocument, RiskTier};
 use aegis_core::policy::set::{CompiledPolicies, PolicySet, parse_document};
 use aegis_core::policy::source;
@@ -234,9 +234,4 @@ fn touched_tier(live: &LiveSet, candidate: &LiveSet, change: &ChangeProposed) ->
         .map(|p| p.risk_tier)
         .max()
         .unwrap_or(RiskTier::Low)
-}
-
-/// A change id for messages.
-pub fn short(change: &ChangeId) -> &str {
-    change.as_str()
 }

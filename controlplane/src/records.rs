@@ -95,9 +95,6 @@ pub mod keys {
     pub fn tenant_marker(t: &TenantId) -> String {
         format!("tenants/{t}")
     }
-    pub fn prefix(t: &TenantId) -> String {
-        format!("t/{t}#")
-    }
     pub fn tenant(t: &TenantId) -> String {
         format!("t/{t}#tenant")
     }
