@@ -31,8 +31,8 @@ use aegis_controlplane::records::LiveSet;
 use aegis_controlplane::{Applied, FoldConfig, Folder, InMessage, StateDigest, Store};
 use aegis_core::events::{
     ActorRegistered, ChangeApproved, ChangeProposed, ChangeRejected, DocumentFormat, Envelope,
-    Event, EventType, PolicyUpserted, ProposedDocument, Role, RoleGranted, TenantFrozen,
-    TenantUnfrozen, VectorDocument,
+    Event, PolicyUpserted, ProposedDocument, Role, RoleGranted, TenantFrozen, TenantUnfrozen,
+    VectorDocument,
 };
 use aegis_core::ids::{ActorId, ChangeId, EventId, PolicyName, TenantId};
 use aegis_core::keys::{Keypair, PublicKey};
@@ -547,9 +547,8 @@ fn sign_one(
     if p.tamper {
         env.time = "2020-01-01T00:00:00.000Z".into();
     }
-    let suffix = EventType::changes_subject_suffix(&env.event).context("not a change event")?;
     Ok(Outgoing {
-        subject: format!("{CHANGES_PREFIX}.{}.{suffix}", env.tenant),
+        subject: aegis_nats::topology::change_event_subject(&env.tenant, &env.event)?,
         payload: env.to_bytes()?.into(),
         id: env.id.to_string(),
         expect: p.expect,

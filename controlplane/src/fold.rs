@@ -20,7 +20,7 @@ use crate::store::{Store, StoreError, Txn};
 use aegis_core::events::chain::{ChainEntry, event_hash, link, raw_event_id};
 use aegis_core::events::roles::may_sign;
 use aegis_core::events::{
-    ChangeProposed, ChecksCompleted, Envelope, Event, EventType, ReceivedEnvelope, Role, RoleSet,
+    ChangeProposed, ChecksCompleted, Envelope, Event, ReceivedEnvelope, Role, RoleSet,
 };
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyId, Keypair, PublicKey};
@@ -267,13 +267,11 @@ impl Ctx<'_, '_> {
                 env.tenant
             );
         }
-        let Some(suffix) = EventType::changes_subject_suffix(&env.event) else {
-            reject!(
-                "`{}` events do not belong on AEGIS_CHANGES",
-                env.event_type()
-            );
+        let expected_subject = match aegis_nats::topology::change_event_subject(&tenant, &env.event)
+        {
+            Ok(s) => s,
+            Err(e) => reject!("{e}"),
         };
-        let expected_subject = format!("aegis.changes.{tenant}.{suffix}");
         if subject != expected_subject {
             reject!(
                 "a `{}` event must be published on {expected_subject}, not {subject}",

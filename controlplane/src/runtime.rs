@@ -392,9 +392,7 @@ impl Reactor {
                 let _ = self.store.delete_local(&key);
                 continue;
             };
-            let Ok(subject) =
-                topology::changes_subject(&env.tenant, &format!("change.{}", checks_change(&env)))
-            else {
+            let Ok(subject) = topology::change_event_subject(&env.tenant, &env.event) else {
                 continue;
             };
             let publish =
@@ -630,13 +628,6 @@ impl Reactor {
             Err(PublishError::Conflict { .. }) => Ok(false),
             Err(e) => Err(nats_err(e)),
         }
-    }
-}
-
-fn checks_change(env: &Envelope) -> String {
-    match &env.event {
-        Event::ChecksCompleted(c) => c.change_id.to_string(),
-        _ => String::new(),
     }
 }
 

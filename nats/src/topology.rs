@@ -86,6 +86,9 @@ pub enum TopologyError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// The event does not travel on `AEGIS_CHANGES`.
+    #[error("a `{0}` event is not a change event (it does not go on AEGIS_CHANGES)")]
+    NotAChangeEvent(aegis_core::events::EventType),
     /// The replica count is not 1..=5.
     #[error("replicas must be between 1 and 5, got {0}")]
     InvalidReplicas(usize),
@@ -166,6 +169,18 @@ pub fn changes_subject(tenant: &TenantId, rest: &str) -> Result<String, Topology
         tenant_token(tenant)?,
         checked_suffix(rest)?
     ))
+}
+
+/// The subject a change event goes on: `aegis.changes.<tenant>.<suffix>`, the suffix given by
+/// [`EventType::changes_subject_suffix`](aegis_core::events::EventType::changes_subject_suffix)
+/// (`actors`, `config`, `policy.<name>`, `change.<id>`, `control`).
+pub fn change_event_subject(
+    tenant: &TenantId,
+    event: &aegis_core::events::Event,
+) -> Result<String, TopologyError> {
+    let suffix = aegis_core::events::EventType::changes_subject_suffix(event)
+        .ok_or(TopologyError::NotAChangeEvent(event.event_type()))?;
+    changes_subject(tenant, &suffix)
 }
 
 /// `aegis.changes.<tenant>.>`: every change of one tenant (consumer filter).

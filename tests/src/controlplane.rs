@@ -5,7 +5,7 @@
 //! Test support: a programming error here (an invalid literal id) panics, like an assertion.
 #![allow(clippy::panic)]
 
-use aegis_core::events::{Envelope, Event, EventType};
+use aegis_core::events::{Envelope, Event};
 use aegis_core::ids::{ActorId, EventId, TenantId};
 use aegis_core::keys::Keypair;
 use aegis_core::query::{EventOutcome, EventRecord, QueryAnswer, QueryReply, QueryRequest};
@@ -281,9 +281,8 @@ impl Operator {
 
     /// The subject an envelope belongs on.
     pub fn subject(env: &Envelope) -> String {
-        let suffix = EventType::changes_subject_suffix(&env.event)
-            .unwrap_or_else(|| panic!("{} is not a change event", env.event_type()));
-        format!("aegis.changes.{}.{suffix}", env.tenant)
+        aegis_nats::topology::change_event_subject(&env.tenant, &env.event)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `actor_registered` for `who` (signed by this operator).
@@ -333,7 +332,8 @@ pub async fn query(
     request: QueryRequest,
 ) -> Result<QueryAnswer> {
     let op = request.op();
-    let subject = format!("aegis.query.{tenant}.{op}");
+    let subject = aegis_nats::topology::query_subject(tenant, op)
+        .map_err(|e| ControlPlaneError::Nats(e.to_string()))?;
     let body = serde_json::to_vec(&request).map_err(|e| ControlPlaneError::Nats(e.to_string()))?;
     let reply = client
         .request(subject, body.into())

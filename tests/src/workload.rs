@@ -1587,10 +1587,8 @@ impl Workload {
                 content: Content::Raw(bytes),
             };
         }
-        let Some(suffix) = EventType::changes_subject_suffix(&plan.event) else {
-            panic!("{} is not a change event", plan.event.event_type());
-        };
-        let subject = format!("aegis.changes.{tenant}.{suffix}");
+        let subject = aegis_nats::topology::change_event_subject(&tenant, &plan.event)
+            .unwrap_or_else(|e| panic!("{e}"));
         let policy = match &plan.event {
             Event::PolicyUpserted(e) => Some(e.name.clone()),
             Event::PolicyDeleted(e) => Some(e.name.clone()),

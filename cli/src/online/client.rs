@@ -677,10 +677,12 @@ impl Client {
 /// `aegis.changes.<tenant>.<suffix>` for a change event (see
 /// [`EventType::changes_subject_suffix`]).
 pub fn change_subject(tenant: &TenantId, event: &Event) -> Result<String, ClientError> {
-    let suffix = EventType::changes_subject_suffix(event).ok_or(ClientError::NotAChangeEvent {
-        event_type: event.event_type(),
-    })?;
-    Ok(topology::changes_subject(tenant, &suffix)?)
+    topology::change_event_subject(tenant, event).map_err(|e| match e {
+        topology::TopologyError::NotAChangeEvent(event_type) => {
+            ClientError::NotAChangeEvent { event_type }
+        }
+        other => other.into(),
+    })
 }
 
 /// One step of [`Client::poll`].
