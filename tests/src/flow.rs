@@ -86,13 +86,13 @@ pub async fn setup_actors(js: &jetstream::Context, keys: &Keys, tenant: &str) ->
         (&carol, &[Role::Approver][..]),
         (&pat, &[Role::Publisher][..]),
     ] {
-        accepted(&submit(js, &root.register(op)).await.unwrap());
+        accept(js, &root.register(op)).await;
         for role in roles {
             let grant = root.sign(RoleGranted {
                 actor: op.actor.clone(),
                 role: *role,
             });
-            accepted(&submit(js, &grant).await.unwrap());
+            accept(js, &grant).await;
         }
     }
     [alice, bob, carol, pat]
@@ -184,4 +184,17 @@ pub async fn read_stream(js: &jetstream::Context, stream: &str, filter: &str) ->
 /// The messages that are envelopes, parsed.
 pub fn envelopes(msgs: &[Stored]) -> Vec<Envelope> {
     msgs.iter().filter_map(Stored::envelope).collect()
+}
+
+/// Submits `env`, waits for the fold, and asserts it was accepted.
+pub async fn accept(js: &jetstream::Context, env: &Envelope) -> EventRecord {
+    let r = submit(js, env).await.unwrap();
+    accepted(&r);
+    r
+}
+
+/// Submits `env`, waits for the fold, and asserts it was rejected with a reason containing
+/// `needle`; returns the reason.
+pub async fn refuse(js: &jetstream::Context, env: &Envelope, needle: &str) -> String {
+    rejected_with(&submit(js, env).await.unwrap(), needle)
 }

@@ -14,7 +14,7 @@ use aegis_tests::NatsServer;
 use aegis_tests::controlplane::{
     ControlPlane, Keys, Operator, publish, publish_raw, query, submit, wait_outcome,
 };
-use aegis_tests::flow::{FINANCE_POLICY, FINANCE_VECTORS, accepted, rejected_with};
+use aegis_tests::flow::{FINANCE_POLICY, FINANCE_VECTORS, accept, accepted, refuse, rejected_with};
 use async_nats::jetstream;
 use std::time::Duration;
 
@@ -57,18 +57,15 @@ async fn world() -> World {
         (&bob, Role::Approver),
         (&pat, Role::Publisher),
     ] {
-        accepted(&submit(&js, &root.register(op)).await.unwrap());
-        accepted(
-            &submit(
-                &js,
-                &root.sign(RoleGranted {
-                    actor: op.actor.clone(),
-                    role,
-                }),
-            )
-            .await
-            .unwrap(),
-        );
+        accept(&js, &root.register(op)).await;
+        accept(
+            &js,
+            &root.sign(RoleGranted {
+                actor: op.actor.clone(),
+                role,
+            }),
+        )
+        .await;
     }
     World {
         _server: server,
@@ -106,46 +103,44 @@ async fn refused_events_are_recorded_with_their_reason() {
             document: FINANCE_VECTORS.into(),
         }],
     };
-    rejected_with(
-        &submit(js, &w.bob.sign(proposal.clone())).await.unwrap(),
+    refuse(
+        js,
+        &w.bob.sign(proposal.clone()),
         "needs role admin or editor",
-    );
-    rejected_with(
-        &submit(
-            js,
-            &w.alice.sign(RoleGranted {
-                actor: w.alice.actor.clone(),
-                role: Role::Admin,
-            }),
-        )
-        .await
-        .unwrap(),
+    )
+    .await;
+    refuse(
+        js,
+        &w.alice.sign(RoleGranted {
+            actor: w.alice.actor.clone(),
+            role: Role::Admin,
+        }),
         "needs role admin",
-    );
+    )
+    .await;
 
     // Bad signature: the payload was altered after signing.
     let mut env = w.alice.sign(proposal.clone());
     if let Event::ChangeProposed(p) = &mut env.event {
         p.intent = "something else".into();
     }
-    rejected_with(&submit(js, &env).await.unwrap(), "bad signature");
+    refuse(js, &env, "bad signature").await;
 
     // Unknown key: alice signs with a key nobody registered.
     let impostor = Operator {
         key: aegis_core::keys::Keypair::generate().unwrap(),
         ..w.alice.clone()
     };
-    rejected_with(
-        &submit(js, &impostor.sign(proposal.clone())).await.unwrap(),
-        "unknown key",
-    );
+    refuse(js, &impostor.sign(proposal.clone()), "unknown key").await;
 
     // Unknown actor.
     let mallory = Operator::new("acme", "mallory");
-    rejected_with(
-        &submit(js, &mallory.sign(proposal.clone())).await.unwrap(),
+    refuse(
+        js,
+        &mallory.sign(proposal.clone()),
         "unknown actor `mallory`",
-    );
+    )
+    .await;
 
     // A message that is not an envelope at all still gets a chain position, rejected.
     publish_raw(
@@ -164,7 +159,7 @@ async fn refused_events_are_recorded_with_their_reason() {
         change_id: ChangeId::random().unwrap(),
         ..proposal.clone()
     });
-    rejected_with(&submit(js, &empty_intent).await.unwrap(), "schema");
+    refuse(js, &empty_intent, "schema").await;
 
     // Published on another tenant's subject.
     let wrong = w.alice.sign(TenantFrozen { reason: "x".into() });
@@ -188,38 +183,32 @@ async fn refused_events_are_recorded_with_their_reason() {
     rejected_with(&r, "published on tenant `globex`");
 
     // The valid proposal goes through; the proposer cannot approve it.
-    accepted(&submit(js, &w.alice.sign(proposal.clone())).await.unwrap());
+    accept(js, &w.alice.sign(proposal.clone())).await;
     let root = w.keys.root_operator(&w.tenant);
-    accepted(
-        &submit(
-            js,
-            &root.sign(RoleGranted {
-                actor: w.alice.actor.clone(),
-                role: Role::Approver,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
-    rejected_with(
-        &submit(
-            js,
-            &w.alice.sign(ChangeApproved {
-                change_id: c.clone(),
-                comment: None,
-            }),
-        )
-        .await
-        .unwrap(),
+    accept(
+        js,
+        &root.sign(RoleGranted {
+            actor: w.alice.actor.clone(),
+            role: Role::Approver,
+        }),
+    )
+    .await;
+    refuse(
+        js,
+        &w.alice.sign(ChangeApproved {
+            change_id: c.clone(),
+            comment: None,
+        }),
         "four eyes",
-    );
+    )
+    .await;
 
     // A duplicate id (a retried publish after the duplicate window) is ignored, not re-applied.
     let approve = w.bob.sign(ChangeApproved {
         change_id: c.clone(),
         comment: None,
     });
-    accepted(&submit(js, &approve).await.unwrap());
+    accept(js, &approve).await;
     publish_raw(
         js,
         &Operator::subject(&approve),
@@ -231,30 +220,24 @@ async fn refused_events_are_recorded_with_their_reason() {
     .unwrap();
 
     // Revoked key: bob's key is revoked; his next approval is refused.
-    accepted(
-        &submit(
-            js,
-            &root.sign(KeyRevoked {
-                actor: w.bob.actor.clone(),
-                key_id: w.bob.key.key_id().clone(),
-                reason: Some("laptop lost".into()),
-            }),
-        )
-        .await
-        .unwrap(),
-    );
-    rejected_with(
-        &submit(
-            js,
-            &w.bob.sign(ChangeRejected {
-                change_id: c.clone(),
-                reason: "no".into(),
-            }),
-        )
-        .await
-        .unwrap(),
+    accept(
+        js,
+        &root.sign(KeyRevoked {
+            actor: w.bob.actor.clone(),
+            key_id: w.bob.key.key_id().clone(),
+            reason: Some("laptop lost".into()),
+        }),
+    )
+    .await;
+    refuse(
+        js,
+        &w.bob.sign(ChangeRejected {
+            change_id: c.clone(),
+            reason: "no".into(),
+        }),
         "revoked",
-    );
+    )
+    .await;
 
     // The change has exactly one approval (the duplicate was ignored).
     let view = match query(
@@ -311,18 +294,15 @@ async fn concurrent_and_stale_edits_of_one_policy_cannot_both_land() {
     let js = &w.js;
     let carol = Operator::new("acme", "carol");
     let root = w.keys.root_operator(&w.tenant);
-    accepted(&submit(js, &root.register(&carol)).await.unwrap());
-    accepted(
-        &submit(
-            js,
-            &root.sign(RoleGranted {
-                actor: carol.actor.clone(),
-                role: Role::Editor,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(js, &root.register(&carol)).await;
+    accept(
+        js,
+        &root.sign(RoleGranted {
+            actor: carol.actor.clone(),
+            role: Role::Editor,
+        }),
+    )
+    .await;
 
     // First edit of a new policy: base revision 0, subject must be empty.
     let first = w.alice.sign(upsert("finance-agent", FINANCE_POLICY, 0));
@@ -383,7 +363,7 @@ async fn concurrent_and_stale_edits_of_one_policy_cannot_both_land() {
         &FINANCE_POLICY.replace("tenant: acme", "tenant: globex"),
         r.seq,
     ));
-    rejected_with(&submit(js, &other).await.unwrap(), "for tenant `globex`");
+    refuse(js, &other, "for tenant `globex`").await;
     let _ = &w.bob;
     let _ = &w.pat;
 }
@@ -394,18 +374,15 @@ async fn a_change_whose_vectors_fail_cannot_be_published() {
     let js = &w.js;
     let carol = Operator::new("acme", "carol");
     let root = w.keys.root_operator(&w.tenant);
-    accepted(&submit(js, &root.register(&carol)).await.unwrap());
-    accepted(
-        &submit(
-            js,
-            &root.sign(RoleGranted {
-                actor: carol.actor.clone(),
-                role: Role::Approver,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(js, &root.register(&carol)).await;
+    accept(
+        js,
+        &root.sign(RoleGranted {
+            actor: carol.actor.clone(),
+            role: Role::Approver,
+        }),
+    )
+    .await;
     // Raise the deny threshold so the "50,000 -> deny" vector now fails.
     let loosened = FINANCE_POLICY.replace("25000", "90000");
     assert_ne!(
@@ -413,30 +390,27 @@ async fn a_change_whose_vectors_fail_cannot_be_published() {
         "the template has a 25000 threshold"
     );
     let c = ChangeId::random().unwrap();
-    accepted(
-        &submit(
-            js,
-            &w.alice.sign(ChangeProposed {
-                change_id: c.clone(),
-                intent: "raise the hard limit".into(),
-                ticket: None,
-                documents: vec![ProposedDocument {
-                    name: PolicyName::new("finance-agent").unwrap(),
-                    format: DocumentFormat::Yaml,
-                    document: loosened,
-                    base_revision: 0,
-                }],
-                deleted: vec![],
-                vectors: vec![VectorDocument {
-                    name: "finance-vectors.yaml".into(),
-                    format: DocumentFormat::Yaml,
-                    document: FINANCE_VECTORS.into(),
-                }],
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(
+        js,
+        &w.alice.sign(ChangeProposed {
+            change_id: c.clone(),
+            intent: "raise the hard limit".into(),
+            ticket: None,
+            documents: vec![ProposedDocument {
+                name: PolicyName::new("finance-agent").unwrap(),
+                format: DocumentFormat::Yaml,
+                document: loosened,
+                base_revision: 0,
+            }],
+            deleted: vec![],
+            vectors: vec![VectorDocument {
+                name: "finance-vectors.yaml".into(),
+                format: DocumentFormat::Yaml,
+                document: FINANCE_VECTORS.into(),
+            }],
+        }),
+    )
+    .await;
     let view = match query(
         &js.client(),
         &w.tenant,
@@ -463,31 +437,25 @@ async fn a_change_whose_vectors_fail_cannot_be_published() {
         "the failing vector is named: {vectors:?}"
     );
     for op in [&w.bob, &carol] {
-        accepted(
-            &submit(
-                js,
-                &op.sign(ChangeApproved {
-                    change_id: c.clone(),
-                    comment: None,
-                }),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    assert_eq!(view.state, ChangeState::Open);
-    rejected_with(
-        &submit(
+        accept(
             js,
-            &w.pat.sign(ChangePublished {
+            &op.sign(ChangeApproved {
                 change_id: c.clone(),
-                stage: RolloutStage::Global,
+                comment: None,
             }),
         )
-        .await
-        .unwrap(),
+        .await;
+    }
+    assert_eq!(view.state, ChangeState::Open);
+    refuse(
+        js,
+        &w.pat.sign(ChangePublished {
+            change_id: c.clone(),
+            stage: RolloutStage::Global,
+        }),
         "failed its checks (vectors)",
-    );
+    )
+    .await;
     // And the verdict is on the stream as the control plane's own signed event.
     let checks_id =
         aegis_controlplane::fold::derived_event_id(&["checks", "acme", c.as_str()]).unwrap();
@@ -511,71 +479,59 @@ async fn required_approvals_follow_the_tenant_configuration() {
         })
     };
     // Only an admin configures the tenant.
-    rejected_with(
-        &submit(
-            js,
-            &w.pat.sign(TenantConfigured {
-                required_approvals: RequiredApprovals {
-                    low: 0,
-                    medium: 0,
-                    high: 0,
-                },
-                bundle_expiry_days: None,
-            }),
-        )
-        .await
-        .unwrap(),
+    refuse(
+        js,
+        &w.pat.sign(TenantConfigured {
+            required_approvals: RequiredApprovals {
+                low: 0,
+                medium: 0,
+                high: 0,
+            },
+            bundle_expiry_days: None,
+        }),
         "needs role admin",
-    );
-    accepted(&submit(js, &configure(0, 0, 1)).await.unwrap());
+    )
+    .await;
+    accept(js, &configure(0, 0, 1)).await;
     let c = ChangeId::random().unwrap();
-    accepted(
-        &submit(
-            js,
-            &w.alice.sign(ChangeProposed {
-                change_id: c.clone(),
-                intent: "thresholds".into(),
-                ticket: None,
-                documents: vec![ProposedDocument {
-                    name: PolicyName::new("finance-agent").unwrap(),
-                    format: DocumentFormat::Yaml,
-                    document: FINANCE_POLICY.into(),
-                    base_revision: 0,
-                }],
-                deleted: vec![],
-                vectors: vec![],
-            }),
-        )
-        .await
-        .unwrap(),
-    );
-    accepted(
-        &submit(
-            js,
-            &w.bob.sign(ChangeApproved {
-                change_id: c.clone(),
-                comment: None,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(
+        js,
+        &w.alice.sign(ChangeProposed {
+            change_id: c.clone(),
+            intent: "thresholds".into(),
+            ticket: None,
+            documents: vec![ProposedDocument {
+                name: PolicyName::new("finance-agent").unwrap(),
+                format: DocumentFormat::Yaml,
+                document: FINANCE_POLICY.into(),
+                base_revision: 0,
+            }],
+            deleted: vec![],
+            vectors: vec![],
+        }),
+    )
+    .await;
+    accept(
+        js,
+        &w.bob.sign(ChangeApproved {
+            change_id: c.clone(),
+            comment: None,
+        }),
+    )
+    .await;
     // The tenant now demands three approvals for high risk: one is not enough any more.
-    accepted(&submit(js, &configure(0, 1, 3)).await.unwrap());
+    accept(js, &configure(0, 1, 3)).await;
     let publish = || {
         w.pat.sign(ChangePublished {
             change_id: c.clone(),
             stage: RolloutStage::Global,
         })
     };
-    rejected_with(
-        &submit(js, &publish()).await.unwrap(),
-        "needs 3 approval(s)",
-    );
+    refuse(js, &publish(), "needs 3 approval(s)").await;
     // Back to one: it publishes, and the bundle expires 30 days after the publish event.
-    accepted(&submit(js, &configure(0, 0, 1)).await.unwrap());
+    accept(js, &configure(0, 0, 1)).await;
     let published = publish();
-    accepted(&submit(js, &published).await.unwrap());
+    accept(js, &published).await;
     let history = match query(&js.client(), &w.tenant, QueryRequest::History)
         .await
         .unwrap()

@@ -16,11 +16,9 @@ use aegis_core::ids::{ChangeId, TenantId};
 use aegis_core::keys::TrustStore;
 use aegis_core::query::{QueryAnswer, QueryRequest};
 use aegis_tests::NatsServer;
-use aegis_tests::controlplane::{
-    ControlPlane, Keys, Operator, query, rebuild, state_digest, submit,
-};
+use aegis_tests::controlplane::{ControlPlane, Keys, Operator, query, rebuild, state_digest};
 use aegis_tests::flow::{
-    FINANCE_POLICY, accepted, announced, envelopes, finance_proposal, read_stream, rejected_with,
+    FINANCE_POLICY, accept, announced, envelopes, finance_proposal, read_stream, refuse,
     setup_actors, stream_last,
 };
 use aegis_tests::workload::{Template, Workload, WorkloadConfig, check_outcomes, publish_workload};
@@ -42,50 +40,38 @@ async fn change_to_version(
 ) -> ChangeId {
     let [alice, bob, carol, pat] = ops;
     let id = ChangeId::random().unwrap();
-    accepted(
-        &submit(
+    accept(
+        js,
+        &alice.sign(finance_proposal(&id, document, base_revision)),
+    )
+    .await;
+    refuse(
+        js,
+        &alice.sign(ChangeApproved {
+            change_id: id.clone(),
+            comment: None,
+        }),
+        "four eyes",
+    )
+    .await;
+    for op in [bob, carol] {
+        accept(
             js,
-            &alice.sign(finance_proposal(&id, document, base_revision)),
-        )
-        .await
-        .unwrap(),
-    );
-    rejected_with(
-        &submit(
-            js,
-            &alice.sign(ChangeApproved {
+            &op.sign(ChangeApproved {
                 change_id: id.clone(),
                 comment: None,
             }),
         )
-        .await
-        .unwrap(),
-        "four eyes",
-    );
-    for op in [bob, carol] {
-        accepted(
-            &submit(
-                js,
-                &op.sign(ChangeApproved {
-                    change_id: id.clone(),
-                    comment: None,
-                }),
-            )
-            .await
-            .unwrap(),
-        );
+        .await;
     }
-    accepted(
-        &submit(
-            js,
-            &pat.sign(ChangePublished {
-                change_id: id.clone(),
-                stage: RolloutStage::Global,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(
+        js,
+        &pat.sign(ChangePublished {
+            change_id: id.clone(),
+            stage: RolloutStage::Global,
+        }),
+    )
+    .await;
     announced(js, &alice.tenant, version).await;
     id
 }
@@ -117,18 +103,15 @@ async fn two_control_planes_publish_one_bundle_per_version_and_end_in_identical_
     let c1 = change_to_version(&js, &ops, FINANCE_POLICY, 0, 1).await;
     let stricter = FINANCE_POLICY.replace("ticket: FIN-1001", "ticket: FIN-1002");
     let c2 = change_to_version(&js, &ops, &stricter, 1, 2).await;
-    accepted(
-        &submit(
-            &js,
-            &ops[3].sign(RollbackRequested {
-                to_version: 1,
-                reason: "incident 42".into(),
-                emergency: false,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(
+        &js,
+        &ops[3].sign(RollbackRequested {
+            to_version: 1,
+            reason: "incident 42".into(),
+            emergency: false,
+        }),
+    )
+    .await;
     let v3 = announced(&js, &acme, 3).await;
     assert_eq!(v3.rollback_of, Some(1));
 

@@ -16,9 +16,9 @@ use aegis_core::ids::{ChangeId, TenantId};
 use aegis_core::keys::TrustStore;
 use aegis_core::query::{ChangeState, ChangeView, QueryAnswer, QueryRequest};
 use aegis_tests::NatsServer;
-use aegis_tests::controlplane::{ControlPlane, Keys, eventually, query, submit};
+use aegis_tests::controlplane::{ControlPlane, Keys, eventually, query};
 use aegis_tests::flow::{
-    FINANCE_POLICY, accepted, announced, finance_proposal, read_stream, rejected_with, setup_actors,
+    FINANCE_POLICY, accept, announced, finance_proposal, read_stream, refuse, setup_actors,
 };
 use async_nats::jetstream;
 use std::time::Duration;
@@ -75,11 +75,7 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
 
     // Propose: checks run and pass; high risk needs two approvals.
     let c1 = ChangeId::random().unwrap();
-    accepted(
-        &submit(&js, &alice.sign(finance_proposal(&c1, FINANCE_POLICY, 0)))
-            .await
-            .unwrap(),
-    );
+    accept(&js, &alice.sign(finance_proposal(&c1, FINANCE_POLICY, 0))).await;
     let view = change(&js, &tenant, &c1).await;
     let checks = view.checks.clone().expect("checks ran");
     assert!(checks.passed, "{checks:#?}\n{}", cp.log());
@@ -89,78 +85,60 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
 
     // Nobody approves their own change — not even alice, an editor who is also an approver —
     // and nothing goes live without its approvals.
-    rejected_with(
-        &submit(
-            &js,
-            &alice.sign(ChangeApproved {
-                change_id: c1.clone(),
-                comment: None,
-            }),
-        )
-        .await
-        .unwrap(),
+    refuse(
+        &js,
+        &alice.sign(ChangeApproved {
+            change_id: c1.clone(),
+            comment: None,
+        }),
         "four eyes",
-    );
-    rejected_with(
-        &submit(
-            &js,
-            &pat.sign(ChangePublished {
-                change_id: c1.clone(),
-                stage: RolloutStage::Global,
-            }),
-        )
-        .await
-        .unwrap(),
+    )
+    .await;
+    refuse(
+        &js,
+        &pat.sign(ChangePublished {
+            change_id: c1.clone(),
+            stage: RolloutStage::Global,
+        }),
         "needs 2 approval",
-    );
-    accepted(
-        &submit(
-            &js,
-            &bob.sign(ChangeApproved {
-                change_id: c1.clone(),
-                comment: Some("ok".into()),
-            }),
-        )
-        .await
-        .unwrap(),
-    );
-    rejected_with(
-        &submit(
-            &js,
-            &bob.sign(ChangeApproved {
-                change_id: c1.clone(),
-                comment: None,
-            }),
-        )
-        .await
-        .unwrap(),
+    )
+    .await;
+    accept(
+        &js,
+        &bob.sign(ChangeApproved {
+            change_id: c1.clone(),
+            comment: Some("ok".into()),
+        }),
+    )
+    .await;
+    refuse(
+        &js,
+        &bob.sign(ChangeApproved {
+            change_id: c1.clone(),
+            comment: None,
+        }),
         "already approved",
-    );
-    accepted(
-        &submit(
-            &js,
-            &carol.sign(ChangeApproved {
-                change_id: c1.clone(),
-                comment: None,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    )
+    .await;
+    accept(
+        &js,
+        &carol.sign(ChangeApproved {
+            change_id: c1.clone(),
+            comment: None,
+        }),
+    )
+    .await;
     assert_eq!(change(&js, &tenant, &c1).await.state, ChangeState::Approved);
 
     // Publish: version 1 lands in the object store, signed, and verifies.
-    accepted(
-        &submit(
-            &js,
-            &pat.sign(ChangePublished {
-                change_id: c1.clone(),
-                stage: RolloutStage::Global,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(
+        &js,
+        &pat.sign(ChangePublished {
+            change_id: c1.clone(),
+            stage: RolloutStage::Global,
+        }),
+    )
+    .await;
     let v1 = announced(&js, &tenant, 1).await;
     assert_eq!(v1.approved_by.len(), 2);
     let b1 = fetch_verified(&js, &trust, &v1.digest).await;
@@ -190,58 +168,45 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     // Version 2: a stricter limit. A change based on the old live revision is stale.
     let stricter = FINANCE_POLICY.replace("ticket: FIN-1001", "ticket: FIN-1002");
     let stale = ChangeId::random().unwrap();
-    rejected_with(
-        &submit(&js, &alice.sign(finance_proposal(&stale, &stricter, 0)))
-            .await
-            .unwrap(),
+    refuse(
+        &js,
+        &alice.sign(finance_proposal(&stale, &stricter, 0)),
         "stale",
-    );
+    )
+    .await;
     let c2 = ChangeId::random().unwrap();
-    accepted(
-        &submit(&js, &alice.sign(finance_proposal(&c2, &stricter, 1)))
-            .await
-            .unwrap(),
-    );
+    accept(&js, &alice.sign(finance_proposal(&c2, &stricter, 1))).await;
     for op in [&bob, &carol] {
-        accepted(
-            &submit(
-                &js,
-                &op.sign(ChangeApproved {
-                    change_id: c2.clone(),
-                    comment: None,
-                }),
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    accepted(
-        &submit(
+        accept(
             &js,
-            &pat.sign(ChangePublished {
+            &op.sign(ChangeApproved {
                 change_id: c2.clone(),
-                stage: RolloutStage::Global,
+                comment: None,
             }),
         )
-        .await
-        .unwrap(),
-    );
+        .await;
+    }
+    accept(
+        &js,
+        &pat.sign(ChangePublished {
+            change_id: c2.clone(),
+            stage: RolloutStage::Global,
+        }),
+    )
+    .await;
     let v2 = announced(&js, &tenant, 2).await;
     assert_ne!(v2.digest, v1.digest);
 
     // Rollback to 1: a new version 3 whose content is version 1's.
-    accepted(
-        &submit(
-            &js,
-            &pat.sign(RollbackRequested {
-                to_version: 1,
-                reason: "incident 42".into(),
-                emergency: false,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(
+        &js,
+        &pat.sign(RollbackRequested {
+            to_version: 1,
+            reason: "incident 42".into(),
+            emergency: false,
+        }),
+    )
+    .await;
     let v3 = announced(&js, &tenant, 3).await;
     assert_eq!(v3.rollback_of, Some(1));
     let b3 = fetch_verified(&js, &trust, &v3.digest).await;
@@ -249,77 +214,54 @@ async fn propose_approve_publish_rollback_freeze_and_audit() {
     assert_eq!(b3.data(), b1.data(), "rollback content is version 1's");
 
     // Freeze blocks publish and rollback, and says so.
-    accepted(
-        &submit(
-            &js,
-            &pat.sign(TenantFrozen {
-                reason: "quarter close".into(),
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    accept(
+        &js,
+        &pat.sign(TenantFrozen {
+            reason: "quarter close".into(),
+        }),
+    )
+    .await;
     let c3 = ChangeId::random().unwrap();
     let again = FINANCE_POLICY.replace("ticket: FIN-1001", "ticket: FIN-1003");
-    accepted(
-        &submit(&js, &alice.sign(finance_proposal(&c3, &again, 3)))
-            .await
-            .unwrap(),
-    );
+    accept(&js, &alice.sign(finance_proposal(&c3, &again, 3))).await;
     for op in [&bob, &carol] {
-        accepted(
-            &submit(
-                &js,
-                &op.sign(ChangeApproved {
-                    change_id: c3.clone(),
-                    comment: None,
-                }),
-            )
-            .await
-            .unwrap(),
-        );
+        accept(
+            &js,
+            &op.sign(ChangeApproved {
+                change_id: c3.clone(),
+                comment: None,
+            }),
+        )
+        .await;
     }
-    rejected_with(
-        &submit(
-            &js,
-            &pat.sign(ChangePublished {
-                change_id: c3.clone(),
-                stage: RolloutStage::Global,
-            }),
-        )
-        .await
-        .unwrap(),
+    refuse(
+        &js,
+        &pat.sign(ChangePublished {
+            change_id: c3.clone(),
+            stage: RolloutStage::Global,
+        }),
         "frozen",
-    );
-    rejected_with(
-        &submit(
-            &js,
-            &pat.sign(RollbackRequested {
-                to_version: 2,
-                reason: "x".into(),
-                emergency: false,
-            }),
-        )
-        .await
-        .unwrap(),
+    )
+    .await;
+    refuse(
+        &js,
+        &pat.sign(RollbackRequested {
+            to_version: 2,
+            reason: "x".into(),
+            emergency: false,
+        }),
         "frozen",
-    );
-    accepted(
-        &submit(&js, &pat.sign(TenantUnfrozen { reason: None }))
-            .await
-            .unwrap(),
-    );
-    accepted(
-        &submit(
-            &js,
-            &pat.sign(ChangePublished {
-                change_id: c3.clone(),
-                stage: RolloutStage::Global,
-            }),
-        )
-        .await
-        .unwrap(),
-    );
+    )
+    .await;
+    accept(&js, &pat.sign(TenantUnfrozen { reason: None })).await;
+    accept(
+        &js,
+        &pat.sign(ChangePublished {
+            change_id: c3.clone(),
+            stage: RolloutStage::Global,
+        }),
+    )
+    .await;
     announced(&js, &tenant, 4).await;
 
     // Audit: the checkpoints cover the whole chain and the stream matches them.
