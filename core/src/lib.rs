@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod canonical;
 pub mod decision;
+pub mod decision_log;
 pub mod diff;
 pub mod eval;
 pub mod events;
@@ -11,4 +12,5 @@ pub mod keys;
 pub mod policy;
 pub mod query;
 pub mod schemas;
+pub mod token;
 pub mod vectors;

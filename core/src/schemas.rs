@@ -12,6 +12,12 @@ pub const DECISION: &str = include_str!("../../schemas/decision.schema.json");
 /// `schemas/decide-input.schema.json`.
 pub const DECIDE_INPUT: &str = include_str!("../../schemas/decide-input.schema.json");
 
+/// `schemas/decision-event.schema.json`.
+pub const DECISION_EVENT: &str = include_str!("../../schemas/decision-event.schema.json");
+/// `schemas/bundle-rejected-event.schema.json`.
+pub const BUNDLE_REJECTED_EVENT: &str =
+    include_str!("../../schemas/bundle-rejected-event.schema.json");
+
 fn compile(text: &str) -> Option<jsonschema::Validator> {
     let schema: serde_json::Value = serde_json::from_str(text).ok()?;
     jsonschema::validator_for(&schema).ok()
@@ -41,6 +47,18 @@ pub fn decide_input_validator() -> Option<&'static jsonschema::Validator> {
     V.get_or_init(|| compile(DECIDE_INPUT)).as_ref()
 }
 
+/// The compiled decision-event schema.
+pub fn decision_event_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(DECISION_EVENT)).as_ref()
+}
+
+/// The compiled bundle-rejected-event schema.
+pub fn bundle_rejected_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(BUNDLE_REJECTED_EVENT)).as_ref()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +69,7 @@ mod tests {
         assert!(test_vectors_validator().is_some());
         assert!(decision_validator().is_some());
         assert!(decide_input_validator().is_some());
+        assert!(decision_event_validator().is_some());
+        assert!(bundle_rejected_validator().is_some());
     }
 }

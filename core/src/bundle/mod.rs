@@ -19,10 +19,12 @@
 mod archive;
 mod build;
 mod manifest;
+mod trust;
 mod verify;
 
 pub use build::{BuildError, BuiltBundle, BundleSpec, build};
 pub use manifest::{Manifest, ManifestError, check_path};
+pub use trust::{TRUST_PATH, TokenIssuer, TrustData, TrustDataError};
 pub use verify::{
     HighWater, InspectedBundle, InspectedEntry, VerifiedBundle, VerifyError, VerifyPolicy, inspect,
     verify,
