@@ -7,6 +7,7 @@ pub mod decision_log;
 pub mod diff;
 pub mod eval;
 pub mod events;
+pub mod heartbeat;
 pub mod ids;
 pub mod keys;
 pub mod policy;
