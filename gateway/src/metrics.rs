@@ -79,20 +79,28 @@ pub struct Metrics {
     auth_failures: Mutex<BTreeMap<String, u64>>,
     bundles_rejected: Mutex<BTreeMap<(String, String), u64>>,
     pub bundles_applied: AtomicU64,
+    refused_unrecordable: AtomicU64,
+}
+
+/// The shipper's counters, as `/metrics` and `/v1/status` report them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SinkStats {
+    pub spool_events: u64,
+    pub spool_bytes: u64,
+    pub shipped: u64,
+    pub failed: u64,
+    pub spooled: u64,
+    pub unrecorded: u64,
+    pub in_flight: u64,
+    pub accepting: bool,
 }
 
 /// Values owned elsewhere (bundle slots, the shipper) that `/metrics` reports.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    /// tenant → (version, 1 when a bundle is loaded)
+    /// tenant → version in force
     pub bundle_versions: Vec<(String, Option<u64>)>,
-    pub spool_events: u64,
-    pub spool_bytes: u64,
-    pub events_shipped: u64,
-    pub events_failed: u64,
-    pub events_spooled: u64,
-    pub events_unrecorded: u64,
-    pub events_in_flight: u64,
+    pub sink: SinkStats,
     pub ready: bool,
 }
 
@@ -108,6 +116,11 @@ impl Metrics {
             Ok(mut map) => map.entry(tenant.to_owned()).or_default().clone(),
             Err(_) => std::sync::Arc::default(),
         }
+    }
+
+    /// A call refused because its decision could not have been recorded.
+    pub fn refused_unrecordable(&self) {
+        self.refused_unrecordable.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn auth_failure(&self, code: &str) {
@@ -247,48 +260,54 @@ impl Metrics {
             }
         }
 
-        let gauges: [(&str, &str, &str, u64); 7] = [
+        let gauges: [(&str, &str, &str, u64); 8] = [
+            (
+                "aegis_calls_refused_unrecordable_total",
+                "counter",
+                "Calls refused (decision_log_full) because their decision could not be recorded.",
+                self.refused_unrecordable.load(Ordering::Relaxed),
+            ),
             (
                 "aegis_spool_events",
                 "gauge",
                 "Decision events waiting in the local disk spool.",
-                snap.spool_events,
+                snap.sink.spool_events,
             ),
             (
                 "aegis_spool_bytes",
                 "gauge",
                 "Bytes in the local disk spool.",
-                snap.spool_bytes,
+                snap.sink.spool_bytes,
             ),
             (
                 "aegis_events_in_flight",
                 "gauge",
                 "Decision events published and awaiting their JetStream ack.",
-                snap.events_in_flight,
+                snap.sink.in_flight,
             ),
             (
                 "aegis_events_shipped_total",
                 "counter",
                 "Decision events acknowledged by JetStream.",
-                snap.events_shipped,
+                snap.sink.shipped,
             ),
             (
                 "aegis_events_failed_total",
                 "counter",
                 "Publish attempts that failed or timed out (the event was spooled and retried).",
-                snap.events_failed,
+                snap.sink.failed,
             ),
             (
                 "aegis_events_spooled_total",
                 "counter",
                 "Decision events written to the disk spool.",
-                snap.events_spooled,
+                snap.sink.spooled,
             ),
             (
                 "aegis_events_unrecorded_total",
                 "counter",
                 "Decisions answered that could not be recorded (spool full under on_spool_full=serve).",
-                snap.events_unrecorded,
+                snap.sink.unrecorded,
             ),
         ];
         for (name, kind, help, value) in gauges {
@@ -326,7 +345,10 @@ mod tests {
         m.bundle_rejected("acme", "bad_signature");
         let text = m.render(&Snapshot {
             bundle_versions: vec![("acme".into(), Some(4))],
-            spool_events: 3,
+            sink: SinkStats {
+                spool_events: 3,
+                ..SinkStats::default()
+            },
             ..Snapshot::default()
         });
         assert!(

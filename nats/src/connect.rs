@@ -35,6 +35,9 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Bound on requests, JetStream API calls and publish acks.
     pub request_timeout: Duration,
+    /// Return a client at once even when no server answers, and keep trying in the background
+    /// (gateways: they must start and serve from local state while NATS is away).
+    pub retry_on_initial_connect: bool,
 }
 
 impl Default for ConnectOptions {
@@ -52,6 +55,7 @@ impl Default for ConnectOptions {
             inbox_prefix: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            retry_on_initial_connect: false,
         }
     }
 }
@@ -67,6 +71,7 @@ impl fmt::Debug for ConnectOptions {
             .field("inbox_prefix", &self.inbox_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("retry_on_initial_connect", &self.retry_on_initial_connect)
             .finish()
     }
 }
@@ -231,6 +236,9 @@ async fn connect_inner(
                 let _ = events.try_send(event);
             }
         });
+    }
+    if options.retry_on_initial_connect {
+        nats = nats.retry_on_initial_connect();
     }
     let nats = nats
         .name(&options.name)

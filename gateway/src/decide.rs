@@ -1,0 +1,861 @@
+//! The decision path: token → request → bundle → evaluation → answer → decision event.
+//!
+//! [`Decider::decide`] never fails and never panics: every problem is a deny with a reason
+//! code, and every answer — auth failures included — is recorded as a decision event handed
+//! to the [`EventSink`] (the shipper), which never blocks. The order of checks:
+//!
+//! 1. the decision log can accept the event (else 503 `decision_log_full`, when the spool
+//!    policy is to deny);
+//! 2. the bearer token verifies against the issuer keys in the tenant's bundle (else 401 with
+//!    the token's reason code; a tenant served without a bundle is 503 `no_bundle`);
+//! 3. the body is a decide request (else 400 `bad_request`), and any tenant / agent / chain it
+//!    names equals the token's (else 401 `identity_mismatch`);
+//! 4. the tenant's bundle in force decides (its evaluator denies on any evaluation error,
+//!    instruction or time limit).
+//!
+//! The bundle is loaded once per request, so a swap during a request never mixes versions:
+//! the token is checked against, and the call decided by, the same bundle.
+
+use crate::config::OnSpoolFull;
+use crate::metrics::Metrics;
+use crate::tenants::{ActiveBundle, Registry};
+use aegis_core::decision::{DecideInput, Decision, DecisionKind, Reason};
+use aegis_core::decision_log::{self, DecisionEvent, mask_params, params_digest};
+use aegis_core::ids::{AgentId, TenantId, ToolId};
+use aegis_core::keys::KeyId;
+use aegis_core::token::{self, Identity, TokenError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where decision events go. Implemented by the shipper; must never block.
+pub trait EventSink: Send + Sync {
+    /// False while events cannot be recorded and the policy is to refuse calls.
+    fn accepting(&self) -> bool;
+    /// Hands an event over; false when it could not be accepted.
+    fn submit(&self, subject: String, id: String, payload: Bytes) -> bool;
+    /// Counts a decision answered without being recorded.
+    fn count_unrecorded(&self);
+    /// Counters for `/metrics` and `/v1/status`.
+    fn stats(&self) -> crate::metrics::SinkStats;
+}
+
+/// Tenant under which refused calls that name no served tenant are filed.
+pub const UNAUTHENTICATED_TENANT: &str = "_unauthenticated";
+
+/// Gateway-level reason codes (the policy's own codes come from the bundle).
+pub mod codes {
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const NO_BUNDLE: &str = "no_bundle";
+    pub const DECISION_LOG_FULL: &str = "decision_log_full";
+    pub const INTERNAL: &str = "internal_error";
+}
+
+/// The body of `POST /v1/decide` (`schemas/decide-request.schema.json`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    pub tool_id: ToolId,
+    pub action: String,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub call_chain: Option<Vec<String>>,
+}
+
+/// The approval an `approval_needed` answer waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRef {
+    pub id: String,
+    pub status: String,
+    pub expires_at: Option<String>,
+}
+
+/// The answer (`schemas/decide-response.schema.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecideResponse {
+    pub decision_id: String,
+    pub decision: DecisionKind,
+    pub reasons: Vec<Reason>,
+    pub policy_version: Option<u64>,
+    pub bundle_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
+}
+
+/// Trace context of one decision (W3C ids, lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceIds {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub sampled: bool,
+}
+
+/// Everything about one answered call.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    pub response: DecideResponse,
+    /// The recorded event (None only when it could not be recorded).
+    pub event: Option<DecisionEvent>,
+    pub trace: TraceIds,
+    pub started_at: SystemTime,
+    pub elapsed: Duration,
+}
+
+/// What the request carried besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct CallMeta<'a> {
+    /// The `Authorization` header value.
+    pub authorization: Option<&'a str>,
+    pub trace: &'a TraceIds,
+    /// When the request arrived.
+    pub received: Instant,
+    pub received_at: SystemTime,
+}
+
+/// The decision path, shared by every request.
+pub struct Decider {
+    pub gateway_id: String,
+    pub site: Option<String>,
+    pub audience: String,
+    pub token_leeway_seconds: i64,
+    pub approval_ttl: Duration,
+    pub on_spool_full: OnSpoolFull,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub sink: Arc<dyn EventSink>,
+}
+
+impl std::fmt::Debug for Decider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decider")
+            .field("gateway_id", &self.gateway_id)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal before evaluation.
+struct Refusal {
+    status: u16,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What is known about the call when it is recorded.
+#[derive(Default)]
+struct Facts {
+    tenant: Option<TenantId>,
+    identity: Option<Identity>,
+    claimed_agent: Option<AgentId>,
+    request: Option<DecideRequest>,
+    bundle: Option<Arc<ActiveBundle>>,
+}
+
+impl Decider {
+    /// Decides one call. Never fails.
+    /// `body` is the request body, or why it could not be read (e.g. over the size limit).
+    pub fn decide(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
+        if !self.sink.accepting() {
+            self.metrics.refused_unrecordable();
+            return self.unrecorded_refusal(meta);
+        }
+        let mut facts = Facts::default();
+        let result = self.evaluate(meta, body, &mut facts);
+        let (status, decision) = match result {
+            Ok(decision) => (200, decision),
+            Err(refusal) => (
+                refusal.status,
+                Decision::deny(refusal.code, refusal.message),
+            ),
+        };
+        self.record(meta, status, decision, facts)
+    }
+
+    fn evaluate(
+        &self,
+        meta: CallMeta<'_>,
+        body: Result<&[u8], String>,
+        facts: &mut Facts,
+    ) -> Result<Decision, Refusal> {
+        let (identity, bundle) = self.authenticate(meta.authorization, facts)?;
+        facts.tenant = Some(identity.tenant.clone());
+        facts.identity = Some(identity.clone());
+        facts.bundle = Some(bundle.clone());
+
+        let body =
+            body.map_err(|e| Refusal::new(400, codes::BAD_REQUEST, format!("request body: {e}")))?;
+        let request: DecideRequest = serde_json::from_slice(body)
+            .map_err(|e| Refusal::new(400, codes::BAD_REQUEST, format!("request body: {e}")))?;
+        facts.request = Some(request.clone());
+        check_claims(&request, &identity)?;
+
+        let input = DecideInput {
+            tenant: identity.tenant.clone(),
+            agent_id: identity.agent.clone(),
+            call_chain: identity.call_chain.clone(),
+            tool_id: request.tool_id.clone(),
+            action: request.action.clone(),
+            params: request.params.clone(),
+            context: request.context.clone(),
+        };
+        Ok(bundle.evaluator.decide(&input))
+    }
+
+    /// Verifies the bearer token against the issuer keys of the bundle in force for the tenant
+    /// the token's key belongs to; returns that bundle too.
+    fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        facts: &mut Facts,
+    ) -> Result<(Identity, Arc<ActiveBundle>), Refusal> {
+        let refuse = |e: TokenError| {
+            self.metrics.auth_failure(e.code());
+            Refusal::new(401, e.code(), e.to_string())
+        };
+        let token = bearer(authorization).ok_or_else(|| refuse(TokenError::Missing))?;
+        let claimed = token::peek(token);
+        facts.claimed_agent = claimed.agent.as_deref().and_then(|a| AgentId::new(a).ok());
+        facts.tenant = claimed
+            .tenant
+            .as_deref()
+            .filter(|t| self.registry.serves(t))
+            .and_then(|t| TenantId::new(t).ok());
+
+        let kid = claimed
+            .kid
+            .as_deref()
+            .and_then(|k| KeyId::new(k).ok())
+            .ok_or_else(|| refuse(TokenError::MissingKeyId))?;
+        let Some((bundle, _)) = self.registry.issuer(&kid) else {
+            // A served tenant without a bundle cannot check its tokens at all: say so.
+            if let Some(tenant) = &facts.tenant
+                && let Some(slot) = self.registry.slot(tenant)
+                && slot.active().is_none()
+            {
+                return Err(Refusal::new(
+                    503,
+                    codes::NO_BUNDLE,
+                    format!(
+                        "no verified policy bundle for tenant {tenant} yet: every call is denied until one arrives"
+                    ),
+                ));
+            }
+            return Err(refuse(TokenError::UnknownKey(kid.to_string())));
+        };
+        let now = unix_now();
+        let identity = token::verify(
+            token,
+            &bundle.issuers,
+            &self.audience,
+            now,
+            self.token_leeway_seconds,
+        )
+        .map_err(refuse)?;
+        Ok((identity, bundle))
+    }
+
+    /// Builds the answer and the event, hands the event to the sink, counts.
+    fn record(
+        &self,
+        meta: CallMeta<'_>,
+        mut status: u16,
+        mut decision: Decision,
+        facts: Facts,
+    ) -> Outcome {
+        let id = new_id("dec");
+        let approval = (decision.decision == DecisionKind::ApprovalNeeded).then(|| ApprovalRef {
+            id: new_id("apr"),
+            status: "pending".to_owned(),
+            expires_at: time::OffsetDateTime::now_utc()
+                .checked_add(
+                    time::Duration::try_from(self.approval_ttl).unwrap_or(time::Duration::ZERO),
+                )
+                .and_then(|t| aegis_core::events::envelope::format_time(t).ok()),
+        });
+        let tenant = facts
+            .tenant
+            .clone()
+            .or_else(|| TenantId::new(UNAUTHENTICATED_TENANT).ok());
+        let elapsed = meta.received.elapsed();
+        let event = tenant.map(|tenant| {
+            self.event(
+                &id,
+                tenant,
+                meta,
+                &decision,
+                approval.as_ref(),
+                &facts,
+                elapsed,
+            )
+        });
+
+        let mut recorded = None;
+        if let Some(event) = event {
+            let submitted = match (
+                event.to_bytes(),
+                aegis_nats::topology::decisions_subject(&event.tenant, &self.gateway_id),
+            ) {
+                (Ok(bytes), Ok(subject)) => {
+                    self.sink.submit(subject, id.clone(), Bytes::from(bytes))
+                }
+                _ => false,
+            };
+            if submitted {
+                recorded = Some(event);
+            } else {
+                match self.on_spool_full {
+                    OnSpoolFull::Serve => self.sink.count_unrecorded(),
+                    OnSpoolFull::Deny => {
+                        self.metrics.refused_unrecordable();
+                        status = 503;
+                        decision = Decision::deny(
+                            codes::DECISION_LOG_FULL,
+                            "the gateway cannot record decisions right now (decision log spool full); calls are refused until it can",
+                        );
+                    }
+                }
+            }
+        }
+
+        let counted_tenant = facts
+            .tenant
+            .as_ref()
+            .map_or(UNAUTHENTICATED_TENANT, TenantId::as_str);
+        self.metrics
+            .decisions_for(counted_tenant)
+            .inc(decision.decision);
+        let elapsed = meta.received.elapsed();
+        self.metrics
+            .latency
+            .observe_ns(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+
+        let response = DecideResponse {
+            decision_id: id,
+            decision: decision.decision,
+            reasons: decision.reasons,
+            policy_version: decision.policy_version,
+            bundle_digest: decision.bundle_digest,
+            params: if decision.decision == DecisionKind::Sanitize {
+                decision.params
+            } else {
+                None
+            },
+            approval: if decision.decision == DecisionKind::ApprovalNeeded {
+                approval
+            } else {
+                None
+            },
+        };
+        Outcome {
+            status,
+            response,
+            event: recorded,
+            trace: meta.trace.clone(),
+            started_at: meta.received_at,
+            elapsed,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        id: &str,
+        tenant: TenantId,
+        meta: CallMeta<'_>,
+        decision: &Decision,
+        approval: Option<&ApprovalRef>,
+        facts: &Facts,
+        elapsed: Duration,
+    ) -> DecisionEvent {
+        let request = facts.request.as_ref();
+        let empty = Map::new();
+        let params = request.map_or(&empty, |r| &r.params);
+        let (logged, masked) = mask_params(params, &decision.obligations.log_mask);
+        DecisionEvent {
+            id: id.to_owned(),
+            kind: decision_log::DECISION_TYPE.to_owned(),
+            schema_version: decision_log::SCHEMA_VERSION,
+            time: aegis_core::events::envelope::format_time(time::OffsetDateTime::from(
+                meta.received_at,
+            ))
+            .unwrap_or_default(),
+            tenant,
+            gateway: self.gateway_id.clone(),
+            site: self.site.clone(),
+            request_id: request.and_then(|r| r.request_id.clone()),
+            identity_verified: facts.identity.is_some(),
+            agent_id: facts
+                .identity
+                .as_ref()
+                .map(|i| i.agent.clone())
+                .or_else(|| facts.claimed_agent.clone()),
+            call_chain: facts
+                .identity
+                .as_ref()
+                .map(|i| i.call_chain.clone())
+                .unwrap_or_default(),
+            tool_id: request.map(|r| r.tool_id.clone()),
+            action: request.map(|r| r.action.clone()),
+            params_digest: params_digest(params),
+            params: logged,
+            masked_params: masked,
+            context: request.map(|r| r.context.clone()).unwrap_or_default(),
+            decision: decision.decision,
+            reasons: decision.reasons.clone(),
+            policy: decision.policy.clone(),
+            rule: decision.rule.clone(),
+            policy_version: decision.policy_version,
+            bundle_digest: decision.bundle_digest.clone(),
+            approval_id: approval.map(|a| a.id.clone()),
+            latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            rollout_stage: facts
+                .bundle
+                .as_ref()
+                .filter(|_| decision.policy_version.is_some())
+                .map(|b| b.stage),
+            shadow: None,
+            trace_id: Some(meta.trace.trace_id.clone()),
+            span_id: Some(meta.trace.span_id.clone()),
+        }
+    }
+
+    /// The answer when events cannot be recorded and the policy is to refuse.
+    fn unrecorded_refusal(&self, meta: CallMeta<'_>) -> Outcome {
+        let decision = Decision::deny(
+            codes::DECISION_LOG_FULL,
+            "the gateway cannot record decisions right now (decision log spool full); calls are refused until it can",
+        );
+        self.metrics
+            .decisions_for(UNAUTHENTICATED_TENANT)
+            .inc(DecisionKind::Deny);
+        Outcome {
+            status: 503,
+            response: DecideResponse {
+                decision_id: new_id("dec"),
+                decision: decision.decision,
+                reasons: decision.reasons,
+                policy_version: None,
+                bundle_digest: None,
+                params: None,
+                approval: None,
+            },
+            event: None,
+            trace: meta.trace.clone(),
+            started_at: meta.received_at,
+            elapsed: meta.received.elapsed(),
+        }
+    }
+}
+
+/// Whatever the body says about identity must be what the token proved.
+fn check_claims(request: &DecideRequest, identity: &Identity) -> Result<(), Refusal> {
+    let mismatch = |field: &'static str, claimed: String, token: String| {
+        let e = TokenError::BodyMismatch {
+            field,
+            claimed,
+            token,
+        };
+        Refusal::new(401, e.code(), e.to_string())
+    };
+    if let Some(t) = &request.tenant
+        && t != identity.tenant.as_str()
+    {
+        return Err(mismatch("tenant", t.clone(), identity.tenant.to_string()));
+    }
+    if let Some(a) = &request.agent_id
+        && a != identity.agent.as_str()
+    {
+        return Err(mismatch("agent_id", a.clone(), identity.agent.to_string()));
+    }
+    if let Some(chain) = &request.call_chain {
+        let token_chain: Vec<&str> = identity.call_chain.iter().map(AgentId::as_str).collect();
+        if chain
+            .iter()
+            .map(String::as_str)
+            .ne(token_chain.iter().copied())
+        {
+            return Err(mismatch(
+                "call_chain",
+                chain.join(","),
+                token_chain.join(","),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer(header: Option<&str>) -> Option<&str> {
+    let header = header?.trim();
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `<prefix>-<32 hex>` from the OS RNG; falls back to time and a counter if the RNG fails
+/// (ids must be unique, not secret).
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = (t ^ u128::from(n)).to_le_bytes();
+    }
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+    use crate::metrics::SinkStats;
+    use aegis_core::eval::{EvalLimits, Evaluator, Provenance};
+    use aegis_core::keys::Keypair;
+    use aegis_core::policy::PolicySet;
+    use aegis_core::token::{TokenRequest, TrustedIssuer};
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[derive(Default)]
+    struct Memory {
+        events: Mutex<Vec<(String, String, Bytes)>>,
+        full: AtomicBool,
+    }
+
+    impl EventSink for Memory {
+        fn accepting(&self) -> bool {
+            true
+        }
+        fn submit(&self, subject: String, id: String, payload: Bytes) -> bool {
+            if self.full.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.events.lock().unwrap().push((subject, id, payload));
+            true
+        }
+        fn count_unrecorded(&self) {}
+        fn stats(&self) -> SinkStats {
+            SinkStats::default()
+        }
+    }
+
+    fn finance_bundle(issuer: &Keypair) -> ActiveBundle {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/templates/finance");
+        let set = PolicySet::load(&[root]).unwrap();
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let evaluator = Evaluator::new(
+            &set.compile(),
+            Provenance {
+                policy_version: Some(7),
+                bundle_digest: Some(digest.clone()),
+            },
+            EvalLimits::default(),
+        )
+        .unwrap();
+        let mut issuers = aegis_core::token::IssuerKeys::new();
+        issuers.insert(TrustedIssuer {
+            tenant: TenantId::new("acme").unwrap(),
+            issuer: "acme-idp".into(),
+            key: issuer.public_key().clone(),
+        });
+        let manifest: aegis_core::bundle::Manifest = serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "tenant": "acme", "version": 7,
+            "created_at": "2026-11-26T00:00:00Z", "author": "pat",
+            "files": {}, "key_id": issuer.key_id().to_string(),
+        }))
+        .unwrap();
+        ActiveBundle {
+            tenant: TenantId::new("acme").unwrap(),
+            version: 7,
+            digest,
+            manifest,
+            evaluator,
+            issuers,
+            stage: aegis_core::events::RolloutStage::Global,
+            applied_at: "2026-11-26T00:00:00Z".into(),
+            source: "nats",
+        }
+    }
+
+    struct Fixture {
+        decider: Decider,
+        sink: Arc<Memory>,
+        issuer: Keypair,
+    }
+
+    fn fixture(with_bundle: bool) -> Fixture {
+        let issuer = Keypair::from_seed(&[5; 32]);
+        let registry = Arc::new(Registry::new([
+            TenantId::new("acme").unwrap(),
+            TenantId::new("globex").unwrap(),
+        ]));
+        if with_bundle {
+            registry
+                .slot(&TenantId::new("acme").unwrap())
+                .unwrap()
+                .install(finance_bundle(&issuer));
+        }
+        let sink = Arc::new(Memory::default());
+        let decider = Decider {
+            gateway_id: "gw1".into(),
+            site: Some("edge-1".into()),
+            audience: aegis_core::token::DEFAULT_AUDIENCE.into(),
+            token_leeway_seconds: 0,
+            approval_ttl: Duration::from_secs(60),
+            on_spool_full: OnSpoolFull::Deny,
+            registry,
+            metrics: Arc::new(Metrics::new()),
+            sink: sink.clone(),
+        };
+        Fixture {
+            decider,
+            sink,
+            issuer,
+        }
+    }
+
+    fn token(f: &Fixture, tenant: &str, agent: &str, chain: &[&str], ttl: i64) -> String {
+        aegis_core::token::issue(
+            &TokenRequest {
+                issuer: "acme-idp".into(),
+                tenant: TenantId::new(tenant).unwrap(),
+                agent: AgentId::new(agent).unwrap(),
+                audience: aegis_core::token::DEFAULT_AUDIENCE.into(),
+                call_chain: chain.iter().map(|c| AgentId::new(*c).unwrap()).collect(),
+                issued_at: unix_now(),
+                ttl_seconds: ttl,
+                token_id: None,
+            },
+            &f.issuer,
+        )
+        .unwrap()
+    }
+
+    fn call(f: &Fixture, auth: Option<&str>, body: &str) -> Outcome {
+        let trace = TraceIds {
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: "b7ad6b7169203331".into(),
+            parent_span_id: None,
+            sampled: true,
+        };
+        let header = auth.map(|t| format!("Bearer {t}"));
+        f.decider.decide(
+            CallMeta {
+                authorization: header.as_deref(),
+                trace: &trace,
+                received: Instant::now(),
+                received_at: SystemTime::now(),
+            },
+            Ok(body.as_bytes()),
+        )
+    }
+
+    fn pay(amount: u64) -> String {
+        format!(
+            r#"{{"tool_id":"payments","action":"create_payment","params":{{"amount":{amount},"currency":"USD","account_number":"DE89370400440532013000"}},"request_id":"r1"}}"#
+        )
+    }
+
+    fn last_event(f: &Fixture) -> DecisionEvent {
+        let events = f.sink.events.lock().unwrap();
+        let (subject, id, payload) = events.last().unwrap();
+        let event: DecisionEvent = serde_json::from_slice(payload).unwrap();
+        assert_eq!(&event.id, id);
+        assert_eq!(subject, &format!("aegis.decisions.{}.gw1", event.tenant));
+        let value = serde_json::to_value(&event).unwrap();
+        assert!(
+            aegis_core::schemas::decision_event_validator()
+                .unwrap()
+                .is_valid(&value)
+        );
+        event
+    }
+
+    #[test]
+    fn the_finance_story_and_its_events() {
+        let f = fixture(true);
+        let t = token(&f, "acme", "finance-agent", &["planner"], 300);
+        let cases = [
+            (50_000, DecisionKind::Deny),
+            (3_000, DecisionKind::Allow),
+            (6_000, DecisionKind::ApprovalNeeded),
+        ];
+        for (amount, expected) in cases {
+            let out = call(&f, Some(&t), &pay(amount));
+            assert_eq!(out.status, 200);
+            assert_eq!(
+                out.response.decision, expected,
+                "{amount}: {:?}",
+                out.response
+            );
+            assert_eq!(out.response.policy_version, Some(7));
+            assert_eq!(
+                out.response.approval.is_some(),
+                expected == DecisionKind::ApprovalNeeded
+            );
+            let event = last_event(&f);
+            assert_eq!(event.id, out.response.decision_id);
+            assert_eq!(event.decision, expected);
+            assert!(event.identity_verified);
+            assert_eq!(event.call_chain, [AgentId::new("planner").unwrap()]);
+            assert_eq!(event.params["account_number"], "[MASKED]");
+            assert_eq!(event.params["amount"], amount);
+            assert_eq!(event.request_id.as_deref(), Some("r1"));
+            assert_eq!(event.approval_id, out.response.approval.map(|a| a.id));
+        }
+    }
+
+    #[test]
+    fn token_failures_are_401_denies_and_recorded() {
+        let f = fixture(true);
+        let out = call(&f, None, &pay(1));
+        assert_eq!(
+            (out.status, out.response.reasons[0].code.as_str()),
+            (401, "token_missing")
+        );
+        let e = last_event(&f);
+        assert!(!e.identity_verified);
+        assert_eq!(e.tenant.as_str(), UNAUTHENTICATED_TENANT);
+
+        let expired = token(&f, "acme", "finance-agent", &["planner"], -120);
+        let out = call(&f, Some(&expired), &pay(1));
+        assert_eq!(
+            (out.status, out.response.reasons[0].code.as_str()),
+            (401, "token_expired")
+        );
+        let e = last_event(&f);
+        assert_eq!(e.tenant.as_str(), "acme");
+        assert_eq!(
+            e.agent_id.as_ref().map(AgentId::as_str),
+            Some("finance-agent")
+        );
+
+        // A key of acme's claiming globex: refused as another tenant's key.
+        let cross = token(&f, "globex", "finance-agent", &[], 300);
+        let out = call(&f, Some(&cross), &pay(1));
+        assert_eq!(out.status, 401);
+        assert_eq!(out.response.reasons[0].code, "token_wrong_tenant");
+
+        let stranger = Keypair::from_seed(&[8; 32]);
+        let bad = aegis_core::token::issue(
+            &TokenRequest {
+                issuer: "acme-idp".into(),
+                tenant: TenantId::new("acme").unwrap(),
+                agent: AgentId::new("finance-agent").unwrap(),
+                audience: "aegis-gateway".into(),
+                call_chain: vec![],
+                issued_at: unix_now(),
+                ttl_seconds: 60,
+                token_id: None,
+            },
+            &stranger,
+        )
+        .unwrap();
+        let out = call(&f, Some(&bad), &pay(1));
+        assert_eq!(out.response.reasons[0].code, "token_unknown_key");
+        assert_eq!(out.response.decision, DecisionKind::Deny);
+    }
+
+    #[test]
+    fn the_body_cannot_claim_another_identity() {
+        let f = fixture(true);
+        let t = token(&f, "acme", "finance-agent", &["planner"], 300);
+        for body in [
+            r#"{"tool_id":"payments","action":"get_balance","tenant":"globex"}"#,
+            r#"{"tool_id":"payments","action":"get_balance","agent_id":"treasury-agent"}"#,
+            r#"{"tool_id":"payments","action":"get_balance","call_chain":["treasury-ui"]}"#,
+        ] {
+            let out = call(&f, Some(&t), body);
+            assert_eq!(out.status, 401, "{body}");
+            assert_eq!(out.response.reasons[0].code, "identity_mismatch");
+        }
+        let ok = call(
+            &f,
+            Some(&t),
+            r#"{"tool_id":"payments","action":"get_balance","tenant":"acme","agent_id":"finance-agent","call_chain":["planner"]}"#,
+        );
+        assert_eq!(ok.response.decision, DecisionKind::Allow);
+    }
+
+    #[test]
+    fn malformed_bodies_no_bundle_and_a_full_log_deny() {
+        let f = fixture(true);
+        let t = token(&f, "acme", "finance-agent", &["planner"], 300);
+        for body in [
+            "",
+            "{",
+            r#"{"tool_id":"payments"}"#,
+            r#"{"tool_id":"payments","action":"x","extra":1}"#,
+        ] {
+            let out = call(&f, Some(&t), body);
+            assert_eq!(
+                (out.status, out.response.decision),
+                (400, DecisionKind::Deny),
+                "{body}"
+            );
+            assert_eq!(out.response.reasons[0].code, "bad_request");
+        }
+
+        let empty = fixture(false);
+        let t = token(&empty, "acme", "finance-agent", &["planner"], 300);
+        let out = call(&empty, Some(&t), &pay(1));
+        assert_eq!(
+            (out.status, out.response.reasons[0].code.as_str()),
+            (503, "no_bundle")
+        );
+        assert_eq!(last_event(&empty).tenant.as_str(), "acme");
+
+        f.sink.full.store(true, Ordering::Relaxed);
+        let out = call(&f, Some(&t), &pay(3000));
+        assert_eq!(
+            (out.status, out.response.decision),
+            (503, DecisionKind::Deny)
+        );
+        assert_eq!(out.response.reasons[0].code, "decision_log_full");
+        assert!(out.event.is_none());
+    }
+}
