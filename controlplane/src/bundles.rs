@@ -1,10 +1,11 @@
-//! Building a tenant's signed bundle from a live set. Deterministic: the version, times, author
-//! and change come from the publishing event, and ed25519 signatures are deterministic, so two
-//! control planes with the same key build the same bytes.
+//! Building a tenant's signed bundle from a live set and the tenant's trust data (`trust.json`:
+//! its token issuer keys). Deterministic: the version, times, author and change come from the
+//! publishing event, the trust data from the fold's state, and ed25519 signatures are
+//! deterministic, so two control planes with the same key build the same bytes.
 
 use crate::checks;
 use crate::records::LiveSet;
-use aegis_core::bundle::{BuiltBundle, BundleSpec, build};
+use aegis_core::bundle::{BuiltBundle, BundleSpec, TRUST_PATH, TrustData, build};
 use aegis_core::ids::{ActorId, ChangeId, TenantId};
 use aegis_core::keys::Keypair;
 
@@ -18,6 +19,8 @@ pub struct BundleInput<'a> {
     pub author: &'a ActorId,
     pub change: Option<&'a ChangeId>,
     pub live: &'a LiveSet,
+    /// The tenant's token issuer keys, shipped as `trust.json` (even when there are none).
+    pub trust: &'a TrustData,
 }
 
 /// Compiles and signs. `Err` says why, in one line.
@@ -32,7 +35,9 @@ pub fn build_bundle(input: &BundleInput<'_>, key: &Keypair) -> Result<BuiltBundl
         author: input.author.to_string(),
         source_change: input.change.map(ToString::to_string),
     };
-    build(&spec, &compiled.files(), key).map_err(|e| e.to_string())
+    let mut files = compiled.files();
+    files.insert(TRUST_PATH.to_owned(), input.trust.to_bytes());
+    build(&spec, &files, key).map_err(|e| e.to_string())
 }
 
 /// `created_at` plus `days`, RFC 3339.

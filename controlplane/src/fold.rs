@@ -17,16 +17,18 @@ use crate::bundles::{BundleInput, build_bundle, expiry};
 use crate::checks;
 use crate::records::{ActorRecord, DraftRecord, LiveSet, TenantRecord, keys};
 use crate::store::{Store, StoreError, Txn};
+use aegis_core::bundle::TrustData;
 use aegis_core::events::chain::{ChainEntry, event_hash, link, raw_event_id};
 use aegis_core::events::roles::may_sign;
 use aegis_core::events::{
     ChangeProposed, ChecksCompleted, Envelope, Event, ReceivedEnvelope, Role, RoleSet,
+    TokenIssuerRegistered, TokenIssuerRevoked,
 };
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyId, Keypair, PublicKey};
 use aegis_core::query::{
-    ActView, ChangeState, ChangeView, DraftView, EventRecord, FreezeView, KeyView, LiveDocument,
-    LiveView, Outcome, PublishedView, VersionView,
+    ActView, ChangeState, ChangeView, DraftView, EventRecord, FreezeView, IssuerView, KeyView,
+    LiveDocument, LiveView, Outcome, PublishedView, VersionView,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -551,6 +553,8 @@ impl Ctx<'_, '_> {
                 v.stage = e.stage;
                 self.txn.put(k, &v)?;
             }
+            Event::TokenIssuerRegistered(e) => return self.register_issuer(env, e),
+            Event::TokenIssuerRevoked(e) => return self.revoke_issuer(env, e),
             Event::BundlePublished(_) | Event::AuditCheckpoint(_) => {
                 reject!(
                     "`{}` events do not belong on AEGIS_CHANGES",
@@ -559,6 +563,140 @@ impl Ctx<'_, '_> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// `token_issuer_registered`: not frozen, the key matches its id, and the key id is new to
+    /// the tenant (a revoked key id is never registered again). Publishes the new trust data
+    /// (see [`Ctx::publish_trust`]) before the key is stored, so a bundle that cannot be built
+    /// leaves no trace but the rejection.
+    fn register_issuer(&mut self, env: &Envelope, e: &TokenIssuerRegistered) -> Step {
+        let tenant = self.tid();
+        if let Some(reason) = self.frozen_reason("register a token issuer key") {
+            reject!("{reason}");
+        }
+        if e.issuer.trim().is_empty() || e.issuer.trim() != e.issuer {
+            reject!(
+                "issuer name {:?} is empty or has leading or trailing whitespace; it must be exactly the `iss` of the tokens",
+                e.issuer
+            );
+        }
+        if PublicKey::from_parts(&e.key_id, &e.public_key).is_err() {
+            reject!(
+                "public key does not match key id {} (or is not a valid ed25519 key)",
+                e.key_id
+            );
+        }
+        let k = keys::issuer(&tenant, &e.key_id);
+        if let Some(existing) = self.txn.get::<IssuerView>(&k)? {
+            match &existing.revoked {
+                Some(r) => reject!(
+                    "token issuer key {} was revoked in tenant `{tenant}` by {} at {}; a revoked key is never trusted again: register a new key",
+                    e.key_id,
+                    r.actor,
+                    r.at
+                ),
+                None => reject!(
+                    "token issuer key {} is already registered in tenant `{tenant}` (issuer `{}`)",
+                    e.key_id,
+                    existing.issuer
+                ),
+            }
+        }
+        let view = IssuerView {
+            issuer: e.issuer.clone(),
+            key_id: e.key_id.clone(),
+            public_key: e.public_key.clone(),
+            registered: Self::act(env, None),
+            revoked: None,
+        };
+        let mut issuers = self.issuers()?;
+        issuers.push(view.clone());
+        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers))? {
+            reject!("{reason}");
+        }
+        self.txn.put(k, &view)?;
+        Ok(Ok(()))
+    }
+
+    /// `token_issuer_revoked`: the key id is registered and not revoked yet. Allowed while
+    /// frozen: it is a security action, and its new trust data is published like any other.
+    fn revoke_issuer(&mut self, env: &Envelope, e: &TokenIssuerRevoked) -> Step {
+        let tenant = self.tid();
+        let k = keys::issuer(&tenant, &e.key_id);
+        let Some(mut view) = self.txn.get::<IssuerView>(&k)? else {
+            reject!(
+                "no token issuer key {} in tenant `{tenant}` (`aegisctl issuer list` shows the registered ones)",
+                e.key_id
+            );
+        };
+        if let Some(r) = &view.revoked {
+            reject!(
+                "token issuer key {} is already revoked (by {} at {})",
+                e.key_id,
+                r.actor,
+                r.at
+            );
+        }
+        view.revoked = Some(Self::act(env, Some(e.reason.clone())));
+        let issuers: Vec<IssuerView> = self
+            .issuers()?
+            .into_iter()
+            .filter(|i| i.key_id != e.key_id)
+            .collect();
+        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers))? {
+            reject!("{reason}");
+        }
+        self.txn.put(k, &view)?;
+        Ok(Ok(()))
+    }
+
+    /// Puts new trust data live without waiting for a policy change: once the tenant has a
+    /// published version, the next version carries the live policies unchanged with `trust`
+    /// (like a rollback to the live version: `created_at` is the event's time, no change, no
+    /// `rollback_of`, the live version's stage). Before the first publish there is nothing to
+    /// do: the first bundle carries the keys.
+    fn publish_trust(&mut self, env: &Envelope, trust: &TrustData) -> Step {
+        let tenant = self.tid();
+        let current = self.tenant.last_version;
+        if current == 0 {
+            return Ok(Ok(()));
+        }
+        let Some(live_version) = self
+            .txn
+            .get::<VersionView>(&keys::version(&tenant, current))?
+        else {
+            reject!("tenant `{tenant}` is at version {current}, but that version is not stored");
+        };
+        let live = self.live()?;
+        match self.cut_version(
+            env,
+            current + 1,
+            &live,
+            trust,
+            None,
+            None,
+            false,
+            live_version.stage,
+            Vec::new(),
+        )? {
+            Ok(_) => Ok(Ok(())),
+            Err(reason) => reject!("{reason}"),
+        }
+    }
+
+    /// Every token issuer key of the tenant (revoked ones too), by key id.
+    fn issuers(&self) -> Result<Vec<IssuerView>, FoldError> {
+        Ok(self
+            .txn
+            .scan::<IssuerView>(&keys::issuers(&self.tenant.tenant))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// The tenant's current `trust.json`.
+    fn trust(&self) -> Result<TrustData, FoldError> {
+        Ok(trust_of(&self.issuers()?))
     }
 
     fn frozen_reason(&self, what: &str) -> Option<String> {
@@ -807,10 +945,12 @@ impl Ctx<'_, '_> {
         let version = self.tenant.last_version + 1;
         let next = checks::apply_change(&live, &proposal, version);
         let approvers: Vec<ActorId> = change.approvals.iter().map(|a| a.actor.clone()).collect();
+        let trust = self.trust()?;
         let v = match self.cut_version(
             env,
             version,
             &next,
+            &trust,
             Some(&e.change_id),
             None,
             false,
@@ -863,10 +1003,12 @@ impl Ctx<'_, '_> {
                 _ => version,
             };
         }
+        let trust = self.trust()?;
         match self.cut_version(
             env,
             version,
             &next,
+            &trust,
             None,
             Some(e.to_version),
             e.emergency,
@@ -878,13 +1020,15 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// Builds, signs and stores version `version` with `next` as the live set.
+    /// Builds, signs and stores version `version` with `next` as the live set and `trust` as
+    /// its `trust.json`. Writes nothing when the bundle cannot be built.
     #[allow(clippy::too_many_arguments)]
     fn cut_version(
         &mut self,
         env: &Envelope,
         version: u64,
         next: &LiveSet,
+        trust: &TrustData,
         change: Option<&ChangeId>,
         rollback_of: Option<u64>,
         emergency: bool,
@@ -902,6 +1046,7 @@ impl Ctx<'_, '_> {
                 author: &env.actor,
                 change,
                 live: next,
+                trust,
             },
             &self.config.signing_key,
         ) {
@@ -951,6 +1096,13 @@ impl Ctx<'_, '_> {
         self.tenant.last_version = version;
         self.effect = Some(Effect::AnnounceBundle { version });
         Ok(Ok(view))
+    }
+}
+
+/// The trust data of `issuers`: the keys that are not revoked.
+fn trust_of(issuers: &[IssuerView]) -> TrustData {
+    TrustData {
+        token_issuers: issuers.iter().filter_map(IssuerView::trusted).collect(),
     }
 }
 
@@ -1031,9 +1183,370 @@ pub fn summary(env: &Envelope) -> String {
         Event::TenantFrozen(e) => format!("froze the tenant: {}", e.reason),
         Event::TenantUnfrozen(_) => "unfroze the tenant".into(),
         Event::RolloutStageChanged(e) => format!("version {} to stage {}", e.version, e.stage),
+        Event::TokenIssuerRegistered(e) => {
+            format!("registered token issuer {} (key {})", e.issuer, e.key_id)
+        }
+        Event::TokenIssuerRevoked(e) => {
+            format!("revoked token issuer key {}: {}", e.key_id, e.reason)
+        }
         Event::BundlePublished(e) => format!("bundle version {} ({})", e.version, e.digest),
         Event::AuditCheckpoint(e) => {
             format!("audit checkpoint {}..={}", e.from_position, e.to_position)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    //! Token issuer keys: the fold's rules, and `trust.json` in every bundle it builds.
+
+    use super::*;
+    use crate::store::Family;
+    use aegis_core::bundle::{TRUST_PATH, TokenIssuer, VerifiedBundle, VerifyPolicy, verify};
+    use aegis_core::events::{
+        ActorRegistered, ChangePublished, DocumentFormat, ProposedDocument, RequiredApprovals,
+        RollbackRequested, RolloutStage, RolloutStageChanged, TenantConfigured, TenantFrozen,
+        TenantUnfrozen,
+    };
+    use aegis_core::ids::PolicyName;
+    use aegis_core::keys::TrustStore;
+
+    const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: Store,
+        config: FoldConfig,
+        root: Keypair,
+        seq: u64,
+        tenant: TenantId,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let root = Keypair::from_seed(&[1; 32]);
+            let root_admins = BTreeMap::from([(
+                ActorId::new("root").unwrap(),
+                vec![root.public_key().clone()],
+            )]);
+            Harness {
+                _dir: dir,
+                store,
+                config: FoldConfig {
+                    root_admins,
+                    control_plane_actor: ActorId::new("control-plane").unwrap(),
+                    signing_key: Keypair::from_seed(&[2; 32]),
+                },
+                root,
+                seq: 0,
+                tenant: TenantId::new("acme").unwrap(),
+            }
+        }
+
+        /// Signs `event` as `actor` with `key`, folds it; the envelope, its record and effect.
+        fn fold_as(
+            &mut self,
+            actor: &str,
+            key: &Keypair,
+            event: impl Into<Event>,
+        ) -> (Envelope, EventRecord, Option<Effect>) {
+            self.seq += 1;
+            let time = time::OffsetDateTime::UNIX_EPOCH
+                + time::Duration::days(20_000)
+                + time::Duration::seconds(self.seq as i64);
+            let env = Envelope::sign(
+                EventId::new(format!("evt-{:032}", self.seq)).unwrap(),
+                self.tenant.clone(),
+                ActorId::new(actor).unwrap(),
+                key,
+                time,
+                event.into(),
+            )
+            .unwrap();
+            let msg = InMessage {
+                seq: self.seq,
+                subject: aegis_nats::topology::change_event_subject(&self.tenant, &env.event)
+                    .unwrap(),
+                payload: env.to_bytes().unwrap(),
+            };
+            let folder = Folder {
+                store: &self.store,
+                config: &self.config,
+            };
+            match folder.apply(&msg).unwrap() {
+                Applied::Folded { record, effect, .. } => (env, *record, effect),
+                other => panic!("not folded: {other:?}"),
+            }
+        }
+
+        fn root(&mut self, event: impl Into<Event>) -> (Envelope, EventRecord, Option<Effect>) {
+            let root = self.root.clone();
+            self.fold_as("root", &root, event)
+        }
+
+        fn accept(&mut self, event: impl Into<Event>) -> (Envelope, Option<Effect>) {
+            let (env, record, effect) = self.root(event);
+            assert_eq!(record.outcome, Outcome::Accepted, "{}", record.summary);
+            (env, effect)
+        }
+
+        fn refuse(&mut self, event: impl Into<Event>, needle: &str) -> String {
+            let (_, record, effect) = self.root(event);
+            let Outcome::Rejected { reason } = record.outcome else {
+                panic!(
+                    "expected a rejection ({needle}), got accepted: {}",
+                    record.summary
+                );
+            };
+            assert!(reason.contains(needle), "{needle:?} not in {reason:?}");
+            assert_eq!(effect, None);
+            reason
+        }
+
+        fn tenant_record(&self) -> TenantRecord {
+            self.store
+                .get(Family::State, &keys::tenant(&self.tenant))
+                .unwrap()
+                .unwrap()
+        }
+
+        fn version(&self, v: u64) -> VersionView {
+            self.store
+                .get(Family::State, &keys::version(&self.tenant, v))
+                .unwrap()
+                .unwrap()
+        }
+
+        fn bundle(&self, v: u64) -> VerifiedBundle {
+            let bytes = self
+                .store
+                .get_raw(Family::State, keys::bundle(&self.tenant, v).as_bytes())
+                .unwrap()
+                .unwrap();
+            let mut trust = TrustStore::new();
+            trust.trust(self.config.signing_key.public_key().clone());
+            let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_001);
+            verify(&bytes, &trust, &VerifyPolicy::new(now)).unwrap()
+        }
+
+        fn trust(&self, v: u64) -> TrustData {
+            TrustData::from_bytes(&self.bundle(v).files[TRUST_PATH]).unwrap()
+        }
+
+        /// No approvals needed; propose the finance policy and publish it.
+        fn publish_finance(&mut self) -> u64 {
+            self.accept(TenantConfigured {
+                required_approvals: RequiredApprovals {
+                    low: 0,
+                    medium: 0,
+                    high: 0,
+                },
+                bundle_expiry_days: None,
+            });
+            let change = ChangeId::new("chg-0000000000000001").unwrap();
+            self.accept(ChangeProposed {
+                change_id: change.clone(),
+                intent: "finance".into(),
+                ticket: None,
+                documents: vec![ProposedDocument {
+                    name: PolicyName::new("finance-agent").unwrap(),
+                    format: DocumentFormat::Yaml,
+                    document: FINANCE_POLICY.into(),
+                    base_revision: 0,
+                }],
+                deleted: vec![],
+                vectors: vec![],
+            });
+            let (_, effect) = self.accept(ChangePublished {
+                change_id: change,
+                stage: RolloutStage::Global,
+            });
+            let v = self.tenant_record().last_version;
+            assert_eq!(effect, Some(Effect::AnnounceBundle { version: v }));
+            v
+        }
+    }
+
+    fn idp(seed: u8) -> Keypair {
+        Keypair::from_seed(&[seed; 32])
+    }
+
+    fn register(issuer: &str, key: &Keypair) -> TokenIssuerRegistered {
+        TokenIssuerRegistered {
+            issuer: issuer.into(),
+            key_id: key.key_id().clone(),
+            public_key: key.public_key().to_base64(),
+        }
+    }
+
+    fn revoke(key: &Keypair) -> TokenIssuerRevoked {
+        TokenIssuerRevoked {
+            key_id: key.key_id().clone(),
+            reason: "rotated".into(),
+        }
+    }
+
+    fn entry(issuer: &str, key: &Keypair) -> TokenIssuer {
+        TokenIssuer {
+            issuer: issuer.into(),
+            key_id: key.key_id().clone(),
+            public_key: key.public_key().to_base64(),
+        }
+    }
+
+    fn stored_issuers(h: &Harness) -> Vec<IssuerView> {
+        crate::queries::Queries {
+            store: &h.store,
+            root_admins: &h.config.root_admins,
+        }
+        .issuers(&h.tenant)
+        .unwrap()
+    }
+
+    #[test]
+    fn issuer_rules() {
+        let mut h = Harness::new();
+        let (a, b) = (idp(20), idp(21));
+
+        // A key that is not the key id's.
+        let mut mismatched = register("acme-idp", &a);
+        mismatched.public_key = b.public_key().to_base64();
+        h.refuse(mismatched, "does not match key id");
+        h.refuse(
+            TokenIssuerRegistered {
+                issuer: " acme-idp".into(),
+                ..register("acme-idp", &a)
+            },
+            "whitespace",
+        );
+
+        // Before any publish: accepted, stored, nothing published.
+        let (_, effect) = h.accept(register("acme-idp", &a));
+        assert_eq!(effect, None);
+        assert_eq!(h.tenant_record().last_version, 0);
+        let issuers = stored_issuers(&h);
+        assert_eq!(issuers.len(), 1);
+        assert_eq!(issuers[0].trusted(), Some(entry("acme-idp", &a)));
+        assert_eq!(issuers[0].registered.actor.as_str(), "root");
+
+        // Twice the same key id, even under another issuer name.
+        h.refuse(register("other-idp", &a), "already registered");
+
+        // Revocations: unknown, then once, then not again; a revoked key never comes back.
+        h.refuse(revoke(&b), "no token issuer key");
+        h.accept(revoke(&a));
+        h.refuse(revoke(&a), "already revoked");
+        h.refuse(register("acme-idp", &a), "was revoked");
+        let issuers = stored_issuers(&h);
+        assert_eq!(issuers[0].trusted(), None);
+        assert_eq!(
+            issuers[0].revoked.as_ref().and_then(|r| r.note.as_deref()),
+            Some("rotated")
+        );
+
+        // Frozen: registering waits, revoking does not.
+        h.accept(register("acme-idp", &b));
+        h.accept(TenantFrozen {
+            reason: "incident".into(),
+        });
+        h.refuse(register("acme-idp", &idp(22)), "frozen");
+        h.accept(revoke(&b));
+        h.accept(TenantUnfrozen { reason: None });
+        h.accept(register("acme-idp", &idp(22)));
+
+        // Admins only.
+        let ed = Keypair::from_seed(&[30; 32]);
+        h.accept(ActorRegistered {
+            actor: ActorId::new("ed").unwrap(),
+            public_key: ed.public_key().to_base64(),
+            key_id: ed.key_id().clone(),
+            display_name: None,
+        });
+        h.accept(aegis_core::events::RoleGranted {
+            actor: ActorId::new("ed").unwrap(),
+            role: Role::Publisher,
+        });
+        let (_, record, _) = h.fold_as("ed", &ed, register("ed-idp", &idp(23)));
+        assert!(
+            matches!(&record.outcome, Outcome::Rejected { reason } if reason.contains("needs role admin")),
+            "{:?}",
+            record.outcome
+        );
+        let (_, record, _) = h.fold_as("ed", &ed, revoke(&idp(22)));
+        assert!(matches!(record.outcome, Outcome::Rejected { .. }));
+        assert_eq!(h.tenant_record().last_version, 0, "nothing was published");
+    }
+
+    #[test]
+    fn every_bundle_carries_the_current_issuer_keys_and_trust_changes_publish_at_once() {
+        let mut h = Harness::new();
+        let (a, b) = (idp(20), idp(21));
+
+        // The first bundle: no keys yet, still a trust.json.
+        let v1 = h.publish_finance();
+        assert_eq!(v1, 1);
+        let b1 = h.bundle(1);
+        assert_eq!(b1.files[TRUST_PATH], br#"{"token_issuers":[]}"#);
+
+        // Registering with a published version puts a new version live: same policies, the
+        // new trust data, a version like a rollback to the live one.
+        h.accept(RolloutStageChanged {
+            version: 1,
+            stage: RolloutStage::Shadow,
+            agents: vec![],
+            percent: None,
+        });
+        let (env, effect) = h.accept(register("acme-idp", &a));
+        assert_eq!(effect, Some(Effect::AnnounceBundle { version: 2 }));
+        let v2 = h.version(2);
+        assert_eq!(v2.created_at, env.time);
+        assert_eq!((v2.change_id.as_ref(), v2.rollback_of), (None, None));
+        assert_eq!(v2.stage, RolloutStage::Shadow, "the live version's stage");
+        assert_eq!(v2.published_by.as_str(), "root");
+        assert_eq!(h.trust(2).token_issuers, [entry("acme-idp", &a)]);
+        let b2 = h.bundle(2);
+        assert_eq!(b2.data(), b1.data(), "same policies");
+        assert_eq!(b2.manifest.version, 2);
+        assert_eq!(b2.manifest.created_at, env.time);
+
+        // A second key: both, sorted by key id.
+        h.accept(register("other-idp", &b));
+        let mut both = vec![entry("acme-idp", &a), entry("other-idp", &b)];
+        both.sort_by(|x, y| x.key_id.cmp(&y.key_id));
+        assert_eq!(h.trust(3).token_issuers, both);
+        assert_eq!(h.bundle(3).data(), b1.data());
+
+        // Revoked: the next version goes without it.
+        h.accept(revoke(&a));
+        assert_eq!(h.trust(4).token_issuers, [entry("other-idp", &b)]);
+
+        // A freeze does not hold back a revocation, nor its bundle.
+        h.accept(TenantFrozen {
+            reason: "incident".into(),
+        });
+        let (_, effect) = h.accept(revoke(&b));
+        assert_eq!(effect, Some(Effect::AnnounceBundle { version: 5 }));
+        assert_eq!(h.bundle(5).files[TRUST_PATH], br#"{"token_issuers":[]}"#);
+        h.accept(TenantUnfrozen { reason: None });
+
+        // A rollback carries today's keys, not the old version's.
+        let c = idp(22);
+        h.accept(register("acme-idp", &c));
+        h.accept(RollbackRequested {
+            to_version: 3,
+            reason: "back".into(),
+            emergency: false,
+        });
+        assert_eq!(h.version(7).rollback_of, Some(3));
+        assert_eq!(h.trust(7).token_issuers, [entry("acme-idp", &c)]);
+        assert_eq!(h.bundle(7).data(), b1.data());
     }
 }

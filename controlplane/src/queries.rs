@@ -7,9 +7,9 @@ use aegis_core::events::Role;
 use aegis_core::ids::{ActorId, TenantId};
 use aegis_core::keys::PublicKey;
 use aegis_core::query::{
-    ActorView, ChangeState, ChangeView, EventOutcome, EventRecord, KeyView, LiveDocument,
-    LivePolicyView, LiveView, QueryAnswer, QueryError, QueryReply, QueryRequest, TenantStatus,
-    VersionView,
+    ActorView, ChangeState, ChangeView, EventOutcome, EventRecord, IssuerView, KeyView,
+    LiveDocument, LivePolicyView, LiveView, QueryAnswer, QueryError, QueryReply, QueryRequest,
+    TenantStatus, VersionView,
 };
 use std::collections::BTreeMap;
 
@@ -135,6 +135,7 @@ impl Queries<'_> {
                 QueryAnswer::Drafts(views)
             }
             QueryRequest::Live => QueryAnswer::Live(self.live(tenant).map_err(internal)?),
+            QueryRequest::Issuers => QueryAnswer::Issuers(self.issuers(tenant).map_err(internal)?),
         })
     }
 
@@ -216,6 +217,16 @@ impl Queries<'_> {
                 .map(|(_, v)| v)
                 .collect(),
         })
+    }
+
+    /// The tenant's token issuer keys (revoked ones too), by key id.
+    pub fn issuers(&self, tenant: &TenantId) -> Result<Vec<IssuerView>, StoreError> {
+        Ok(self
+            .store
+            .scan::<IssuerView>(Family::State, &keys::issuers(tenant))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
     pub fn actors(&self, tenant: &TenantId) -> Result<Vec<ActorView>, StoreError> {

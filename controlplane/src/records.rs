@@ -5,6 +5,7 @@
 use crate::store::pad;
 use aegis_core::events::{DocumentFormat, RequiredApprovals, Role, VectorDocument};
 use aegis_core::ids::{ActorId, ChangeId, PolicyName, TenantId};
+use aegis_core::keys::KeyId;
 use aegis_core::query::{FreezeView, KeyView, LiveDocument, LiveView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -154,6 +155,12 @@ pub mod keys {
     }
     pub fn snapshot(t: &TenantId, v: u64) -> String {
         format!("t/{t}#snapshot/{}", pad(v))
+    }
+    pub fn issuer(t: &TenantId, k: &KeyId) -> String {
+        format!("t/{t}#issuer/{k}")
+    }
+    pub fn issuers(t: &TenantId) -> String {
+        format!("t/{t}#issuer/")
     }
 
     // Local family.

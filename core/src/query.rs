@@ -42,6 +42,9 @@ pub enum QueryRequest {
     Drafts,
     /// The live policy documents and test vectors (what the next change is checked against).
     Live,
+    /// The tenant's token issuer keys, by key id: registered ones (shipped in every bundle's
+    /// `trust.json`) and revoked ones.
+    Issuers,
 }
 
 impl QueryRequest {
@@ -57,12 +60,14 @@ impl QueryRequest {
             QueryRequest::Actors => "actors",
             QueryRequest::Drafts => "drafts",
             QueryRequest::Live => "live",
+            QueryRequest::Issuers => "issuers",
         }
     }
 
     /// Every op, for registering service endpoints.
-    pub const OPS: [&'static str; 9] = [
+    pub const OPS: [&'static str; 10] = [
         "status", "changes", "change", "history", "events", "outcome", "actors", "drafts", "live",
+        "issuers",
     ];
 }
 
@@ -119,6 +124,7 @@ pub enum QueryAnswer {
     Actors(Vec<ActorView>),
     Drafts(Vec<DraftView>),
     Live(LiveView),
+    Issuers(Vec<IssuerView>),
 }
 
 /// A tenant at a glance.
@@ -316,6 +322,32 @@ pub struct KeyView {
     pub key_id: KeyId,
     pub public_key: String,
     pub revoked: bool,
+}
+
+/// A token issuer key of a tenant (`token_issuer_registered`, `token_issuer_revoked`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerView {
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    pub key_id: KeyId,
+    /// base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
+    /// Who registered it, and when.
+    pub registered: ActView,
+    /// Who revoked it, when and why (`note`); a revoked key is no longer in `trust.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<ActView>,
+}
+
+impl IssuerView {
+    /// The `trust.json` entry of a key that is not revoked.
+    pub fn trusted(&self) -> Option<crate::bundle::TokenIssuer> {
+        self.revoked.is_none().then(|| crate::bundle::TokenIssuer {
+            issuer: self.issuer.clone(),
+            key_id: self.key_id.clone(),
+            public_key: self.public_key.clone(),
+        })
+    }
 }
 
 /// A policy's current draft.

@@ -5,7 +5,7 @@ use aegis_core::events::{Envelope, EnvelopeError, Event, EventType};
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyError, Keypair};
 use aegis_core::query::{
-    ActorView, ChangeState, ChangeView, DraftView, EventOutcome, EventRecord, LiveView,
+    ActorView, ChangeState, ChangeView, DraftView, EventOutcome, EventRecord, IssuerView, LiveView,
     QueryAnswer, QueryError, QueryReply, QueryRequest, TenantStatus, VersionView,
 };
 use aegis_nats::topology::{self, CHANGES_STREAM};
@@ -662,6 +662,14 @@ impl Client {
         }
     }
 
+    /// [`QueryRequest::Issuers`]: the tenant's token issuer keys, by key id.
+    pub async fn issuers(&self) -> Result<Vec<IssuerView>, ClientError> {
+        match self.query(QueryRequest::Issuers).await? {
+            QueryAnswer::Issuers(i) => Ok(i),
+            other => Err(unexpected("issuers", &other)),
+        }
+    }
+
     /// The stream sequence of the last message on `subject` in `AEGIS_CHANGES`, if any.
     pub async fn last_subject_sequence(&self, subject: &str) -> Result<Option<u64>, ClientError> {
         aegis_nats::last_subject_sequence(&self.js, CHANGES_STREAM, subject)
@@ -711,6 +719,7 @@ fn answer_kind(answer: &QueryAnswer) -> &'static str {
         QueryAnswer::Actors(_) => "actors",
         QueryAnswer::Drafts(_) => "drafts",
         QueryAnswer::Live(_) => "live",
+        QueryAnswer::Issuers(_) => "issuers",
     }
 }
 

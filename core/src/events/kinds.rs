@@ -301,6 +301,29 @@ pub struct RolloutStageChanged {
     pub percent: Option<u8>,
 }
 
+/// A token issuer key is registered for the tenant: agent tokens whose `kid` is `key_id` are
+/// checked with `public_key`, must carry `iss` = `issuer`, and may only speak for this tenant.
+/// The key travels to gateways in every bundle's `trust.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssuerRegistered {
+    /// The issuer's name: the `iss` its tokens carry.
+    pub issuer: String,
+    /// Must equal the key id of `public_key`.
+    pub key_id: KeyId,
+    /// ed25519 public key, standard base64 of the 32 bytes.
+    pub public_key: String,
+}
+
+/// A token issuer key is revoked: it leaves the tenant's `trust.json`, so gateways refuse
+/// tokens signed with it once they run the next bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssuerRevoked {
+    pub key_id: KeyId,
+    pub reason: String,
+}
+
 /// A signed bundle is in the object store; published on `aegis.bundles.<tenant>` by the
 /// control plane with `Nats-Msg-Id` `bundle:<tenant>:<version>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +421,8 @@ events! {
     TenantFrozen => "tenant_frozen",
     TenantUnfrozen => "tenant_unfrozen",
     RolloutStageChanged => "rollout_stage_changed",
+    TokenIssuerRegistered => "token_issuer_registered",
+    TokenIssuerRevoked => "token_issuer_revoked",
     BundlePublished => "bundle_published",
     AuditCheckpoint => "audit_checkpoint",
 }
@@ -419,7 +444,8 @@ impl EventType {
     }
 
     /// The subject suffix under `aegis.changes.<tenant>.` for a change event: `actors`,
-    /// `config`, `policy.<name>`, `change.<id>` or `control`. None for events on other streams.
+    /// `config`, `policy.<name>`, `change.<id>`, `control` or `issuers`. None for events on
+    /// other streams.
     pub fn changes_subject_suffix(event: &Event) -> Option<String> {
         Some(match event {
             Event::ActorRegistered(_)
@@ -438,6 +464,7 @@ impl EventType {
             | Event::TenantFrozen(_)
             | Event::TenantUnfrozen(_)
             | Event::RolloutStageChanged(_) => "control".to_owned(),
+            Event::TokenIssuerRegistered(_) | Event::TokenIssuerRevoked(_) => "issuers".to_owned(),
             Event::BundlePublished(_) | Event::AuditCheckpoint(_) => return None,
         })
     }

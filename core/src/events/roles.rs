@@ -9,7 +9,8 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Manages actors, keys, roles and tenant settings; may freeze and unfreeze. Implies every
+    /// Manages actors, keys, roles, token issuer keys and tenant settings; may freeze and
+    /// unfreeze. Implies every
     /// other role, but never lets anyone approve their own change.
     Admin,
     /// Edits policies and proposes changes.
@@ -48,6 +49,7 @@ impl Role {
         match ty {
             T::ActorRegistered | T::KeyRevoked | T::RoleGranted | T::RoleRevoked => &[Role::Admin],
             T::TenantConfigured => &[Role::Admin],
+            T::TokenIssuerRegistered | T::TokenIssuerRevoked => &[Role::Admin],
             T::PolicyUpserted | T::PolicyDeleted | T::ChangeProposed => {
                 &[Role::Admin, Role::Editor]
             }

@@ -99,6 +99,8 @@ event_schemas! {
     TenantFrozen => "tenant_frozen",
     TenantUnfrozen => "tenant_unfrozen",
     RolloutStageChanged => "rollout_stage_changed",
+    TokenIssuerRegistered => "token_issuer_registered",
+    TokenIssuerRevoked => "token_issuer_revoked",
     BundlePublished => "bundle_published",
     AuditCheckpoint => "audit_checkpoint",
 }
@@ -483,6 +485,20 @@ mod tests {
                 stage: RolloutStage::Partial,
                 agents: vec![id::<AgentId>("finance-agent"), id("support-agent.v2")],
                 percent: Some(10),
+            }
+            .into(),
+            EventType::TokenIssuerRegistered => {
+                let idp = Keypair::from_seed(&[2; 32]);
+                TokenIssuerRegistered {
+                    issuer: "acme-idp".into(),
+                    key_id: idp.key_id().clone(),
+                    public_key: idp.public_key().to_base64(),
+                }
+                .into()
+            }
+            EventType::TokenIssuerRevoked => TokenIssuerRevoked {
+                key_id: Keypair::from_seed(&[2; 32]).key_id().clone(),
+                reason: "IdP signing key rotated, SEC-4412".into(),
             }
             .into(),
             // `change_id` and `rollback_of` do not normally come together; both are set so that
