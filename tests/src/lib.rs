@@ -2,6 +2,7 @@
 
 pub mod controlplane;
 pub mod flow;
+pub mod gateway;
 pub mod nats_cluster;
 pub mod nats_server;
 pub mod workload;
