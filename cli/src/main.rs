@@ -5,7 +5,8 @@ use aegis_core::bundle::HighWater;
 use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegisctl::exit::{CliError, CliResult, EXIT_CODES_HELP, Exit};
 use aegisctl::online::{
-    self, Client, CommandArgs, OnlineArgs, actors, audit, changes, propose, publish, status, tenant,
+    self, Client, CommandArgs, OnlineArgs, actors, audit, changes, issuers, propose, publish,
+    status, tenant,
 };
 use aegisctl::{bundle, diff, eval, init, keys, lint, test};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -125,6 +126,9 @@ enum Command {
     /// Tenant settings
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Register, revoke and list the token issuer keys agents' tokens are signed with
+    #[command(subcommand)]
+    Issuer(IssuerCommand),
     /// Propose the difference between a policy tree and what is live, and wait for the checks
     #[command(
         after_help = "Example:\n  aegisctl propose policies/acme --intent 'Raise the payment approval threshold to 7,500' \\\n      --ticket FIN-1042 --tenant acme --actor alice --key keys/alice.key.json\n\nThe tree is validated first (exit 2 with the lint diagnostics). Only --tenant's documents\nare proposed; policies compared after parsing, so formatting-only edits do not count.\nExit 0 when the checks passed, 1 when they failed or there is nothing to propose,\n5 when the control plane rejected an event, 7 on a concurrent edit of the same policy."
@@ -259,6 +263,37 @@ enum ActorCommand {
     List {
         #[command(flatten)]
         args: actors::ListArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IssuerCommand {
+    /// Register a token issuer key; it reaches gateways in the bundle's trust.json
+    #[command(
+        after_help = "Example:\n  aegisctl keys generate --out keys/ --name acme-idp\n  aegisctl issuer add --issuer acme-idp --public-key keys/acme-idp.pub.json \\\n      --tenant acme --actor admin --key keys/admin.key.json\n\nOnce the tenant has a published version, a new version (same policies, new trust data)\nis published at once; the command waits until it is announced.\nExit 5 when the control plane rejects the key (mismatched id, already registered or\nrevoked, tenant frozen)."
+    )]
+    Add {
+        #[command(flatten)]
+        args: issuers::AddArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Revoke a token issuer key (allowed while frozen); a new version drops it from trust.json
+    #[command(
+        after_help = "Example:\n  aegisctl issuer revoke --key-id ed25519:0123456789abcdef --reason 'IdP key leaked' \\\n      --tenant acme --actor admin --key keys/admin.key.json"
+    )]
+    Revoke {
+        #[command(flatten)]
+        args: issuers::RevokeArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// List the tenant's token issuer keys, trusted and revoked
+    List {
+        #[command(flatten)]
+        args: issuers::ListArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -513,6 +548,15 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
         }
         Command::Tenant(TenantCommand::Configure { args, online }) => {
             with_client(&online, args, out, tenant::configure)
+        }
+        Command::Issuer(IssuerCommand::Add { args, online }) => {
+            with_client(&online, args, out, issuers::add)
+        }
+        Command::Issuer(IssuerCommand::Revoke { args, online }) => {
+            with_client(&online, args, out, issuers::revoke)
+        }
+        Command::Issuer(IssuerCommand::List { args, online }) => {
+            with_client(&online, args, out, issuers::list)
         }
         Command::Propose { args, online } => with_client(&online, args, out, propose::run),
         Command::Changes(ChangesCommand::List { args, online }) => {

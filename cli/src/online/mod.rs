@@ -12,6 +12,7 @@ pub mod actors;
 pub mod audit;
 pub mod changes;
 mod client;
+pub mod issuers;
 pub mod nats;
 pub mod propose;
 pub mod publish;
@@ -150,6 +151,9 @@ command_args_with_json!(
     publish::UnfreezeArgs,
     status::ViewArgs,
     audit::VerifyArgs,
+    issuers::AddArgs,
+    issuers::RevokeArgs,
+    issuers::ListArgs,
 );
 
 /// `--format` decides the export's format; `--json` is accepted and ignored.
