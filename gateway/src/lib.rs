@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bundles;
 pub mod config;
 pub mod decide;
+pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod telemetry_glue;

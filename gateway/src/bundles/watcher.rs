@@ -1,0 +1,579 @@
+//! One task per tenant that follows `aegis.bundles.<tenant>` and keeps the tenant's slot on the
+//! newest bundle that verifies.
+//!
+//! **Consuming.** An ordered push consumer on `AEGIS_BUNDLES` filtered to the tenant's subject
+//! starts with `DeliverPolicy::LastPerSubject` (the newest announcement, then live). The
+//! stream sequence of every handled message is remembered; whenever the consumer fails, ends,
+//! or stays silent while the stream holds a newer message for the subject (checked every
+//! [`WatcherOptions::stall_check`] with a direct get — a consumer that silently lost its
+//! server-side state after a NATS restart), it is recreated from the next sequence, retried
+//! with backoff until NATS answers. The task never exits on errors; abort its handle to stop.
+//!
+//! **Each message.** The envelope is parsed and its signature checked against the gateway's
+//! trust store (the control plane signs announcements with its bundle key). Unparseable
+//! messages and envelopes for another tenant are logged and skipped; a `bundle_published`
+//! whose signature fails is refused (`bad_signature`, `unknown_key`, `revoked_key`).
+//!
+//! - `bundle_published`: skipped when that version with that digest is already in force. An
+//!   announced version below the high-water mark (or equal with another digest) is refused as
+//!   `version_not_above` without fetching. Otherwise the bytes are fetched from object store
+//!   `aegis-bundles` by digest, retried with exponential backoff (the object may not be there
+//!   yet, NATS may be away) up to [`WatcherOptions::fetch_attempts`]; then the refusal is
+//!   `fetch_failed`, and the same announcement is tried again quietly every
+//!   [`WatcherOptions::refetch_every`] until it applies or a newer one arrives. The bytes go
+//!   through [`prepare`] on a blocking thread. Applied: the slot is swapped atomically
+//!   (requests in flight finish on the old bundle), the bundle then the mark are saved to the
+//!   [`LocalStore`](super::LocalStore), `aegis_bundles_applied_total` goes up, `bundle applied`
+//!   is logged with tenant, version, digest and elapsed time, and the heartbeat beats. Refused:
+//!   see [`BundleContext::refuse`]; the bundle in force stays.
+//! - `rollout_stage_changed` for the version in force: the slot is re-installed with the new
+//!   stage (same evaluator) and the stage saved with the mark. Other versions and other event
+//!   types are ignored.
+//!
+//! If saving to disk fails the bundle is still served (it verified); the error is logged, and
+//! after a restart the gateway falls back to what the disk holds.
+
+use super::apply::{BundleRefusal, SOURCE_NATS, prepare, reason};
+use super::{BundleContext, StoredMark, with_stage};
+use crate::tenants::{Registry, TenantSlot};
+use aegis_core::bundle::HighWater;
+use aegis_core::events::{BundlePublished, Event, ReceivedEnvelope, RolloutStageChanged};
+use aegis_core::keys::TrustError;
+use aegis_nats::topology::{self, BUNDLE_OBJECT_STORE, BUNDLES_STREAM};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Timing of the watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatcherOptions {
+    /// Tries to fetch an announced bundle before refusing it as `fetch_failed`.
+    pub fetch_attempts: u32,
+    /// First pause between fetch tries; doubles up to `fetch_backoff_max`.
+    pub fetch_backoff: Duration,
+    pub fetch_backoff_max: Duration,
+    /// Bound on one fetch try.
+    pub fetch_timeout: Duration,
+    /// After `fetch_failed`, how often the same announcement is tried again.
+    pub refetch_every: Duration,
+    /// Silence after which the stream is asked whether the consumer missed a message.
+    pub stall_check: Duration,
+    /// Longest pause between attempts to (re)create the consumer.
+    pub reconnect_backoff_max: Duration,
+}
+
+impl Default for WatcherOptions {
+    /// 6 fetch tries 250 ms..4 s apart (about 8 s), 30 s per try, refetch every 30 s, stall
+    /// check after 5 s of silence, reconnect backoff up to 5 s.
+    fn default() -> Self {
+        Self {
+            fetch_attempts: 6,
+            fetch_backoff: Duration::from_millis(250),
+            fetch_backoff_max: Duration::from_secs(4),
+            fetch_timeout: Duration::from_secs(30),
+            refetch_every: Duration::from_secs(30),
+            stall_check: Duration::from_secs(5),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Starts one watcher per tenant of `registry`. Call [`super::restore_all`] first.
+pub fn spawn_all(
+    js: &jetstream::Context,
+    registry: &Registry,
+    ctx: &BundleContext,
+    options: &WatcherOptions,
+) -> Vec<JoinHandle<()>> {
+    registry
+        .slots()
+        .map(|slot| spawn(js.clone(), slot.clone(), ctx.clone(), options.clone()))
+        .collect()
+}
+
+/// Starts the watcher of one tenant. It runs until the handle is aborted.
+pub fn spawn(
+    js: jetstream::Context,
+    slot: Arc<TenantSlot>,
+    ctx: BundleContext,
+    options: WatcherOptions,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        match topology::bundles_subject(&slot.tenant) {
+            Ok(subject) => {
+                let watcher = Watcher::new(js, slot, ctx, options, subject);
+                watcher.run().await;
+            }
+            Err(e) => {
+                // The tenant id cannot be a subject token: it can never receive bundles.
+                tracing::error!(tenant = %slot.tenant, error = %e, "cannot watch bundles for this tenant");
+            }
+        }
+    })
+}
+
+/// An announcement whose bytes could not be fetched yet.
+struct Pending {
+    announcement: BundlePublished,
+    next_try: Instant,
+}
+
+enum FetchFailure {
+    TooLarge(String),
+    Failed(String),
+}
+
+struct Watcher {
+    js: jetstream::Context,
+    slot: Arc<TenantSlot>,
+    ctx: BundleContext,
+    options: WatcherOptions,
+    subject: String,
+    high_water: Option<HighWater>,
+    /// Stream sequence of the last message handled (0: none yet).
+    last_seq: u64,
+    pending: Option<Pending>,
+}
+
+type Messages = consumer::push::Ordered;
+
+impl Watcher {
+    fn new(
+        js: jetstream::Context,
+        slot: Arc<TenantSlot>,
+        ctx: BundleContext,
+        options: WatcherOptions,
+        subject: String,
+    ) -> Self {
+        // The mark: the higher of the one on disk and the bundle in force.
+        let on_disk = match ctx.store.load_mark(&slot.tenant) {
+            Ok(m) => m.map(|m| m.high_water),
+            Err(e) => {
+                tracing::warn!(tenant = %slot.tenant, error = %e, "high-water file unreadable");
+                None
+            }
+        };
+        let in_force = slot.active().map(|a| HighWater {
+            version: a.version,
+            digest: a.digest.clone(),
+        });
+        let high_water = match (on_disk, in_force) {
+            (Some(d), Some(f)) => Some(if f.version >= d.version { f } else { d }),
+            (d, f) => d.or(f),
+        };
+        Self {
+            js,
+            slot,
+            ctx,
+            options,
+            subject,
+            high_water,
+            last_seq: 0,
+            pending: None,
+        }
+    }
+
+    async fn run(mut self) {
+        tracing::info!(tenant = %self.slot.tenant, subject = %self.subject, high_water = self.high_water.as_ref().map(|h| h.version), "bundle watcher starting");
+        loop {
+            let mut messages = self.open().await;
+            loop {
+                let retry_at = self.pending.as_ref().map(|p| p.next_try);
+                tokio::select! {
+                    next = tokio::time::timeout(self.options.stall_check, messages.next()) => {
+                        match next {
+                            Ok(Some(Ok(msg))) => {
+                                let Ok(info) = msg.info() else {
+                                    tracing::warn!(tenant = %self.slot.tenant, "a message without JetStream metadata; ignored");
+                                    continue;
+                                };
+                                let seq = info.stream_sequence;
+                                if seq <= self.last_seq {
+                                    continue;
+                                }
+                                self.last_seq = seq;
+                                self.handle(&msg.payload).await;
+                            }
+                            Ok(Some(Err(e))) => {
+                                tracing::warn!(tenant = %self.slot.tenant, error = %e, after = self.last_seq, "bundle consumer failed; recreating it");
+                                break;
+                            }
+                            Ok(None) => {
+                                tracing::warn!(tenant = %self.slot.tenant, after = self.last_seq, "bundle consumer ended; recreating it");
+                                break;
+                            }
+                            Err(_) => {
+                                if self.stalled().await {
+                                    tracing::warn!(tenant = %self.slot.tenant, after = self.last_seq, "bundle consumer stalled; recreating it");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    () = sleep_until(retry_at), if retry_at.is_some() => {
+                        if let Some(p) = self.pending.take() {
+                            self.on_published(p.announcement, true).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The consumer, retried with backoff until NATS answers.
+    async fn open(&self) -> Messages {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.try_open().await {
+                Ok(m) => return m,
+                Err(e) => {
+                    tracing::warn!(tenant = %self.slot.tenant, error = %e, "cannot create the bundle consumer yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.options.reconnect_backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn try_open(&self) -> Result<Messages, String> {
+        let deliver_policy = if self.last_seq == 0 {
+            consumer::DeliverPolicy::LastPerSubject
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: self.last_seq + 1,
+            }
+        };
+        let config = consumer::push::OrderedConfig {
+            deliver_subject: self.js.client().new_inbox(),
+            filter_subject: self.subject.clone(),
+            deliver_policy,
+            description: Some(format!("aegis gateway {} bundle watcher", self.ctx.gateway)),
+            ..Default::default()
+        };
+        let consumer = self
+            .js
+            .create_consumer_on_stream(config, BUNDLES_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        consumer.messages().await.map_err(|e| e.to_string())
+    }
+
+    /// Whether the stream holds a message for the subject that this watcher has not handled.
+    async fn stalled(&self) -> bool {
+        match aegis_nats::last_message(&self.js, BUNDLES_STREAM, &self.subject).await {
+            Ok(Some(m)) => m.sequence > self.last_seq,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(tenant = %self.slot.tenant, error = %e, "cannot read the subject's last sequence");
+                false
+            }
+        }
+    }
+
+    async fn handle(&mut self, payload: &[u8]) {
+        let tenant = &self.slot.tenant;
+        let received = match ReceivedEnvelope::parse(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%tenant, seq = self.last_seq, error = %e, "unreadable message on the bundle subject; ignored");
+                return;
+            }
+        };
+        let env = &received.envelope;
+        if &env.tenant != tenant {
+            tracing::warn!(%tenant, seq = self.last_seq, envelope_tenant = %env.tenant, "announcement for another tenant on this tenant's subject; ignored");
+            return;
+        }
+        let checked = match self.ctx.trust.lookup(&env.key_id) {
+            Ok(key) => received.verify(key).map_err(|e| {
+                (
+                    reason::BAD_SIGNATURE,
+                    format!("the announcement's signature does not verify: {e}"),
+                )
+            }),
+            Err(TrustError::RevokedKey { key_id }) => Err((
+                reason::REVOKED_KEY,
+                format!("the announcement is signed by key {key_id}, which has been revoked"),
+            )),
+            Err(_) => Err((
+                reason::UNKNOWN_KEY,
+                format!(
+                    "the announcement is signed by key {}, which is not trusted",
+                    env.key_id
+                ),
+            )),
+        };
+        if let Err((code, why)) = checked {
+            match &env.event {
+                Event::BundlePublished(b) => {
+                    let refusal = BundleRefusal::new(code, Some(b.version), why);
+                    self.ctx.refuse(&self.slot, &b.digest, &refusal);
+                }
+                other => {
+                    tracing::warn!(%tenant, seq = self.last_seq, event = %other.event_type(), reason_code = code, reason = %why, "unverified message on the bundle subject; ignored");
+                }
+            }
+            return;
+        }
+        match &env.event {
+            Event::BundlePublished(b) => self.on_published(b.clone(), false).await,
+            Event::RolloutStageChanged(r) => self.on_stage(r).await,
+            other => {
+                tracing::debug!(%tenant, event = %other.event_type(), "not a bundle event; ignored");
+            }
+        }
+    }
+
+    /// Applies or refuses an announced bundle. `retry`: a pending `fetch_failed` announcement
+    /// tried again (its refusal was already recorded).
+    async fn on_published(&mut self, b: BundlePublished, retry: bool) {
+        let tenant = self.slot.tenant.clone();
+        if let Some(active) = self.slot.active()
+            && active.version == b.version
+            && active.digest == b.digest
+        {
+            tracing::debug!(%tenant, version = b.version, "announced bundle already in force");
+            self.pending = None;
+            return;
+        }
+        if let Some(hw) = &self.high_water
+            && (b.version < hw.version || (b.version == hw.version && b.digest != hw.digest))
+        {
+            if !retry {
+                let refusal = BundleRefusal::new(
+                    reason::VERSION_NOT_ABOVE,
+                    Some(b.version),
+                    format!(
+                        "announced version {} is not above the high-water mark {} (an equal version is accepted only for the identical bundle)",
+                        b.version, hw.version
+                    ),
+                );
+                self.ctx.refuse(&self.slot, &b.digest, &refusal);
+            }
+            return;
+        }
+        // A newer announcement supersedes one still waiting for its bytes.
+        self.pending = None;
+
+        let started = Instant::now();
+        let bytes = match self.fetch(&b).await {
+            Ok(bytes) => bytes,
+            Err(FetchFailure::TooLarge(why)) => {
+                let refusal = BundleRefusal::new(reason::TOO_LARGE, Some(b.version), why);
+                self.ctx.refuse(&self.slot, &b.digest, &refusal);
+                return;
+            }
+            Err(FetchFailure::Failed(why)) => {
+                if retry {
+                    tracing::info!(%tenant, version = b.version, digest = %b.digest, error = %why, "bundle still cannot be fetched; will try again");
+                } else {
+                    let refusal = BundleRefusal::new(reason::FETCH_FAILED, Some(b.version), why);
+                    self.ctx.refuse(&self.slot, &b.digest, &refusal);
+                }
+                self.pending = Some(Pending {
+                    announcement: b,
+                    next_try: Instant::now() + self.options.refetch_every,
+                });
+                return;
+            }
+        };
+
+        let (trust, limits, high_water) = (
+            self.ctx.trust.clone(),
+            self.ctx.limits,
+            self.high_water.clone(),
+        );
+        let digest = b.digest.clone();
+        let t = tenant.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let now = time::OffsetDateTime::now_utc();
+            let result = prepare(
+                &t,
+                &bytes,
+                &digest,
+                &trust,
+                high_water.as_ref(),
+                now,
+                &limits,
+            );
+            (result, bytes)
+        })
+        .await;
+        let (result, bytes) = match prepared {
+            Ok(r) => r,
+            Err(e) => {
+                let refusal = BundleRefusal::new(
+                    reason::COMPILE_FAILED,
+                    Some(b.version),
+                    format!("verification did not complete: {e}"),
+                );
+                self.ctx.refuse(&self.slot, &b.digest, &refusal);
+                return;
+            }
+        };
+        let mut active = match result {
+            Ok(active) => active,
+            Err(mut refusal) => {
+                refusal.version = refusal.version.or(Some(b.version));
+                self.ctx.refuse(&self.slot, &b.digest, &refusal);
+                return;
+            }
+        };
+        if active.version != b.version {
+            let refusal = BundleRefusal::new(
+                reason::MALFORMED,
+                Some(active.version),
+                format!(
+                    "announced as version {} but its signed manifest says version {}",
+                    b.version, active.version
+                ),
+            );
+            self.ctx.refuse(&self.slot, &b.digest, &refusal);
+            return;
+        }
+        active.stage = b.stage;
+        active.source = SOURCE_NATS;
+        let version = active.version;
+        let mark = StoredMark {
+            high_water: HighWater {
+                version,
+                digest: active.digest.clone(),
+            },
+            stage: b.stage,
+        };
+        let previous = self.slot.install(active).map(|p| p.version);
+        self.high_water = Some(mark.high_water.clone());
+        self.ctx
+            .metrics
+            .bundles_applied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            %tenant,
+            version,
+            digest = %b.digest,
+            previous,
+            stage = %b.stage,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            source = SOURCE_NATS,
+            "bundle applied"
+        );
+        self.ctx.beat.notify_one();
+
+        let store = self.ctx.store.clone();
+        let t = tenant.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save(&t, &bytes, &mark)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(%tenant, version, error = %e, "cannot save the bundle as last known-good; a restart would fall back to the previous one")
+            }
+            Err(e) => {
+                tracing::error!(%tenant, version, error = %e, "saving the bundle did not complete")
+            }
+        }
+    }
+
+    async fn on_stage(&mut self, r: &RolloutStageChanged) {
+        let tenant = &self.slot.tenant;
+        let Some(active) = self.slot.active() else {
+            return;
+        };
+        if active.version != r.version {
+            tracing::debug!(%tenant, version = r.version, in_force = active.version, "rollout stage change for a version not in force; ignored");
+            return;
+        }
+        if active.stage == r.stage {
+            return;
+        }
+        self.slot.install(with_stage(&active, r.stage));
+        tracing::info!(%tenant, version = r.version, from = %active.stage, to = %r.stage, "rollout stage changed");
+        self.ctx.beat.notify_one();
+        let mark = StoredMark {
+            high_water: HighWater {
+                version: active.version,
+                digest: active.digest.clone(),
+            },
+            stage: r.stage,
+        };
+        // Only record the stage when the mark on disk names this very bundle.
+        if self.high_water.as_ref() == Some(&mark.high_water) {
+            let store = self.ctx.store.clone();
+            let t = tenant.clone();
+            match tokio::task::spawn_blocking(move || store.save_mark(&t, &mark)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(%tenant, error = %e, "cannot save the rollout stage"),
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "saving the rollout stage did not complete")
+                }
+            }
+        }
+    }
+
+    /// The announced bundle's bytes, with retries.
+    async fn fetch(&self, b: &BundlePublished) -> Result<Vec<u8>, FetchFailure> {
+        let max = self.ctx.limits.size.max_compressed_bytes;
+        if b.size > max {
+            return Err(FetchFailure::TooLarge(format!(
+                "announced size {} bytes is over the {max}-byte limit for compressed bundles",
+                b.size
+            )));
+        }
+        let attempts = self.options.fetch_attempts.max(1);
+        let mut delay = self.options.fetch_backoff;
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let once =
+                tokio::time::timeout(self.options.fetch_timeout, self.fetch_once(&b.digest, max));
+            match once.await {
+                Ok(Ok(bytes)) => return Ok(bytes),
+                Ok(Err(FetchFailure::TooLarge(why))) => return Err(FetchFailure::TooLarge(why)),
+                Ok(Err(FetchFailure::Failed(why))) => last = why,
+                Err(_) => last = format!("no answer within {:?}", self.options.fetch_timeout),
+            }
+            tracing::debug!(tenant = %self.slot.tenant, digest = %b.digest, attempt, error = %last, "bundle fetch failed");
+            if attempt < attempts {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(self.options.fetch_backoff_max);
+            }
+        }
+        Err(FetchFailure::Failed(format!(
+            "cannot fetch {} from object store {BUNDLE_OBJECT_STORE} after {attempts} tries: {last}",
+            b.digest
+        )))
+    }
+
+    async fn fetch_once(&self, digest: &str, max: u64) -> Result<Vec<u8>, FetchFailure> {
+        let bucket = self
+            .js
+            .get_object_store(BUNDLE_OBJECT_STORE)
+            .await
+            .map_err(|e| FetchFailure::Failed(e.to_string()))?;
+        let mut object = bucket
+            .get(digest)
+            .await
+            .map_err(|e| FetchFailure::Failed(e.to_string()))?;
+        let mut bytes = Vec::new();
+        (&mut object)
+            .take(max.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| FetchFailure::Failed(e.to_string()))?;
+        if bytes.len() as u64 > max {
+            return Err(FetchFailure::TooLarge(format!(
+                "object {digest} is over the {max}-byte limit for compressed bundles"
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
