@@ -6,5 +6,6 @@ pub mod decide;
 pub mod heartbeat;
 pub mod http;
 pub mod metrics;
+pub mod runtime;
 pub mod telemetry_glue;
 pub mod tenants;
