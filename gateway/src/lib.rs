@@ -7,5 +7,6 @@ pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod telemetry;
 pub mod telemetry_glue;
 pub mod tenants;
