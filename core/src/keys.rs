@@ -652,14 +652,27 @@ impl TrustStore {
         }
     }
 
-    /// Loads a trust file, or a trust directory if `path` is a directory.
+    /// Loads a trust directory if `path` is a directory, a single public key if it is a
+    /// `*.pub.json` file, else a trust file.
     pub fn load(path: &Path) -> Result<Self, TrustError> {
         let meta = std::fs::metadata(path).map_err(|source| TrustError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        let is_public_key = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".pub.json"));
         if meta.is_dir() {
             Self::load_dir(path)
+        } else if is_public_key {
+            let key = PublicKey::load(path).map_err(|source| TrustError::Key {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let mut store = Self::new();
+            store.trust(key);
+            Ok(store)
         } else {
             Self::load_file(path)
         }

@@ -18,6 +18,7 @@
 
 use crate::config::OnSpoolFull;
 use crate::metrics::Metrics;
+use crate::telemetry::{SpanId, TraceContext, traceparent_header};
 use crate::tenants::{ActiveBundle, Registry};
 use aegis_core::decision::{DecideInput, Decision, DecisionKind, Reason};
 use aegis_core::decision_log::{self, DecisionEvent, mask_params, params_digest};
@@ -95,13 +96,26 @@ pub struct DecideResponse {
     pub approval: Option<ApprovalRef>,
 }
 
-/// Trace context of one decision (W3C ids, lowercase hex).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Trace context of one decision: the caller's trace (or a new one) and this decision's span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceIds {
-    pub trace_id: String,
-    pub span_id: String,
-    pub parent_span_id: Option<String>,
-    pub sampled: bool,
+    pub context: TraceContext,
+    pub span: SpanId,
+}
+
+impl TraceIds {
+    /// A child of the caller's `traceparent` when it sent a valid one, else a new root.
+    pub fn from_traceparent(traceparent: Option<&str>) -> TraceIds {
+        TraceIds {
+            context: TraceContext::from_header_or_root(traceparent),
+            span: SpanId::random(),
+        }
+    }
+
+    /// The `traceparent` naming this decision's span.
+    pub fn traceparent(&self) -> String {
+        traceparent_header(self.context.trace_id, self.span.0, self.context.flags)
+    }
 }
 
 /// Everything about one answered call.
@@ -375,7 +389,7 @@ impl Decider {
             status,
             response,
             event: recorded,
-            trace: meta.trace.clone(),
+            trace: *meta.trace,
             started_at: meta.received_at,
             elapsed,
         }
@@ -439,8 +453,8 @@ impl Decider {
                 .filter(|_| decision.policy_version.is_some())
                 .map(|b| b.stage),
             shadow: None,
-            trace_id: Some(meta.trace.trace_id.clone()),
-            span_id: Some(meta.trace.span_id.clone()),
+            trace_id: Some(meta.trace.context.trace_id_hex()),
+            span_id: Some(meta.trace.span.to_hex()),
         }
     }
 
@@ -465,7 +479,7 @@ impl Decider {
                 approval: None,
             },
             event: None,
-            trace: meta.trace.clone(),
+            trace: *meta.trace,
             started_at: meta.received_at,
             elapsed: meta.received.elapsed(),
         }
@@ -676,12 +690,9 @@ mod tests {
     }
 
     fn call(f: &Fixture, auth: Option<&str>, body: &str) -> Outcome {
-        let trace = TraceIds {
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            span_id: "b7ad6b7169203331".into(),
-            parent_span_id: None,
-            sampled: true,
-        };
+        let trace = TraceIds::from_traceparent(Some(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ));
         let header = auth.map(|t| format!("Bearer {t}"));
         f.decider.decide(
             CallMeta {

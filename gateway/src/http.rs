@@ -71,7 +71,7 @@ async fn decide(
     let received = Instant::now();
     let received_at = SystemTime::now();
     let trace =
-        crate::telemetry_glue::trace_for(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+        TraceIds::from_traceparent(headers.get("traceparent").and_then(|v| v.to_str().ok()));
     let meta = CallMeta {
         authorization: headers
             .get(header::AUTHORIZATION)
@@ -93,19 +93,10 @@ async fn decide(
 fn answer(outcome: &Outcome) -> Response {
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::FORBIDDEN);
     let mut response = (status, axum::Json(&outcome.response)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&traceparent(&outcome.trace)) {
+    if let Ok(v) = HeaderValue::from_str(&outcome.trace.traceparent()) {
         response.headers_mut().insert("traceparent", v);
     }
     response
-}
-
-fn traceparent(t: &TraceIds) -> String {
-    format!(
-        "00-{}-{}-{}",
-        t.trace_id,
-        t.span_id,
-        if t.sampled { "01" } else { "00" }
-    )
 }
 
 async fn healthz() -> &'static str {
