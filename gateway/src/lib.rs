@@ -8,5 +8,4 @@ pub mod http;
 pub mod metrics;
 pub mod runtime;
 pub mod telemetry;
-pub mod telemetry_glue;
 pub mod tenants;
