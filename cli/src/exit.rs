@@ -24,6 +24,9 @@ pub enum Exit {
     Unavailable,
     /// 7: someone else edited the same policy concurrently (re-run `propose`).
     Conflict,
+    /// 8: `gateways`: the fleet has not converged — a gateway is behind the latest published
+    /// version, stale, or without a bundle, or no gateway has reported.
+    NotConverged,
 }
 
 impl Exit {
@@ -38,6 +41,7 @@ impl Exit {
             Exit::Rejected => 5,
             Exit::Unavailable => 6,
             Exit::Conflict => 7,
+            Exit::NotConverged => 8,
         }
     }
 
@@ -61,7 +65,8 @@ Exit codes:
   4  eval decision: approval_needed
   5  rejected by the control plane (the reason is printed)
   6  NATS or the control plane unreachable, or not done within --timeout
-  7  conflict: someone else edited the same policy concurrently (re-run propose)";
+  7  conflict: someone else edited the same policy concurrently (re-run propose)
+  8  gateways: fleet not converged (a gateway behind, stale or without a bundle, or none)";
 
 /// Why a command stopped, and the exit code it maps to. Details already printed by the command
 /// (diagnostics, failing vectors) are not repeated in the message.

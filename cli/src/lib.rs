@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod diff;
+pub mod duration;
 pub mod eval;
 pub mod exit;
 pub mod init;
@@ -14,3 +15,4 @@ pub mod lint;
 pub mod online;
 pub mod output;
 pub mod test;
+pub mod token;

@@ -5,10 +5,10 @@ use aegis_core::bundle::HighWater;
 use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegisctl::exit::{CliError, CliResult, EXIT_CODES_HELP, Exit};
 use aegisctl::online::{
-    self, Client, CommandArgs, OnlineArgs, actors, audit, changes, issuers, propose, publish,
-    status, tenant,
+    self, Client, CommandArgs, ConnectArgs, OnlineArgs, actors, audit, changes, gateways, issuers,
+    propose, publish, status, tail, tenant,
 };
-use aegisctl::{bundle, diff, eval, init, keys, lint, test};
+use aegisctl::{bundle, diff, eval, init, keys, lint, test, token};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -115,6 +115,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Issue and inspect agent tokens (EdDSA JWTs with the call chain as RFC 8693 act claims)
+    #[command(subcommand)]
+    Token(TokenCommand),
 
     // ---- online: these talk to NATS and the control plane ----
     /// Provision the NATS topology (streams, object store, KV bucket)
@@ -210,6 +213,40 @@ enum Command {
     /// Export the audit trail, verify the audit hash chain
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The gateway fleet: which version each gateway enforces per tenant, against the latest
+    #[command(
+        after_help = "Examples:\n  aegisctl gateways\n  aegisctl gateways --tenant acme --wait 30s\n  aegisctl gateways --json\n\nSTATUS is current, behind (vN < vM), no bundle, or stale (no heartbeat for 3 intervals).\nExit 0 when every gateway is current, 8 when any is behind, stale or without a bundle, or\nnone has reported (--wait polls until converged or the time is up), 6 when NATS is\nunreachable. Reads KV aegis-gateways: needs credentials that may read it (not a\ntenant operator's)."
+    )]
+    Gateways {
+        #[command(flatten)]
+        args: gateways::GatewaysArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Follow the decision log (AEGIS_DECISIONS): decisions and bundle rejections
+    #[command(
+        after_help = "Examples:\n  aegisctl tail --tenant acme --decision deny --format table\n  aegisctl tail --tenant acme --since 10m | my-siem-forwarder\n  aegisctl tail --tenant acme --from-start --limit 100 --format json\n\nStarts with new records unless --since or --from-start; JSON lines (each record exactly as\nstored) unless stdout is a terminal. --agent/--tool/--decision select decisions, leaving\nbundle_rejected records out. Runs until interrupted, or until --limit records are printed."
+    )]
+    Tail {
+        #[command(flatten)]
+        args: tail::TailArgs,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Sign an agent token with a token issuer key and print it
+    #[command(
+        after_help = "Example:\n  TOKEN=$(aegisctl token issue --tenant acme --agent finance-agent \\\n      --act user-portal --act planner --key keys/acme-idp.key.json --issuer acme-idp --ttl 1h)\n\n--act is repeated in call order, origin first, direct caller last: here planner calls\nfinance-agent and becomes the outermost act claim (RFC 8693). The key must be registered\nwith `aegisctl issuer add` under the same --issuer name for gateways to accept the token.\nPrints only the token and a newline."
+    )]
+    Issue(token::IssueArgs),
+    /// Decode a token's header and claims and show its call chain (NOT verified)
+    #[command(
+        after_help = "Example:\n  aegisctl token inspect \"$TOKEN\"\n  echo \"$TOKEN\" | aegisctl token inspect - --json\n\nNothing is verified: not the signature, issuer key, tenant, audience or expiry.\nExit 1 when the token cannot be decoded."
+    )]
+    Inspect(token::InspectArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -495,6 +532,12 @@ fn run(cli: Cli, out: &mut dyn Write) -> aegisctl::exit::CliResult {
             keys::generate(&keys::GenerateArgs { out: dir, name }, out)
         }
         Command::Diff { old, new, json } => diff::run(&diff::DiffArgs { old, new, json }, out),
+        Command::Token(TokenCommand::Issue(args)) => {
+            token::issue(&args, time::OffsetDateTime::now_utc(), out)
+        }
+        Command::Token(TokenCommand::Inspect(args)) => {
+            token::inspect(&args, time::OffsetDateTime::now_utc(), out)
+        }
         command => run_online(command, out),
     }
 }
@@ -579,13 +622,24 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
         Command::Audit(AuditCommand::Verify { args, online }) => {
             with_client(&online, args, out, audit::verify)
         }
+        Command::Gateways { args, connect } => runtime()?
+            .block_on(async { gateways::run(&connect.jetstream().await?, &args, out).await }),
+        Command::Tail { args, connect } => {
+            use std::io::IsTerminal as _;
+            let format = args.effective_format(std::io::stdout().is_terminal());
+            runtime()?.block_on(async {
+                let js = connect.jetstream().await?;
+                tail::run(&js, &args, format, out, &mut std::io::stderr()).await
+            })
+        }
         Command::Init { .. }
         | Command::Lint { .. }
         | Command::Test { .. }
         | Command::Eval { .. }
         | Command::Bundle(_)
         | Command::Keys(_)
-        | Command::Diff { .. } => Err(CliError::failure("not an online command")),
+        | Command::Diff { .. }
+        | Command::Token(_) => Err(CliError::failure("not an online command")),
     }
 }
 
@@ -707,5 +761,87 @@ mod tests {
         assert!(online.json && !args.json);
         args.set_json(online.json);
         assert!(args.json);
+    }
+
+    #[test]
+    fn token_gateways_and_tail_arguments() {
+        let Command::Token(TokenCommand::Issue(args)) = parse(&[
+            "token",
+            "issue",
+            "--tenant",
+            "acme",
+            "--agent",
+            "finance-agent",
+            "--act",
+            "user-portal",
+            "--act",
+            "planner",
+            "--key",
+            "idp.key.json",
+            "--issuer",
+            "acme-idp",
+        ]) else {
+            panic!("not token issue");
+        };
+        let chain: Vec<&str> = args.act.iter().map(AgentId::as_str).collect();
+        assert_eq!(chain, ["user-portal", "planner"]);
+        assert_eq!(args.ttl, std::time::Duration::from_secs(3600));
+        assert_eq!(args.audience, "aegis-gateway");
+
+        let Command::Gateways { args, connect } = parse(&[
+            "gateways",
+            "--tenant",
+            "acme",
+            "--wait",
+            "30s",
+            "--json",
+            "--user",
+            "u",
+            "--password",
+            "p",
+        ]) else {
+            panic!("not gateways");
+        };
+        assert_eq!(args.tenant.unwrap().as_str(), "acme");
+        assert_eq!(args.wait, Some(std::time::Duration::from_secs(30)));
+        assert!(args.json);
+        assert_eq!(connect.connect_options().user.as_deref(), Some("u"));
+
+        let Command::Tail { args, .. } = parse(&[
+            "tail",
+            "--tenant",
+            "acme",
+            "--tenant",
+            "globex",
+            "--decision",
+            "approval_needed",
+            "--since",
+            "10m",
+            "--limit",
+            "5",
+            "--format",
+            "table",
+        ]) else {
+            panic!("not tail");
+        };
+        assert_eq!(args.tenants.len(), 2);
+        assert_eq!(
+            args.decisions,
+            [aegis_core::decision::DecisionKind::ApprovalNeeded]
+        );
+        assert_eq!(args.since, Some(std::time::Duration::from_secs(600)));
+        assert_eq!(args.limit, Some(5));
+        assert_eq!(args.format, Some(tail::TailFormat::Table));
+        for bad in [
+            &["tail", "--decision", "maybe"][..],
+            &["tail", "--since", "10m", "--from-start"][..],
+            &["gateways", "--wait", "soon"][..],
+        ] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("aegisctl").chain(bad.iter().copied()))
+                    .is_err(),
+                "{bad:?} was accepted"
+            );
+        }
     }
 }

@@ -12,12 +12,14 @@ pub mod actors;
 pub mod audit;
 pub mod changes;
 mod client;
+pub mod gateways;
 pub mod issuers;
 pub mod nats;
 pub mod propose;
 pub mod publish;
 pub mod render;
 pub mod status;
+pub mod tail;
 pub mod tenant;
 
 pub use client::{
@@ -114,6 +116,49 @@ impl OnlineArgs {
             signer,
             timeout: Duration::from_secs(self.timeout),
         })
+    }
+}
+
+/// How to reach NATS, for the commands that read streams and buckets directly instead of
+/// asking the control plane (`gateways`, `tail`): the connection flags of [`OnlineArgs`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// NATS URL, or a comma-separated list of URLs
+    #[arg(long = "nats", env = "AEGIS_NATS_URL", default_value = aegis_nats::connect::DEFAULT_URL, value_name = "URL")]
+    pub nats: String,
+    /// NATS credentials file (.creds: JWT and nkey seed)
+    #[arg(long, env = "AEGIS_NATS_CREDS", value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+    /// NATS user (the user/password accounts of nats/conf/accounts.conf)
+    #[arg(long, env = "AEGIS_NATS_USER", requires = "password")]
+    pub user: Option<String>,
+    /// NATS password (prefer the environment variable)
+    #[arg(
+        long,
+        env = "AEGIS_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
+    pub password: Option<String>,
+}
+
+impl ConnectArgs {
+    /// How to reach NATS.
+    pub fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new(self.nats.clone()).name("aegisctl");
+        options.creds = self.creds.clone();
+        options.user = self.user.clone();
+        options.password = self.password.clone();
+        options
+    }
+
+    /// Connects (failing fast, exit 6, with the URL in the error) and returns a JetStream
+    /// context.
+    pub async fn jetstream(&self) -> Result<async_nats::jetstream::Context, CliError> {
+        let client = aegis_nats::connect(&self.connect_options())
+            .await
+            .map_err(|source| CliError::from(ClientError::Connect { source }))?;
+        Ok(aegis_nats::jetstream(client))
     }
 }
 
