@@ -160,6 +160,18 @@ impl LocalStore {
         }))
     }
 
+    /// The tenant's directory, created (and its entry fsynced) on first use.
+    fn ensure_tenant_dir(&self, tenant: &TenantId) -> Result<PathBuf, LocalStoreError> {
+        let dir = self.tenant_dir(tenant);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            File::open(&self.root)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.root))?;
+        }
+        Ok(dir)
+    }
+
     /// Stores a newly applied bundle: first its bytes, then the mark.
     pub fn save(
         &self,
@@ -167,16 +179,14 @@ impl LocalStore {
         bytes: &[u8],
         mark: &StoredMark,
     ) -> Result<(), LocalStoreError> {
-        let dir = self.tenant_dir(tenant);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let dir = self.ensure_tenant_dir(tenant)?;
         write_atomic(&dir, BUNDLE_FILE, bytes)?;
         self.save_mark(tenant, mark)
     }
 
     /// Stores only the mark (after a stage change, or to repair a lost mark).
     pub fn save_mark(&self, tenant: &TenantId, mark: &StoredMark) -> Result<(), LocalStoreError> {
-        let dir = self.tenant_dir(tenant);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let dir = self.ensure_tenant_dir(tenant)?;
         let file = MarkFile {
             version: mark.high_water.version,
             digest: mark.high_water.digest.clone(),

@@ -232,6 +232,9 @@ pub fn restore(slot: &TenantSlot, ctx: &BundleContext, now: OffsetDateTime) -> R
                     }
                 }
             }
+            ctx.metrics
+                .bundles_applied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(%tenant, version, %digest, source = SOURCE_LOCAL, "bundle applied");
             ctx.beat.notify_one();
             Restored::Served { version, digest }

@@ -279,7 +279,15 @@ impl Watcher {
         let received = match ReceivedEnvelope::parse(payload) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(%tenant, seq = self.last_seq, error = %e, "unreadable message on the bundle subject; ignored");
+                match unknown_type(payload) {
+                    // A newer control plane may announce event types this build does not know.
+                    Some(kind) => {
+                        tracing::info!(%tenant, seq = self.last_seq, event = %kind, "unknown event type on the bundle subject; ignored")
+                    }
+                    None => {
+                        tracing::warn!(%tenant, seq = self.last_seq, error = %e, "unreadable message on the bundle subject; ignored")
+                    }
+                }
                 return;
             }
         };
@@ -571,9 +579,36 @@ impl Watcher {
     }
 }
 
+/// The `type` of a JSON envelope whose type this build does not know.
+fn unknown_type(payload: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let kind = value.get("type")?.as_str()?;
+    let known = aegis_core::events::EventType::ALL
+        .iter()
+        .any(|t| t.as_str() == kind);
+    (!known).then(|| kind.to_owned())
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn tells_unknown_event_types_from_garbage() {
+        assert_eq!(
+            unknown_type(br#"{"type":"rollout_teleported","payload":{}}"#).as_deref(),
+            Some("rollout_teleported")
+        );
+        assert_eq!(unknown_type(br#"{"type":"bundle_published"}"#), None);
+        assert_eq!(unknown_type(b"not json"), None);
+        assert_eq!(unknown_type(b"{}"), None);
     }
 }
