@@ -265,21 +265,33 @@ impl Decider {
             .as_deref()
             .and_then(|k| KeyId::new(k).ok())
             .ok_or_else(|| refuse(TokenError::MissingKeyId))?;
-        let Some((bundle, _)) = self.registry.issuer(&kid) else {
-            // A served tenant without a bundle cannot check its tokens at all: say so.
-            if let Some(tenant) = &facts.tenant
-                && let Some(slot) = self.registry.slot(tenant)
-                && slot.active().is_none()
-            {
-                return Err(Refusal::new(
-                    503,
-                    codes::NO_BUNDLE,
-                    format!(
-                        "no verified policy bundle for tenant {tenant} yet: every call is denied until one arrives"
-                    ),
-                ));
+        // The claimed tenant's own bundle first (a key two tenants registered verifies for
+        // the one the token names); else whichever served tenant registered the key, which
+        // then refuses the token as speaking for another tenant.
+        let claimed_bundle = facts
+            .tenant
+            .as_ref()
+            .and_then(|t| self.registry.slot(t))
+            .and_then(|slot| slot.active())
+            .filter(|b| b.issuers.get(&kid).is_some());
+        let bundle = match claimed_bundle.or_else(|| self.registry.issuer(&kid).map(|(b, _)| b)) {
+            Some(bundle) => bundle,
+            None => {
+                // A served tenant without a bundle cannot check its tokens at all: say so.
+                if let Some(tenant) = &facts.tenant
+                    && let Some(slot) = self.registry.slot(tenant)
+                    && slot.active().is_none()
+                {
+                    return Err(Refusal::new(
+                        503,
+                        codes::NO_BUNDLE,
+                        format!(
+                            "no verified policy bundle for tenant {tenant} yet: every call is denied until one arrives"
+                        ),
+                    ));
+                }
+                return Err(refuse(TokenError::UnknownKey(kid.to_string())));
             }
-            return Err(refuse(TokenError::UnknownKey(kid.to_string())));
         };
         let now = unix_now();
         let identity = token::verify(
