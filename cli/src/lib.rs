@@ -16,3 +16,4 @@ pub mod online;
 pub mod output;
 pub mod test;
 pub mod token;
+pub mod up;

@@ -8,7 +8,7 @@ use aegisctl::online::{
     self, Client, CommandArgs, ConnectArgs, OnlineArgs, actors, audit, changes, gateways, issuers,
     propose, publish, status, tail, tenant,
 };
-use aegisctl::{bundle, diff, eval, init, keys, lint, test, token};
+use aegisctl::{bundle, diff, eval, init, keys, lint, test, token, up};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
@@ -118,6 +118,12 @@ enum Command {
     /// Issue and inspect agent tokens (EdDSA JWTs with the call chain as RFC 8693 act claims)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The whole stack on this machine: nats-server, control plane, one gateway, provisioned
+    /// with the three templates
+    #[command(
+        after_help = "Examples:\n  aegisctl up                       # foreground; Ctrl-C stops everything\n  aegisctl up --detach --fresh --dir /tmp/aegis-up --nats-port 14222 --gateway-port 18181\n  aegisctl up --down --dir /tmp/aegis-up\n\nFinds nats-server >= 2.10 ($AEGIS_NATS_SERVER, PATH, <repo>/tools/bin; else runs\nscripts/setup.sh) and aegis-controlplane / aegis-gateway next to aegisctl (then PATH).\nIn --dir: keys, a JetStream store, control-plane and gateway state, logs/*.log, env (shell\nexports incl. AEGIS_DEMO_TOKEN) and pids. Tenants acme (finance), stmarys (ehr) and buildco\n(cicd) are proposed by alice, approved by bob and carol and published by pat; gateway gw1\nserves them. Exit 1 when a step fails or a process dies (its log is named)."
+    )]
+    Up(up::UpArgs),
 
     // ---- online: these talk to NATS and the control plane ----
     /// Provision the NATS topology (streams, object store, KV bucket)
@@ -538,6 +544,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> aegisctl::exit::CliResult {
         Command::Token(TokenCommand::Inspect(args)) => {
             token::inspect(&args, time::OffsetDateTime::now_utc(), out)
         }
+        Command::Up(args) => up::run(&args, out),
         command => run_online(command, out),
     }
 }
@@ -639,7 +646,8 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
         | Command::Bundle(_)
         | Command::Keys(_)
         | Command::Diff { .. }
-        | Command::Token(_) => Err(CliError::failure("not an online command")),
+        | Command::Token(_)
+        | Command::Up(_) => Err(CliError::failure("not an online command")),
     }
 }
 
