@@ -50,6 +50,7 @@ pub const UNAUTHENTICATED_TENANT: &str = "_unauthenticated";
 pub mod codes {
     pub const BAD_REQUEST: &str = "bad_request";
     pub const NO_BUNDLE: &str = "no_bundle";
+    pub const BUNDLE_EXPIRED: &str = "bundle_expired";
     pub const DECISION_LOG_FULL: &str = "decision_log_full";
     pub const INTERNAL: &str = "internal_error";
 }
@@ -294,6 +295,18 @@ impl Decider {
             }
         };
         let now = unix_now();
+        if bundle.expired(now) {
+            return Err(Refusal::new(
+                503,
+                codes::BUNDLE_EXPIRED,
+                format!(
+                    "the policy bundle in force for tenant {} (version {}) expired at {}: calls are denied until a newer one arrives",
+                    bundle.tenant,
+                    bundle.version,
+                    bundle.manifest.expires_at.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
         let identity = token::verify(
             token,
             &bundle.issuers,
@@ -644,6 +657,7 @@ mod tests {
             stage: aegis_core::events::RolloutStage::Global,
             applied_at: "2026-11-26T00:00:00Z".into(),
             source: "nats",
+            expires_unix: None,
         }
     }
 
@@ -842,6 +856,24 @@ mod tests {
             r#"{"tool_id":"payments","action":"get_balance","tenant":"acme","agent_id":"finance-agent","call_chain":["planner"]}"#,
         );
         assert_eq!(ok.response.decision, DecisionKind::Allow);
+    }
+
+    #[test]
+    fn an_expired_bundle_stops_deciding() {
+        let f = fixture(true);
+        let acme = TenantId::new("acme").unwrap();
+        let slot = f.decider.registry.slot(&acme).unwrap();
+        let mut expired = finance_bundle(&f.issuer);
+        expired.expires_unix = Some(unix_now() - 1);
+        slot.install(expired);
+        let t = token(&f, "acme", "finance-agent", &["planner"], 300);
+        let out = call(&f, Some(&t), &pay(3000));
+        assert_eq!(
+            (out.status, out.response.decision),
+            (503, DecisionKind::Deny)
+        );
+        assert_eq!(out.response.reasons[0].code, "bundle_expired");
+        assert!(!f.decider.registry.ready());
     }
 
     #[test]

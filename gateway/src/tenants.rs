@@ -32,6 +32,30 @@ pub struct ActiveBundle {
     pub applied_at: String,
     /// Where it came from: `nats` or `local` (last known-good on disk at start).
     pub source: &'static str,
+    /// The manifest's `expires_at` as unix seconds. Past it, the bundle no longer decides:
+    /// calls are denied (`bundle_expired`) and the gateway is not ready.
+    pub expires_unix: Option<i64>,
+}
+
+impl ActiveBundle {
+    /// Whether the bundle has expired at unix time `now`.
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_unix.is_some_and(|e| now >= e)
+    }
+}
+
+/// `expires_at` (RFC 3339) as unix seconds; an unparseable time counts as already expired.
+pub fn expiry_unix(expires_at: Option<&str>) -> Option<i64> {
+    expires_at.map(|t| {
+        aegis_core::events::envelope::parse_time(t)
+            .map(|t| t.unix_timestamp())
+            .unwrap_or(i64::MIN)
+    })
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// A bundle this gateway refused, as reported in `/v1/status` and the heartbeat.
@@ -124,9 +148,14 @@ impl Registry {
         self.slots.keys().any(|t| t.as_str() == tenant)
     }
 
-    /// Ready when every configured tenant has a verified bundle.
+    /// Ready when every configured tenant has a verified, unexpired bundle.
     pub fn ready(&self) -> bool {
-        !self.slots.is_empty() && self.slots.values().all(|s| s.active().is_some())
+        let now = unix_now();
+        !self.slots.is_empty()
+            && self
+                .slots
+                .values()
+                .all(|s| s.active().is_some_and(|a| !a.expired(now)))
     }
 
     /// The issuer key `kid` as registered by whichever served tenant's active bundle holds it.

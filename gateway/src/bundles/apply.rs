@@ -207,12 +207,13 @@ pub fn prepare(
         tenant: tenant.clone(),
         version,
         digest: verified.digest,
-        manifest: verified.manifest,
         evaluator,
         issuers,
         stage: RolloutStage::Global,
         applied_at: format_time(now).unwrap_or_else(|_| now.to_string()),
         source: SOURCE_NATS,
+        expires_unix: crate::tenants::expiry_unix(verified.manifest.expires_at.as_deref()),
+        manifest: verified.manifest,
     })
 }
 

@@ -269,5 +269,6 @@ pub fn with_stage(active: &ActiveBundle, stage: RolloutStage) -> ActiveBundle {
         stage,
         applied_at: active.applied_at.clone(),
         source: active.source,
+        expires_unix: active.expires_unix,
     }
 }
