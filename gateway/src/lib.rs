@@ -7,5 +7,6 @@ pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod shipper;
 pub mod telemetry;
 pub mod tenants;
