@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Aegis demo (the README's main command): lint and test the shipped policy templates, evaluate
-# example calls against each template, then generate a signing key, build, verify and inspect a
-# signed bundle per tenant; then run the control plane against a local nats-server and take a
-# change through propose -> checks -> four-eyes approval -> publish -> rollback -> freeze, and
-# export and verify the audit trail. Everything it writes goes to a temp dir that is removed at the end
-# (set AEGIS_DEMO_KEEP=1 to keep it).
+# Aegis demo (the README's main command). First the whole stack on this machine: `aegisctl up`
+# starts nats-server, the control plane and a gateway, has the three templates proposed, approved
+# and published, and the finance story is played against the gateway's HTTP API with curl (deny,
+# allow, approval_needed, a tampered token refused), then read back from the decision log with
+# `aegisctl tail`. Then, offline: lint and test the shipped policy templates, evaluate example
+# calls against each template, generate a signing key, build, verify and inspect a signed bundle
+# per tenant. Then the control plane against a local nats-server of its own: a change through
+# propose -> checks -> four-eyes approval -> publish -> rollback -> freeze, and the audit trail
+# exported and verified. Everything it writes goes to a temp dir that is removed at the end (set
+# AEGIS_DEMO_KEEP=1 to keep it).
 #
-# `aegisctl eval` exits 0 for allow/sanitize, 3 for deny and 4 for approval_needed; each example
-# below states the decision it expects and the script fails if a different one comes back.
+# Each step states the outcome it expects and the script fails loudly if a different one comes
+# back: HTTP status and decision for the gateway calls; exit codes for `aegisctl eval` (0
+# allow/sanitize, 3 deny, 4 approval_needed) and for the control-plane commands.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +45,11 @@ run() {
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/aegis-demo.XXXXXX")"
 PIDS=()
+UP_DIR="" # set while a stack started by `aegisctl up --detach` may be running
 cleanup() {
+    if [ -n "$UP_DIR" ] && [ -n "${AEGISCTL:-}" ]; then
+        "$AEGISCTL" up --down --dir "$UP_DIR" >/dev/null 2>&1 || true
+    fi
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
@@ -59,7 +68,7 @@ section setup
 source "$ROOT/scripts/setup.sh"
 
 section build
-run cargo build --release -p aegisctl -p aegis-controlplane
+run cargo build --release -p aegisctl -p aegis-controlplane -p aegis-gateway
 AEGISCTL="$CARGO_TARGET_DIR/release/aegisctl"
 CONTROLPLANE="$CARGO_TARGET_DIR/release/aegis-controlplane"
 if [ ! -x "$AEGISCTL" ]; then
@@ -67,6 +76,88 @@ if [ ! -x "$AEGISCTL" ]; then
     exit 1
 fi
 aegisctl() { "$AEGISCTL" "$@"; }
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# ---------------------------------------------------------------------------------------------
+# The whole stack on this machine. `aegisctl up` finds nats-server and the aegis-controlplane and
+# aegis-gateway binaries next to aegisctl, generates keys, starts the three processes, registers
+# the operators (alice proposes, bob and carol approve, pat publishes) and a token issuer per
+# tenant, takes each template through propose -> checks -> two approvals -> publish, starts
+# gateway gw1 for acme, stmarys and buildco and waits until it has a verified bundle for each.
+# --detach leaves the processes running; `aegisctl up --down` stops them.
+section "aegisctl up: nats-server, control plane and a gateway, provisioned with the templates"
+UP_DIR="$WORK/up"
+UP_NATS_PORT="$(free_port)"
+UP_GATEWAY_PORT="$(free_port)"
+while [ "$UP_GATEWAY_PORT" = "$UP_NATS_PORT" ]; do UP_GATEWAY_PORT="$(free_port)"; done
+run aegisctl up --detach --fresh --dir "$UP_DIR" \
+    --nats-port "$UP_NATS_PORT" --gateway-port "$UP_GATEWAY_PORT" --no-walkthrough
+show . "$UP_DIR/env"
+# shellcheck source=/dev/null
+. "$UP_DIR/env" # AEGIS_GATEWAY_URL, AEGIS_NATS_URL, AEGIS_DEMO_TOKEN (finance-agent called by planner), key paths
+
+# decide_expect STATUS DECISION REASON DESCRIPTION TOKEN_VAR AMOUNT: POST the finance call for
+# AMOUNT to the gateway with the token in variable TOKEN_VAR; the HTTP status, the decision and
+# the first reason code must match (REASON - means any), else the demo stops.
+decide_expect() {
+    local want_status="$1" want_decision="$2" want_reason="$3" description="$4" token_var="$5" amount="$6"
+    local body response status got decision reason approval
+    body="{\"tool_id\":\"payments\",\"action\":\"create_payment\",\"params\":{\"amount\":$amount,\"currency\":\"USD\",\"account_number\":\"DE89370400440532013000\"}}"
+    printf '\n-- %s (expect HTTP %s %s%s)\n' "$description" "$want_status" "$want_decision" \
+        "$([ "$want_reason" = - ] || printf ' %s' "$want_reason")"
+    printf '$ curl -s "$AEGIS_GATEWAY_URL/v1/decide" -H "Authorization: Bearer $%s" \\\n    -H %s -d %s\n' \
+        "$token_var" "'Content-Type: application/json'" "'$body'"
+    if ! response="$(curl -sS -w '\n%{http_code}' "$AEGIS_GATEWAY_URL/v1/decide" \
+        -H "Authorization: Bearer ${!token_var}" -H 'Content-Type: application/json' -d "$body")"; then
+        echo "   => curl could not reach the gateway at $AEGIS_GATEWAY_URL (log: $UP_DIR/logs/gateway.log)" >&2
+        exit 1
+    fi
+    status="${response##*$'\n'}"
+    response="${response%$'\n'*}"
+    printf '%s\n' "$response"
+    got="$(printf '%s' "$response" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+reasons = r.get("reasons") or [{}]
+print(r.get("decision"), reasons[0].get("code", "-"), (r.get("approval") or {}).get("id") or "")')" || got="unreadable - "
+    read -r decision reason approval <<<"$got"
+    if [ "$status" != "$want_status" ] || [ "$decision" != "$want_decision" ] ||
+        { [ "$want_reason" != - ] && [ "$reason" != "$want_reason" ]; }; then
+        echo "   => HTTP $status $decision ($reason), expected HTTP $want_status $want_decision ($want_reason)" >&2
+        exit 1
+    fi
+    printf '   => HTTP %s %s (%s)%s, as expected\n' "$status" "$decision" "$reason" \
+        "${approval:+, approval id $approval}"
+}
+
+section "the finance story at the gateway: the planner drives finance-agent (tenant acme)"
+decide_expect 200 deny amount_over_limit "pay 50,000 USD: over the hard limit" AEGIS_DEMO_TOKEN 50000
+decide_expect 200 allow - "pay 3,000 USD: within the limit" AEGIS_DEMO_TOKEN 3000
+decide_expect 200 approval_needed amount_requires_approval \
+    "pay 6,000 USD: a treasury approver must say yes" AEGIS_DEMO_TOKEN 6000
+# The same token with its claims edited (direct caller planner -> treasury-ui), signature kept.
+TAMPERED="$(python3 - "$AEGIS_DEMO_TOKEN" <<'PY'
+import base64, json, sys
+header, claims, signature = sys.argv[1].split(".")
+data = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+data["act"] = {"sub": "treasury-ui"}
+claims = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).rstrip(b"=").decode()
+print(f"{header}.{claims}.{signature}")
+PY
+)"
+decide_expect 401 deny token_bad_signature \
+    "the token with its caller edited to treasury-ui: the signature no longer matches" TAMPERED 3000
+
+section "every decision is an event: aegisctl tail reads them back from NATS"
+run aegisctl tail --tenant acme --from-start --limit 4 --format table
+run aegisctl up --down --dir "$UP_DIR"
+UP_DIR=""
+unset AEGIS_UP_DIR AEGIS_NATS_URL AEGIS_GATEWAY_URL AEGIS_DEMO_TOKEN AEGIS_TENANT AEGIS_KEYS_DIR \
+    AEGIS_ROOT_KEY AEGIS_CONTROL_PLANE_PUB AEGIS_ISSUER_KEY TAMPERED
 
 # ---------------------------------------------------------------------------------------------
 section lint
@@ -191,7 +282,7 @@ fi
 # The control plane: every edit, approval and publish is a signed event on NATS JetStream; the
 # control plane folds them into RocksDB and is the only one that signs bundles.
 section "control plane: start nats-server and aegis-controlplane"
-NATS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+NATS_PORT="$(free_port)"
 mkdir -p "$WORK/nats"
 cat >"$WORK/nats/nats.conf" <<CONF
 listen: 127.0.0.1:$NATS_PORT

@@ -359,7 +359,7 @@ fn bring_up(
     let mut setup_log = SetupLog::open(layout)?;
     for (tenant, template) in TENANTS {
         let tenant = TenantId::new(tenant)?;
-        rt.block_on(provision(
+        let provisioned = rt.block_on(provision(
             layout,
             &nats_url,
             &tenant,
@@ -368,7 +368,13 @@ fn bring_up(
             stop,
             &mut setup_log,
             out,
-        ))?;
+        ));
+        if let Err(e) = provisioned {
+            // A control plane that died mid-step is the story, not the query that failed.
+            check_alive(stack, "controlplane")?;
+            check_alive(stack, "nats-server")?;
+            return Err(e);
+        }
     }
 
     // gateway
