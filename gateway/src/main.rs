@@ -122,15 +122,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let first = tenants.first().context("no --tenant given")?;
     if aegis_nats::topology::decisions_subject(first, &args.id).is_err() {
-        bail!("--id {:?} cannot be a NATS subject token (letters, digits, - and _ only)", args.id);
+        bail!(
+            "--id {:?} cannot be a NATS subject token (letters, digits, - and _ only)",
+            args.id
+        );
     }
-    let mut nats = aegis_nats::ConnectOptions::new(args.nats.clone()).name(format!("aegis-gateway {}", args.id));
+    let mut nats = aegis_nats::ConnectOptions::new(args.nats.clone())
+        .name(format!("aegis-gateway {}", args.id));
     nats.creds = args.creds.clone();
     nats.user = args.user.clone();
     nats.password = args.password.clone();
     nats.retry_on_initial_connect = true;
 
-    let mut config = GatewayConfig::new(args.id.clone(), tenants, args.data.clone(), args.trust.clone());
+    let mut config = GatewayConfig::new(
+        args.id.clone(),
+        tenants,
+        args.data.clone(),
+        args.trust.clone(),
+    );
     config.site = args.site.clone();
     config.listen = args.listen;
     config.audience = args.audience.clone();
