@@ -5,6 +5,7 @@ pub mod flow;
 pub mod gateway;
 pub mod nats_cluster;
 pub mod nats_server;
+pub mod stack;
 pub mod workload;
 
 pub use nats_cluster::NatsCluster;
