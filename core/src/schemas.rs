@@ -12,6 +12,10 @@ pub const DECISION: &str = include_str!("../../schemas/decision.schema.json");
 /// `schemas/decide-input.schema.json`.
 pub const DECIDE_INPUT: &str = include_str!("../../schemas/decide-input.schema.json");
 
+/// `schemas/decide-request.schema.json`.
+pub const DECIDE_REQUEST: &str = include_str!("../../schemas/decide-request.schema.json");
+/// `schemas/decide-response.schema.json`.
+pub const DECIDE_RESPONSE: &str = include_str!("../../schemas/decide-response.schema.json");
 /// `schemas/decision-event.schema.json`.
 pub const DECISION_EVENT: &str = include_str!("../../schemas/decision-event.schema.json");
 /// `schemas/bundle-rejected-event.schema.json`.
@@ -47,6 +51,18 @@ pub fn decide_input_validator() -> Option<&'static jsonschema::Validator> {
     V.get_or_init(|| compile(DECIDE_INPUT)).as_ref()
 }
 
+/// The compiled decide-request schema (the body of a gateway's `POST /v1/decide`).
+pub fn decide_request_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(DECIDE_REQUEST)).as_ref()
+}
+
+/// The compiled decide-response schema (a gateway's answer).
+pub fn decide_response_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(DECIDE_RESPONSE)).as_ref()
+}
+
 /// The compiled decision-event schema.
 pub fn decision_event_validator() -> Option<&'static jsonschema::Validator> {
     static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
@@ -70,6 +86,8 @@ mod tests {
         assert!(decision_validator().is_some());
         assert!(decide_input_validator().is_some());
         assert!(decision_event_validator().is_some());
+        assert!(decide_request_validator().is_some());
+        assert!(decide_response_validator().is_some());
         assert!(bundle_rejected_validator().is_some());
     }
 }

@@ -226,6 +226,7 @@ impl Decider {
             body.map_err(|e| Refusal::new(400, codes::BAD_REQUEST, format!("request body: {e}")))?;
         let request: DecideRequest = serde_json::from_slice(body)
             .map_err(|e| Refusal::new(400, codes::BAD_REQUEST, format!("request body: {e}")))?;
+        check_request(&request)?;
         facts.request = Some(request.clone());
         check_claims(&request, &identity)?;
 
@@ -511,6 +512,28 @@ impl Decider {
     }
 }
 
+/// What serde's types do not check: the `action` id pattern and the `request_id` length
+/// (`schemas/decide-request.schema.json`).
+fn check_request(request: &DecideRequest) -> Result<(), Refusal> {
+    if let Err(e) = ToolId::new(request.action.clone()) {
+        return Err(Refusal::new(
+            400,
+            codes::BAD_REQUEST,
+            format!("request body: action: {}", e.why),
+        ));
+    }
+    if let Some(id) = &request.request_id
+        && (id.is_empty() || id.chars().count() > 256)
+    {
+        return Err(Refusal::new(
+            400,
+            codes::BAD_REQUEST,
+            "request body: request_id must be 1 to 256 characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Whatever the body says about identity must be what the token proved.
 fn check_claims(request: &DecideRequest, identity: &Identity) -> Result<(), Refusal> {
     let mismatch = |field: &'static str, claimed: String, token: String| {
@@ -720,7 +743,16 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ));
         let header = auth.map(|t| format!("Bearer {t}"));
-        f.decider.decide(
+        // What the gateway accepts is what the request schema describes.
+        if let Ok(value) = serde_json::from_str::<Value>(body) {
+            let schema_ok = aegis_core::schemas::decide_request_validator()
+                .unwrap()
+                .is_valid(&value);
+            let parses = serde_json::from_value::<DecideRequest>(value)
+                .is_ok_and(|r| check_request(&r).is_ok());
+            assert_eq!(schema_ok, parses, "schema and parser disagree on {body}");
+        }
+        let out = f.decider.decide(
             CallMeta {
                 authorization: header.as_deref(),
                 trace: &trace,
@@ -728,7 +760,12 @@ mod tests {
                 received_at: SystemTime::now(),
             },
             Ok(body.as_bytes()),
-        )
+        );
+        let answer = serde_json::to_value(&out.response).unwrap();
+        let v = aegis_core::schemas::decide_response_validator().unwrap();
+        let errors: Vec<String> = v.iter_errors(&answer).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{answer}: {errors:?}");
+        out
     }
 
     fn pay(amount: u64) -> String {
@@ -883,6 +920,7 @@ mod tests {
         for body in [
             "",
             "{",
+            r#"{"tool_id":"payments","action":"create payment"}"#,
             r#"{"tool_id":"payments"}"#,
             r#"{"tool_id":"payments","action":"x","extra":1}"#,
         ] {
