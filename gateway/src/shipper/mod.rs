@@ -26,7 +26,10 @@
 //!   pipelining, each event with its original `Nats-Msg-Id`; the persisted cursor advances only
 //!   over acknowledged events and acknowledged segments are deleted. A failure during the drain
 //!   stops it, waits for the outstanding acks, rewinds to the cursor and retries after a backoff
-//!   (100 ms doubling to 5 s; the first retry sends one event, the window opens on success).
+//!   (100 ms doubling to 5 s). The drain's window of unacknowledged publishes starts at one,
+//!   grows by one with every ack (so it doubles every round trip) up to `max_in_flight`, and
+//!   halves on a failure: a server that is up but slow gets as much as it acknowledges within
+//!   `ack_timeout`, instead of a full window of publishes that time out and are resent.
 //!   While the spool holds anything, new events are appended behind it: order is kept, and
 //!   there is one path to reason about. When the spool is empty again the task returns to
 //!   Direct mode.
@@ -526,7 +529,7 @@ type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, Failure>> + Send
 struct Drain {
     /// A spooled publish failed: no more until the outstanding ones are in, then rewind.
     failed: bool,
-    /// Publishes allowed in flight (1 after a failure, until one succeeds).
+    /// Publishes allowed in flight: +1 per ack up to `max_in_flight`, halved on a failure.
     window: usize,
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -774,7 +777,7 @@ impl Worker {
                     Ok(_) => {
                         self.ack_spooled(end);
                         Shared::add(&self.shared.shipped);
-                        self.drain.window = self.config.max_in_flight;
+                        self.drain.window = (self.drain.window + 1).min(self.config.max_in_flight);
                         self.drain.backoff = MIN_BACKOFF;
                         self.drain.consecutive_failures = 0;
                     }
@@ -790,6 +793,7 @@ impl Worker {
                         Shared::add(&self.shared.failed);
                         if !self.drain.failed {
                             self.drain.failed = true;
+                            self.drain.window = (self.drain.window / 2).max(1);
                             self.drain.consecutive_failures += 1;
                             let n = self.drain.consecutive_failures;
                             if n == 1 || n.is_multiple_of(100) {
@@ -813,7 +817,6 @@ impl Worker {
         if self.drain.failed && self.spool_in_flight == 0 {
             self.spool.rewind();
             self.drain.failed = false;
-            self.drain.window = 1;
             self.drain.retry_at = Some(Instant::now() + self.drain.backoff);
             self.drain.backoff = (self.drain.backoff * 2).min(MAX_BACKOFF);
         }
