@@ -460,10 +460,14 @@ impl Reactor {
         let last = aegis_nats::last_message(&self.js, BUNDLES_STREAM, &subject)
             .await
             .map_err(nats_err)?;
+        // Only an announcement this control plane's key signed counts: a forged high version
+        // on the subject must not silence every real announcement after it.
+        let own_key = self.config.fold.signing_key.verifying_key();
         let last_version = last
             .as_ref()
-            .and_then(|m| serde_json::from_slice::<Envelope>(&m.payload).ok())
-            .and_then(|e| match e.event {
+            .and_then(|m| aegis_core::events::ReceivedEnvelope::parse(&m.payload).ok())
+            .filter(|r| r.verify(own_key).is_ok())
+            .and_then(|r| match r.envelope.event {
                 Event::BundlePublished(b) => Some(b.version),
                 _ => None,
             })

@@ -268,7 +268,15 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         w.abort();
     }
     heartbeat.abort();
-    forwarder.abort();
+    // The watchers and `ctx` hold the only senders of refusal records: once they are gone the
+    // forwarder hands over what is queued and ends, before the shipper flushes.
+    drop(ctx);
+    for w in watchers {
+        let _ = w.await;
+    }
+    if tokio::time::timeout(Duration::from_secs(1), forwarder).await.is_err() {
+        tracing::warn!("bundle_rejected records still queued at shutdown were not recorded");
+    }
     shipper.shutdown(SHUTDOWN_FLUSH).await;
     if let Some(exporter) = exporter
         && let Err(e) = exporter.shutdown(Duration::from_secs(3)).await

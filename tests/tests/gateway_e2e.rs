@@ -468,3 +468,23 @@ fn a_bundle_that_expires_in_force_stops_deciding_until_a_newer_one_arrives() {
     );
     assert_eq!(answer["policy_version"], 3);
 }
+
+/// A forged announcement of a high version (signed by a key nobody trusts) is refused by the
+/// gateways — and must not make the control plane believe that version is already announced:
+/// the next real publish still reaches every gateway.
+#[test]
+fn a_forged_high_announcement_does_not_silence_the_next_real_one() {
+    let mut stack = Stack::start();
+    let gw = stack.gateway("gw-f1");
+    let in_force = stack.current();
+    let rogue = Keypair::generate().unwrap();
+    let bytes = stack.bundle_bytes(&in_force.digest);
+    let digest = stack.announce_bundle(ACME, 99, &bytes, &rogue);
+    wait_until(WAIT, "the forged announcement to be refused", || {
+        tenant_status(&gw, ACME)["rejected"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["digest"] == digest.as_str()))
+    });
+    let v2 = stack.publish_change(&finance_with_approval_limit(ACME, 5_500));
+    gw.wait_version(ACME, v2, WAIT).unwrap();
+}
