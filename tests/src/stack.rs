@@ -75,6 +75,8 @@ pub struct Stack {
     /// The control plane's public key file: what gateways trust (`--trust`).
     pub trust_file: PathBuf,
     pub tenants: BTreeMap<String, TenantSetup>,
+    /// Whether the server runs `accounts.conf` (gateways then log in as `gateway-<id>`).
+    pub accounts: bool,
     _dir: TempDir,
     /// Last: the NATS client's tasks run here until everything above is gone.
     pub rt: tokio::runtime::Runtime,
@@ -143,33 +145,69 @@ pub fn code(answer: &Value) -> &str {
     answer["reasons"][0]["code"].as_str().unwrap_or_default()
 }
 
+fn aegis_tests_options_with_accounts() -> crate::NatsServerOptions {
+    crate::NatsServerOptions::default().with_config(aegis_nats::conf::ACCOUNTS_CONF)
+}
+
 impl Stack {
     /// Starts nats-server and the control plane, registers the operators and a token issuer
     /// for `acme`, and publishes the finance template as version 1 (announced).
     pub fn start() -> Stack {
+        Self::start_inner(false)
+    }
+
+    /// [`Stack::start`] on a nats-server running the shipped `nats/conf/accounts.conf`: the
+    /// control plane connects as user `controlplane`, gateways as `gateway-<id>` (only
+    /// `gw1` exists in the file), each limited by the permissions written there.
+    pub fn start_with_accounts() -> Stack {
+        Self::start_inner(true)
+    }
+
+    /// The test password of a user of `accounts.conf`.
+    pub fn password(user: &str) -> String {
+        format!("test-password-of-{user}")
+    }
+
+    fn start_inner(accounts: bool) -> Stack {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let server = NatsServer::start().unwrap();
+        let server = if accounts {
+            let mut options = aegis_tests_options_with_accounts();
+            for (user, var) in aegis_nats::conf::PASSWORD_ENV_VARS {
+                options = options.with_env(var, Self::password(user));
+            }
+            NatsServer::start_with(options).unwrap()
+        } else {
+            NatsServer::start().unwrap()
+        };
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys::generate().unwrap();
         let trust_file = dir.path().join("control-plane.pub.json");
         keys.control_plane.public_key().write(&trust_file).unwrap();
         let js = rt.block_on(async {
-            let client = async_nats::ConnectOptions::new()
-                .retry_on_initial_connect()
-                .connect(server.url())
-                .await
-                .unwrap();
+            let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+            if accounts {
+                options = options
+                    .user_and_password("controlplane".into(), Self::password("controlplane"))
+                    .custom_inbox_prefix("_INBOX.controlplane");
+            }
+            let client = options.connect(server.url()).await.unwrap();
             let js = jetstream::new(client);
             aegis_nats::provision(&js, &aegis_nats::Topology::single())
                 .await
                 .unwrap();
             js
         });
-        let cp = ControlPlane::start(&server.url(), &keys, &[]).unwrap();
+        let cp_password = Self::password("controlplane");
+        let cp_args: Vec<&str> = if accounts {
+            vec!["--user", "controlplane", "--password", &cp_password]
+        } else {
+            Vec::new()
+        };
+        let cp = ControlPlane::start(&server.url(), &keys, &cp_args).unwrap();
         let mut stack = Stack {
             cp,
             js,
@@ -177,6 +215,7 @@ impl Stack {
             keys,
             trust_file,
             tenants: BTreeMap::new(),
+            accounts,
             _dir: dir,
             rt,
         };
@@ -263,7 +302,12 @@ impl Stack {
 
     /// Options for a gateway of `acme` trusting the control plane's key.
     pub fn gateway_options(&self, id: &str) -> GatewayOptions {
-        GatewayOptions::new(id, &[ACME], &self.trust_file, &self.server.url())
+        let mut options = GatewayOptions::new(id, &[ACME], &self.trust_file, &self.server.url());
+        if self.accounts {
+            let user = format!("gateway-{id}");
+            options.user = Some((user.clone(), Self::password(&user)));
+        }
+        options
     }
 
     /// A gateway of `acme` with a fresh data directory, waited for until it is ready and
