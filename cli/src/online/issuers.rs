@@ -3,14 +3,14 @@
 //! `trust.json`, and publishes a new version (same policies, new trust data) as soon as a key
 //! is registered or revoked once the tenant has a published version.
 
+use super::publish::{newest_version, wait_announced, write_outcome};
 use super::render::Table;
-use super::{Client, Poll, outcome_exit, outcome_line};
+use super::{Client, outcome_exit, outcome_line};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
 use aegis_core::events::{Event, TokenIssuerRegistered, TokenIssuerRevoked};
 use aegis_core::keys::{KeyId, PublicKey};
-use aegis_core::query::{EventRecord, IssuerView, VersionView};
-use serde::Serialize;
+use aegis_core::query::{IssuerView, VersionView};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -50,15 +50,6 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-/// What [`add`] and [`revoke`] print with `--json`: the event's outcome and, when the tenant
-/// has a published version, the new version that carries the trust data.
-#[derive(Debug, Serialize)]
-struct Report<'a> {
-    event: &'a EventRecord,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<&'a VersionView>,
-}
-
 /// `token_issuer_registered` with the key read from `--public-key`.
 pub async fn add(client: &Client, args: &AddArgs, out: &mut dyn Write) -> CliResult {
     let key = PublicKey::load(&args.public_key).map_err(|e| CliError::invalid(e.to_string()))?;
@@ -95,32 +86,16 @@ async fn submit_trust_change(
     json: bool,
     out: &mut dyn Write,
 ) -> CliResult {
-    let above = client
-        .history()
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0);
+    let above = newest_version(client).await?;
     let record = client.publish_event(event).await?;
     let exit = outcome_exit(&record.outcome);
     if exit != Exit::Ok || above == 0 {
-        if json {
-            write_json(
+        write_outcome(&record, json, out)?;
+        if exit == Exit::Ok && !json {
+            writeln!(
                 out,
-                &Report {
-                    event: &record,
-                    version: None,
-                },
+                "no version is published yet: the first publish carries the trust data"
             )?;
-        } else {
-            writeln!(out, "{}", outcome_line(&record.outcome))?;
-            if exit == Exit::Ok {
-                writeln!(
-                    out,
-                    "no version is published yet: the first publish carries the trust data"
-                )?;
-            }
         }
         return Ok(exit);
     }
@@ -132,41 +107,19 @@ async fn submit_trust_change(
         )?;
         out.flush()?;
     }
-    let time = record.time.clone();
-    let version = client
-        .poll(
-            format!(
-                "{} was accepted, but announcing the version with the new trust data",
-                record.id
-            ),
-            || {
-                let time = time.clone();
-                async move {
-                    let history = client.history().await?;
-                    Ok(match trust_version(&history, above, time.as_deref()) {
-                        Some(v) if v.announced => Poll::Ready(v.clone()),
-                        Some(v) => Poll::Pending(Some(format!(
-                            "version {} is built but not announced yet",
-                            v.version
-                        ))),
-                        None => Poll::Pending(Some("no new version in the history yet".into())),
-                    })
-                }
-            },
-        )
-        .await?;
-    if json {
-        write_json(
-            out,
-            &Report {
-                event: &record,
-                version: Some(&version),
-            },
-        )?;
-    } else {
-        super::publish::write_version(&version, out)?;
-    }
-    Ok(Exit::Ok)
+    let time = record.time.as_deref();
+    wait_announced(
+        client,
+        &record,
+        format!(
+            "{} was accepted, but announcing the version with the new trust data",
+            record.id
+        ),
+        |history| trust_version(history, above, time),
+        json,
+        out,
+    )
+    .await
 }
 
 /// The version a trust change published: above `above`, neither a change nor a rollback, and

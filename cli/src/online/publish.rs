@@ -2,7 +2,7 @@
 //! that.
 
 use super::{Client, Poll, outcome_exit, outcome_line, submit};
-use crate::exit::{CliResult, Exit};
+use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
 use aegis_core::events::{
     ChangePublished, Event, RollbackRequested, RolloutStage, TenantFrozen, TenantUnfrozen,
@@ -62,7 +62,8 @@ pub struct RollbackArgs {
     pub json: bool,
 }
 
-/// What [`publish`] and [`rollback`] print with `--json`.
+/// What [`publish`], [`rollback`] and `aegisctl issuer add|revoke` print with `--json`: the
+/// event's outcome and, once announced, the new version.
 #[derive(Debug, Serialize)]
 struct Report<'a> {
     event: &'a EventRecord,
@@ -108,27 +109,11 @@ async fn publish_and_wait(
     json: bool,
     out: &mut dyn Write,
 ) -> CliResult {
-    let above = client
-        .history()
-        .await?
-        .iter()
-        .map(|v| v.version)
-        .max()
-        .unwrap_or(0);
+    let above = newest_version(client).await?;
     let record = client.publish_event(event).await?;
     let exit = outcome_exit(&record.outcome);
     if exit != Exit::Ok {
-        if json {
-            write_json(
-                out,
-                &Report {
-                    event: &record,
-                    version: None,
-                },
-            )?;
-        } else {
-            writeln!(out, "{}", outcome_line(&record.outcome))?;
-        }
+        write_outcome(&record, json, out)?;
         return Ok(exit);
     }
     if !json {
@@ -136,10 +121,68 @@ async fn publish_and_wait(
         writeln!(out, "waiting for the bundle to be built and announced ...")?;
         out.flush()?;
     }
+    wait_announced(
+        client,
+        &record,
+        what,
+        |history| find_version(history, target, above),
+        json,
+        out,
+    )
+    .await
+}
+
+/// The newest version in the tenant's history, 0 before the first: what a publish's new version
+/// is looked for above.
+pub(super) async fn newest_version(client: &Client) -> Result<u64, CliError> {
+    Ok(client
+        .history()
+        .await?
+        .iter()
+        .map(|v| v.version)
+        .max()
+        .unwrap_or(0))
+}
+
+/// Prints an event's outcome without a version: the JSON report, or the outcome line.
+pub(super) fn write_outcome(
+    record: &EventRecord,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    if json {
+        write_json(
+            out,
+            &Report {
+                event: record,
+                version: None,
+            },
+        )?;
+    } else {
+        writeln!(out, "{}", outcome_line(&record.outcome))?;
+    }
+    Ok(())
+}
+
+/// Polls the history until `find` picks out a version that is announced (`what` names it in
+/// the timeout message), then prints it: with `--json` the report with `record`, else
+/// [`write_version`].
+pub(super) async fn wait_announced<F>(
+    client: &Client,
+    record: &EventRecord,
+    what: String,
+    find: F,
+    json: bool,
+    out: &mut dyn Write,
+) -> CliResult
+where
+    F: Fn(&[VersionView]) -> Option<&VersionView>,
+{
+    let find = &find;
     let version = client
         .poll(what, || async move {
             let history = client.history().await?;
-            Ok(match find_version(&history, target, above) {
+            Ok(match find(&history) {
                 Some(v) if v.announced => Poll::Ready(v.clone()),
                 Some(v) => Poll::Pending(Some(format!(
                     "version {} is built but not announced yet",
@@ -153,7 +196,7 @@ async fn publish_and_wait(
         write_json(
             out,
             &Report {
-                event: &record,
+                event: record,
                 version: Some(&version),
             },
         )?;
