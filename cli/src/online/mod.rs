@@ -37,90 +37,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The options every online command takes (flags, or the environment).
-#[derive(clap::Args, Debug, Clone)]
-pub struct OnlineArgs {
-    /// NATS URL, or a comma-separated list of URLs
-    #[arg(long = "nats", env = "AEGIS_NATS_URL", default_value = aegis_nats::connect::DEFAULT_URL, value_name = "URL")]
-    pub nats: String,
-    /// NATS credentials file (.creds: JWT and nkey seed)
-    #[arg(long, env = "AEGIS_NATS_CREDS", value_name = "FILE")]
-    pub creds: Option<PathBuf>,
-    /// NATS user (the user/password accounts of nats/conf/accounts.conf)
-    #[arg(long, env = "AEGIS_NATS_USER", requires = "password")]
-    pub user: Option<String>,
-    /// NATS password (prefer the environment variable)
-    #[arg(
-        long,
-        env = "AEGIS_NATS_PASSWORD",
-        hide_env_values = true,
-        requires = "user"
-    )]
-    pub password: Option<String>,
-    /// Tenant to act on
-    #[arg(long, env = "AEGIS_TENANT")]
-    pub tenant: Option<TenantId>,
-    /// Actor who signs the events (must be registered with the key)
-    #[arg(long, env = "AEGIS_ACTOR", value_name = "ID")]
-    pub actor: Option<ActorId>,
-    /// The actor's signing key file (*.key.json from `aegisctl keys generate`)
-    #[arg(long, env = "AEGIS_KEY", value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// Seconds to wait for the control plane (outcomes, checks, bundle announcements)
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    pub timeout: u64,
-    /// Print machine-readable JSON instead of text
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl OnlineArgs {
-    /// How to reach NATS.
-    pub fn connect_options(&self) -> ConnectOptions {
-        let mut options = ConnectOptions::new(self.nats.clone()).name("aegisctl");
-        options.creds = self.creds.clone();
-        options.user = self.user.clone();
-        options.password = self.password.clone();
-        options
-    }
-
-    /// The tenant, or an exit-2 error saying how to give it.
-    pub fn tenant(&self) -> Result<TenantId, CliError> {
-        self.tenant
-            .clone()
-            .ok_or_else(|| CliError::invalid("no tenant: give --tenant T or set AEGIS_TENANT"))
-    }
-
-    /// Everything [`Client::connect`] needs.
-    pub fn client_options(&self) -> Result<ClientOptions, CliError> {
-        let signer = match (&self.actor, &self.key) {
-            (Some(actor), Some(key)) => Some(SignerSource {
-                actor: actor.clone(),
-                key_file: key.clone(),
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(CliError::invalid(
-                    "--actor is given but no --key (or AEGIS_KEY): the actor's signing key is needed",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(CliError::invalid(
-                    "--key is given but no --actor (or AEGIS_ACTOR): say whose key it is",
-                ));
-            }
-        };
-        Ok(ClientOptions {
-            connect: self.connect_options(),
-            tenant: self.tenant()?,
-            signer,
-            timeout: Duration::from_secs(self.timeout),
-        })
-    }
-}
-
-/// How to reach NATS, for the commands that read streams and buckets directly instead of
-/// asking the control plane (`gateways`, `tail`): the connection flags of [`OnlineArgs`].
+/// How to reach NATS: the connection flags every online command takes (flags, or the
+/// environment). Alone, for the commands that read streams and buckets directly instead of
+/// asking the control plane (`gateways`, `tail`); flattened into [`OnlineArgs`] for the rest.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
     /// NATS URL, or a comma-separated list of URLs
@@ -159,6 +78,70 @@ impl ConnectArgs {
             .await
             .map_err(|source| CliError::from(ClientError::Connect { source }))?;
         Ok(aegis_nats::jetstream(client))
+    }
+}
+
+/// The options every online command takes (flags, or the environment).
+#[derive(clap::Args, Debug, Clone)]
+pub struct OnlineArgs {
+    /// How to reach NATS
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Tenant to act on
+    #[arg(long, env = "AEGIS_TENANT")]
+    pub tenant: Option<TenantId>,
+    /// Actor who signs the events (must be registered with the key)
+    #[arg(long, env = "AEGIS_ACTOR", value_name = "ID")]
+    pub actor: Option<ActorId>,
+    /// The actor's signing key file (*.key.json from `aegisctl keys generate`)
+    #[arg(long, env = "AEGIS_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Seconds to wait for the control plane (outcomes, checks, bundle announcements)
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub timeout: u64,
+    /// Print machine-readable JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OnlineArgs {
+    /// How to reach NATS.
+    pub fn connect_options(&self) -> ConnectOptions {
+        self.connect.connect_options()
+    }
+
+    /// The tenant, or an exit-2 error saying how to give it.
+    pub fn tenant(&self) -> Result<TenantId, CliError> {
+        self.tenant
+            .clone()
+            .ok_or_else(|| CliError::invalid("no tenant: give --tenant T or set AEGIS_TENANT"))
+    }
+
+    /// Everything [`Client::connect`] needs.
+    pub fn client_options(&self) -> Result<ClientOptions, CliError> {
+        let signer = match (&self.actor, &self.key) {
+            (Some(actor), Some(key)) => Some(SignerSource {
+                actor: actor.clone(),
+                key_file: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(CliError::invalid(
+                    "--actor is given but no --key (or AEGIS_KEY): the actor's signing key is needed",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(CliError::invalid(
+                    "--key is given but no --actor (or AEGIS_ACTOR): say whose key it is",
+                ));
+            }
+        };
+        Ok(ClientOptions {
+            connect: self.connect_options(),
+            tenant: self.tenant()?,
+            signer,
+            timeout: Duration::from_secs(self.timeout),
+        })
     }
 }
 
@@ -370,10 +353,12 @@ mod tests {
     #[test]
     fn identity_needs_both_actor_and_key() {
         let mut args = OnlineArgs {
-            nats: "nats://127.0.0.1:4222".into(),
-            creds: None,
-            user: None,
-            password: None,
+            connect: ConnectArgs {
+                nats: "nats://127.0.0.1:4222".into(),
+                creds: None,
+                user: None,
+                password: None,
+            },
             tenant: Some("acme".parse().unwrap()),
             actor: Some("alice".parse().unwrap()),
             key: None,
