@@ -17,8 +17,11 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// What the collector received: (request path, JSON body) per request.
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// Accepts OTLP/HTTP posts on a free port; returns the endpoint and the bodies received.
-fn collector() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+fn collector() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let received = Arc::new(Mutex::new(Vec::new()));
