@@ -5,12 +5,13 @@
 //! Test support: a programming error here (an invalid literal id) panics, like an assertion.
 #![allow(clippy::panic)]
 
+use crate::process::{LoggedChild, SpawnError};
 use aegis_core::events::{Envelope, Event};
 use aegis_core::ids::{ActorId, EventId, TenantId};
 use aegis_core::keys::Keypair;
 use aegis_core::query::{EventOutcome, EventRecord, QueryAnswer, QueryReply, QueryRequest};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -42,6 +43,15 @@ pub enum ControlPlaneError {
 }
 
 type Result<T> = std::result::Result<T, ControlPlaneError>;
+
+impl From<SpawnError> for ControlPlaneError {
+    fn from(e: SpawnError) -> Self {
+        ControlPlaneError::Io {
+            what: e.what,
+            source: e.source,
+        }
+    }
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlaneError {
     let what = what.into();
@@ -115,8 +125,8 @@ impl Keys {
 /// A running `aegis-controlplane run`.
 #[derive(Debug)]
 pub struct ControlPlane {
-    child: Option<Child>,
-    args: Vec<String>,
+    /// First, so that dropping the fixture kills the process before its directory goes.
+    process: LoggedChild,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
     _dir: Option<TempDir>,
@@ -155,8 +165,7 @@ impl ControlPlane {
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let log_file = data_dir.with_extension("log");
         let mut cp = ControlPlane {
-            child: None,
-            args,
+            process: LoggedChild::new(args, &log_file),
             data_dir: data_dir.to_path_buf(),
             log_file,
             _dir: None,
@@ -166,31 +175,12 @@ impl ControlPlane {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let bin = binary("aegis-controlplane")?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
-            .map_err(io(format!("opening {}", self.log_file.display())))?;
-        let log2 = log.try_clone().map_err(io("cloning the log handle"))?;
-        let child = Command::new(&bin)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(io(format!("starting {}", bin.display())))?;
-        self.child = Some(child);
-        Ok(())
+        Ok(self.process.spawn(&binary("aegis-controlplane")?)?)
     }
 
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     /// Starts the process again on the same data directory.
@@ -201,20 +191,12 @@ impl ControlPlane {
 
     /// Whether the process is still running; `Some(status)` if it exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.process.exited()
     }
 
     /// The log so far (for assertion messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.kill9();
+        self.process.log()
     }
 }
 

@@ -6,11 +6,11 @@
 #![allow(clippy::indexing_slicing)]
 
 use crate::controlplane::binary;
+use crate::process::{LoggedChild, SpawnError};
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -32,6 +32,15 @@ pub enum GatewayError {
 }
 
 type Result<T> = std::result::Result<T, GatewayError>;
+
+impl From<SpawnError> for GatewayError {
+    fn from(e: SpawnError) -> Self {
+        GatewayError::Io {
+            what: e.what,
+            source: e.source,
+        }
+    }
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> GatewayError {
     let what = what.into();
@@ -77,8 +86,8 @@ impl GatewayOptions {
 /// A running `aegis-gateway run`.
 #[derive(Debug)]
 pub struct Gateway {
-    child: Option<Child>,
-    args: Vec<String>,
+    /// First, so that dropping the fixture kills the process before its directory goes.
+    process: LoggedChild,
     pub id: String,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
@@ -130,12 +139,12 @@ impl Gateway {
         args.extend(options.extra.iter().cloned());
         std::fs::create_dir_all(data_dir)
             .map_err(io(format!("creating {}", data_dir.display())))?;
+        let log_file = data_dir.with_extension("log");
         let mut gw = Gateway {
-            child: None,
-            args,
+            process: LoggedChild::new(args, &log_file),
             id: options.id.clone(),
             addr,
-            log_file: data_dir.with_extension("log"),
+            log_file,
             data_dir: data_dir.to_path_buf(),
             _dir: None,
         };
@@ -146,22 +155,7 @@ impl Gateway {
 
     fn spawn(&mut self) -> Result<()> {
         let bin = binary("aegis-gateway").map_err(|e| GatewayError::Binary(e.to_string()))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
-            .map_err(io(format!("opening {}", self.log_file.display())))?;
-        let log2 = log.try_clone().map_err(io("cloning the log handle"))?;
-        let child = Command::new(&bin)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(io(format!("starting {}", bin.display())))?;
-        self.child = Some(child);
-        Ok(())
+        Ok(self.process.spawn(&bin)?)
     }
 
     /// Waits until `/healthz` answers.
@@ -256,28 +250,12 @@ impl Gateway {
 
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     /// SIGTERM, then wait (up to `timeout`) for a clean exit; SIGKILL after that.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
+        self.process.terminate(timeout)
     }
 
     /// Starts the process again on the same data directory and port.
@@ -288,19 +266,11 @@ impl Gateway {
     }
 
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.process.exited()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill9();
+        self.process.log()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod flow;
 pub mod gateway;
 pub mod nats_cluster;
 pub mod nats_server;
+pub mod process;
 pub mod stack;
 pub mod workload;
 
