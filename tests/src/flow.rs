@@ -52,6 +52,16 @@ pub fn rejected_with(r: &EventRecord, needle: &str) -> String {
 /// A proposal of the finance policy `document` (written against live `base_revision`) with the
 /// template's vectors.
 pub fn finance_proposal(id: &ChangeId, document: &str, base_revision: u64) -> ChangeProposed {
+    finance_proposal_with_vectors(id, document, base_revision, FINANCE_VECTORS)
+}
+
+/// [`finance_proposal`] with other test vectors (the template's, rewritten for another tenant).
+pub fn finance_proposal_with_vectors(
+    id: &ChangeId,
+    document: &str,
+    base_revision: u64,
+    vectors: &str,
+) -> ChangeProposed {
     ChangeProposed {
         change_id: id.clone(),
         intent: "finance agent thresholds".into(),
@@ -66,7 +76,7 @@ pub fn finance_proposal(id: &ChangeId, document: &str, base_revision: u64) -> Ch
         vectors: vec![VectorDocument {
             name: "finance-vectors.yaml".into(),
             format: DocumentFormat::Yaml,
-            document: FINANCE_VECTORS.into(),
+            document: vectors.into(),
         }],
     }
 }

@@ -20,10 +20,10 @@ use crate::controlplane::{ControlPlane, Keys, Operator, publish, query, wait_out
 use crate::flow::{self, FINANCE_POLICY, FINANCE_VECTORS, Stored, accept, accepted, announced};
 use crate::gateway::{Gateway, GatewayOptions};
 use aegis_core::events::{
-    BundlePublished, ChangeApproved, ChangeProposed, ChangePublished, DocumentFormat, Envelope,
-    Event, ProposedDocument, RolloutStage, TokenIssuerRegistered, VectorDocument,
+    BundlePublished, ChangeApproved, ChangeProposed, ChangePublished, Envelope, Event,
+    RolloutStage, TokenIssuerRegistered,
 };
-use aegis_core::ids::{ActorId, AgentId, ChangeId, EventId, PolicyName, TenantId};
+use aegis_core::ids::{ActorId, AgentId, ChangeId, EventId, TenantId};
 use aegis_core::keys::Keypair;
 use aegis_core::query::{QueryAnswer, QueryRequest, VersionView};
 use aegis_core::token::{self, TokenRequest};
@@ -103,26 +103,8 @@ pub fn proposal_for(
     document: &str,
     base_revision: u64,
 ) -> ChangeProposed {
-    if tenant == ACME {
-        return flow::finance_proposal(id, document, base_revision);
-    }
-    ChangeProposed {
-        change_id: id.clone(),
-        intent: "finance agent thresholds".into(),
-        ticket: Some("FIN-1001".into()),
-        documents: vec![ProposedDocument {
-            name: PolicyName::new("finance-agent").unwrap(),
-            format: DocumentFormat::Yaml,
-            document: document.into(),
-            base_revision,
-        }],
-        deleted: vec![],
-        vectors: vec![VectorDocument {
-            name: "finance-vectors.yaml".into(),
-            format: DocumentFormat::Yaml,
-            document: FINANCE_VECTORS.replace("tenant: acme", &format!("tenant: {tenant}")),
-        }],
-    }
+    let vectors = FINANCE_VECTORS.replace("tenant: acme", &format!("tenant: {tenant}"));
+    flow::finance_proposal_with_vectors(id, document, base_revision, &vectors)
 }
 
 /// The body of a `create_payment` call.
