@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bundles;
 pub mod controlplane;
 pub mod flow;
 pub mod gateway;

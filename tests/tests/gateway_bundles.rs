@@ -26,9 +26,9 @@ use aegis_gateway::tenants::{Registry, TenantSlot};
 use aegis_nats::Publish;
 use aegis_nats::topology::{BUNDLE_OBJECT_STORE, GATEWAYS_KV, bundles_subject};
 use aegis_tests::NatsServer;
+use aegis_tests::bundles::retar;
 use async_nats::jetstream;
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,37 +81,6 @@ fn expired_bundle(version: u64) -> BuiltBundle {
     s.created_at = "2020-01-01T00:00:00Z".into();
     s.expires_at = Some("2021-01-01T00:00:00Z".into());
     build(&s, &finance_files(), &cp_key()).unwrap()
-}
-
-/// Unpacks a bundle, lets `edit` change its files, and packs it again (gzipped tar).
-fn retar(bytes: &[u8], edit: impl FnOnce(&mut BTreeMap<String, Vec<u8>>)) -> Vec<u8> {
-    let mut tar_bytes = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut tar_bytes)
-        .unwrap();
-    let mut files = BTreeMap::new();
-    let mut archive = tar::Archive::new(tar_bytes.as_slice());
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        files.insert(path, data);
-    }
-    edit(&mut files);
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut builder = tar::Builder::new(gz);
-    for (path, data) in &files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        builder
-            .append_data(&mut header, path, data.as_slice())
-            .unwrap();
-    }
-    let mut gz = builder.into_inner().unwrap();
-    gz.flush().unwrap();
-    gz.finish().unwrap()
 }
 
 /// The gateway side: one tenant's registry, the context the watchers share, and the receiving
@@ -280,6 +249,35 @@ fn abort(handles: Vec<JoinHandle<()>>) {
     }
 }
 
+/// A gateway on `data_dir` that has applied v1 and then v2 from NATS; its watchers are stopped
+/// again. Returns it with the two bundles.
+async fn served_v1_then_v2(
+    js: &jetstream::Context,
+    data_dir: &Path,
+) -> (Gw, BuiltBundle, BuiltBundle) {
+    let gw = Gw::new(data_dir, trust_of(&cp_key()));
+    gw.restore();
+    let handles = gw.watch(js);
+    let (v1, v2) = (bundle(1), bundle(2));
+    publish_bundle(js, &v1).await;
+    gw.serving(1).await;
+    publish_bundle(js, &v2).await;
+    gw.serving(2).await;
+    abort(handles);
+    (gw, v1, v2)
+}
+
+/// The mark of `b` (its version and digest) at stage global.
+fn mark_of(b: &BuiltBundle) -> bundles::StoredMark {
+    bundles::StoredMark {
+        high_water: aegis_core::bundle::HighWater {
+            version: b.manifest.version,
+            digest: b.digest.clone(),
+        },
+        stage: RolloutStage::Global,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_new_versions_and_refuses_tampered_downgraded_and_expired_bundles() {
     let server = NatsServer::start().unwrap();
@@ -425,15 +423,7 @@ async fn restarted_with_nats_down_serves_the_stored_bundle_at_once_and_rides_out
     let mut server = NatsServer::start().unwrap();
     let js = connect(&server).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gw::new(dir.path(), trust_of(&cp_key()));
-    gw.restore();
-    let handles = gw.watch(&js);
-    let (v1, v2) = (bundle(1), bundle(2));
-    publish_bundle(&js, &v1).await;
-    gw.serving(1).await;
-    publish_bundle(&js, &v2).await;
-    gw.serving(2).await;
-    abort(handles);
+    let (gw, _, v2) = served_v1_then_v2(&js, dir.path()).await;
     drop(gw);
 
     // The gateway process "restarts" while NATS is down.
@@ -518,15 +508,7 @@ async fn a_replayed_older_announcement_after_restart_is_refused_by_the_persisted
     let server = NatsServer::start().unwrap();
     let js = connect(&server).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gw::new(dir.path(), trust_of(&cp_key()));
-    gw.restore();
-    let handles = gw.watch(&js);
-    let (v1, v2) = (bundle(1), bundle(2));
-    publish_bundle(&js, &v1).await;
-    gw.serving(1).await;
-    publish_bundle(&js, &v2).await;
-    gw.serving(2).await;
-    abort(handles);
+    let (gw, v1, v2) = served_v1_then_v2(&js, dir.path()).await;
     let bundle_path = gw.ctx.store.bundle_path(&acme());
     drop(gw);
 
@@ -582,13 +564,7 @@ async fn corrupt_or_missing_local_state_never_means_allow() {
 
     // A good bundle with a corrupt mark: served (it is signed), the mark rebuilt from it.
     let store = gw.ctx.store.clone();
-    let mark = bundles::StoredMark {
-        high_water: aegis_core::bundle::HighWater {
-            version: 2,
-            digest: v2.digest.clone(),
-        },
-        stage: RolloutStage::Global,
-    };
+    let mark = mark_of(&v2);
     store.save(&acme(), &v2.bytes, &mark).unwrap();
     std::fs::write(store.mark_path(&acme()), b"{\"version\": tw").unwrap();
     let gw = Gw::new(dir.path(), trust_of(&cp_key()));
@@ -597,18 +573,7 @@ async fn corrupt_or_missing_local_state_never_means_allow() {
 
     // The mark is above the stored bundle (the disk was rolled back): refused, empty slot.
     let v3 = bundle(3);
-    store
-        .save_mark(
-            &acme(),
-            &bundles::StoredMark {
-                high_water: aegis_core::bundle::HighWater {
-                    version: 3,
-                    digest: v3.digest.clone(),
-                },
-                stage: RolloutStage::Global,
-            },
-        )
-        .unwrap();
+    store.save_mark(&acme(), &mark_of(&v3)).unwrap();
     let mut gw = Gw::new(dir.path(), trust_of(&cp_key()));
     assert!(
         matches!(gw.restore(), Restored::Refused(r) if r.reason_code == reason::VERSION_NOT_ABOVE)
@@ -617,19 +582,7 @@ async fn corrupt_or_missing_local_state_never_means_allow() {
     gw.refused(reason::VERSION_NOT_ABOVE, None).await;
 
     // The signing key was revoked since: refused.
-    store
-        .save(
-            &acme(),
-            &v3.bytes,
-            &bundles::StoredMark {
-                high_water: aegis_core::bundle::HighWater {
-                    version: 3,
-                    digest: v3.digest.clone(),
-                },
-                stage: RolloutStage::Global,
-            },
-        )
-        .unwrap();
+    store.save(&acme(), &v3.bytes, &mark_of(&v3)).unwrap();
     let mut revoked = trust_of(&cp_key());
     revoked.revoke(cp_key().key_id().clone());
     let gw = Gw::new(dir.path(), revoked);
@@ -646,19 +599,7 @@ async fn corrupt_or_missing_local_state_never_means_allow() {
 
     // Expired while the gateway was down: refused.
     let old = expired_bundle(4);
-    store
-        .save(
-            &acme(),
-            &old.bytes,
-            &bundles::StoredMark {
-                high_water: aegis_core::bundle::HighWater {
-                    version: 4,
-                    digest: old.digest.clone(),
-                },
-                stage: RolloutStage::Global,
-            },
-        )
-        .unwrap();
+    store.save(&acme(), &old.bytes, &mark_of(&old)).unwrap();
     let gw = Gw::new(dir.path(), trust_of(&cp_key()));
     assert!(matches!(gw.restore(), Restored::Refused(r) if r.reason_code == reason::EXPIRED));
     assert!(gw.slot().active().is_none());
@@ -700,19 +641,16 @@ async fn the_heartbeat_reports_the_bundle_in_force_in_kv() {
                 .map(|b| serde_json::from_slice::<Heartbeat>(&b).unwrap())
         }
     };
-    let until = |pred: fn(&Heartbeat) -> bool, what: &'static str| {
-        let read = read;
-        async move {
-            let start = Instant::now();
-            loop {
-                if let Some(h) = read().await
-                    && pred(&h)
-                {
-                    return h;
-                }
-                assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let until = |pred: fn(&Heartbeat) -> bool, what: &'static str| async move {
+        let start = Instant::now();
+        loop {
+            if let Some(h) = read().await
+                && pred(&h)
+            {
+                return h;
             }
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
 

@@ -21,14 +21,14 @@
 use aegis_core::bundle::{BundleSpec, VerifyPolicy, build, verify};
 use aegis_core::ids::TenantId;
 use aegis_core::keys::{Keypair, TrustStore};
+use aegis_tests::bundles::retar;
 use aegis_tests::gateway::Gateway;
 use aegis_tests::stack::{
     ACME, Stack, WAIT, assert_bundle_rejected, assert_decision_event, code,
     finance_with_approval_limit, metrics, pay, tenant_status, wait_until, with_id,
 };
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -202,36 +202,6 @@ fn a_new_version_reaches_five_gateways() {
         assert_eq!(beat.digest.as_deref(), Some(digest.as_str()));
         assert!(beat.ready, "{beat:?}");
     }
-}
-
-/// Unpacks a bundle, lets `edit` change its files, packs it again (gzipped tar).
-fn retar(bytes: &[u8], edit: impl FnOnce(&mut BTreeMap<String, Vec<u8>>)) -> Vec<u8> {
-    let mut tar_bytes = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut tar_bytes)
-        .unwrap();
-    let mut files = BTreeMap::new();
-    for entry in tar::Archive::new(tar_bytes.as_slice()).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        files.insert(path, data);
-    }
-    edit(&mut files);
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut builder = tar::Builder::new(gz);
-    for (path, data) in &files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        builder
-            .append_data(&mut header, path, data.as_slice())
-            .unwrap();
-    }
-    let mut gz = builder.into_inner().unwrap();
-    gz.flush().unwrap();
-    gz.finish().unwrap()
 }
 
 /// What the gateways answer for a few calls (decision, reason, version).
