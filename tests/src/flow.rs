@@ -1,14 +1,18 @@
-//! Steps and assertions the control-plane tests share: outcome checks, the finance proposal,
-//! the usual cast of operators, waiting for a version to be announced, reading a stream back.
+//! Steps and assertions the control-plane tests share: a control plane on a fresh nats-server,
+//! outcome checks, the finance proposal, the usual cast of operators, waiting for a version to
+//! be announced, fetching and verifying a bundle, reading a stream back.
 //!
 //! Test support: a failed step panics with what went wrong, like an assertion.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use crate::controlplane::{Keys, Operator, eventually, query, submit};
+use crate::NatsServer;
+use crate::controlplane::{ControlPlane, Keys, Operator, eventually, query, submit};
+use aegis_core::bundle::{VerifiedBundle, VerifyPolicy, verify};
 use aegis_core::events::{
     ChangeProposed, DocumentFormat, Envelope, ProposedDocument, Role, RoleGranted, VectorDocument,
 };
 use aegis_core::ids::{ChangeId, PolicyName, TenantId};
+use aegis_core::keys::TrustStore;
 use aegis_core::query::{
     EventRecord, Outcome, QueryAnswer, QueryRequest, TenantStatus, VersionView,
 };
@@ -20,6 +24,22 @@ use std::time::Duration;
 pub const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
 /// The finance template's test vectors.
 pub const FINANCE_VECTORS: &str = include_str!("../../policies/templates/finance/vectors.yaml");
+
+/// A fresh nats-server with the topology provisioned, a JetStream context on it, fresh keys,
+/// and the control plane running against it with `extra` flags.
+pub async fn start_control_plane(
+    extra: &[&str],
+) -> (NatsServer, jetstream::Context, Keys, ControlPlane) {
+    let server = NatsServer::start().unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    aegis_nats::provision(&js, &aegis_nats::Topology::single())
+        .await
+        .unwrap();
+    let keys = Keys::generate().unwrap();
+    let cp = ControlPlane::start(&server.url(), &keys, extra).unwrap();
+    (server, js, keys, cp)
+}
 
 /// Asserts the event was accepted.
 pub fn accepted(r: &EventRecord) {
@@ -124,6 +144,26 @@ pub async fn announced(js: &jetstream::Context, tenant: &TenantId, version: u64)
     )
     .await
     .unwrap()
+}
+
+/// The bundle stored under `digest` in the object store, verified against `trust` now.
+pub async fn fetch_verified(
+    js: &jetstream::Context,
+    trust: &TrustStore,
+    digest: &str,
+) -> VerifiedBundle {
+    let bucket = js.get_object_store("aegis-bundles").await.unwrap();
+    let mut object = bucket.get(digest).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+        .await
+        .unwrap();
+    verify(
+        &bytes,
+        trust,
+        &VerifyPolicy::new(time::OffsetDateTime::now_utc()),
+    )
+    .unwrap_or_else(|e| panic!("bundle {digest} does not verify: {e}"))
 }
 
 /// The tenant's status, if the control plane answers.

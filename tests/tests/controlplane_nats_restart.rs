@@ -10,23 +10,15 @@
 use aegis_core::events::*;
 use aegis_core::ids::{ChangeId, PolicyName, TenantId};
 use aegis_core::query::{Outcome, QueryAnswer, QueryRequest};
-use aegis_tests::NatsServer;
-use aegis_tests::controlplane::{ControlPlane, Keys, Operator, eventually, query, submit};
-use async_nats::jetstream;
+use aegis_tests::controlplane::{Operator, eventually, query, submit};
+use aegis_tests::flow::start_control_plane;
 use std::time::Duration;
 
 const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folding_and_publishing_resume_after_nats_restarts() {
-    let mut server = NatsServer::start().unwrap();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = jetstream::new(client);
-    aegis_nats::provision(&js, &aegis_nats::Topology::single())
-        .await
-        .unwrap();
-    let keys = Keys::generate().unwrap();
-    let cp = ControlPlane::start(&server.url(), &keys, &[]).unwrap();
+    let (mut server, js, keys, cp) = start_control_plane(&[]).await;
     let tenant = TenantId::new("acme").unwrap();
     let root = keys.root_operator(&tenant);
     let alice = Operator::new("acme", "alice");

@@ -14,7 +14,9 @@ use aegis_tests::NatsServer;
 use aegis_tests::controlplane::{
     ControlPlane, Keys, Operator, publish, publish_raw, query, submit, wait_outcome,
 };
-use aegis_tests::flow::{FINANCE_POLICY, FINANCE_VECTORS, accept, accepted, refuse, rejected_with};
+use aegis_tests::flow::{
+    FINANCE_POLICY, FINANCE_VECTORS, accept, accepted, refuse, rejected_with, start_control_plane,
+};
 use async_nats::jetstream;
 use std::time::Duration;
 
@@ -40,13 +42,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let server = NatsServer::start().unwrap();
-    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
-    aegis_nats::provision(&js, &aegis_nats::Topology::single())
-        .await
-        .unwrap();
-    let keys = Keys::generate().unwrap();
-    let cp = ControlPlane::start(&server.url(), &keys, &[]).unwrap();
+    let (server, js, keys, cp) = start_control_plane(&[]).await;
     let tenant = TenantId::new("acme").unwrap();
     let root = keys.root_operator(&tenant);
     let alice = Operator::new("acme", "alice");

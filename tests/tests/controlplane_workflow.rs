@@ -9,16 +9,15 @@
     clippy::indexing_slicing
 )]
 
-use aegis_core::bundle::{VerifyPolicy, verify};
 use aegis_core::events::chain::{StreamMessage, verify as verify_chain};
 use aegis_core::events::*;
 use aegis_core::ids::{ChangeId, TenantId};
 use aegis_core::keys::TrustStore;
 use aegis_core::query::{ChangeState, ChangeView, QueryAnswer, QueryRequest};
-use aegis_tests::NatsServer;
-use aegis_tests::controlplane::{ControlPlane, Keys, eventually, query};
+use aegis_tests::controlplane::{eventually, query};
 use aegis_tests::flow::{
-    FINANCE_POLICY, accept, announced, finance_proposal, read_stream, refuse, setup_actors,
+    FINANCE_POLICY, accept, announced, fetch_verified, finance_proposal, read_stream, refuse,
+    setup_actors, start_control_plane,
 };
 use async_nats::jetstream;
 use std::time::Duration;
@@ -39,35 +38,9 @@ async fn change(js: &jetstream::Context, tenant: &TenantId, id: &ChangeId) -> Ch
     }
 }
 
-async fn fetch_verified(
-    js: &jetstream::Context,
-    trust: &TrustStore,
-    digest: &str,
-) -> aegis_core::bundle::VerifiedBundle {
-    let bucket = js.get_object_store("aegis-bundles").await.unwrap();
-    let mut object = bucket.get(digest).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-        .await
-        .unwrap();
-    verify(
-        &bytes,
-        trust,
-        &VerifyPolicy::new(time::OffsetDateTime::now_utc()),
-    )
-    .unwrap_or_else(|e| panic!("bundle {digest} does not verify: {e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propose_approve_publish_rollback_freeze_and_audit() {
-    let server = NatsServer::start().unwrap();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = jetstream::new(client);
-    aegis_nats::provision(&js, &aegis_nats::Topology::single())
-        .await
-        .unwrap();
-    let keys = Keys::generate().unwrap();
-    let cp = ControlPlane::start(&server.url(), &keys, &[]).unwrap();
+    let (_server, js, keys, cp) = start_control_plane(&[]).await;
     let tenant = TenantId::new("acme").unwrap();
     let [alice, bob, carol, pat] = setup_actors(&js, &keys, "acme").await;
     let mut trust = TrustStore::new();

@@ -14,38 +14,19 @@
     clippy::indexing_slicing
 )]
 
-use aegis_core::bundle::{TRUST_PATH, TrustData, VerifiedBundle, VerifyPolicy, verify};
+use aegis_core::bundle::{TRUST_PATH, TrustData, VerifiedBundle};
 use aegis_core::events::*;
 use aegis_core::ids::{AgentId, ChangeId, TenantId};
 use aegis_core::keys::{Keypair, TrustStore};
 use aegis_core::query::{IssuerView, QueryAnswer, QueryRequest, VersionView};
 use aegis_core::token::{self, TokenRequest};
-use aegis_tests::NatsServer;
-use aegis_tests::controlplane::{ControlPlane, Keys, binary, query};
+use aegis_tests::controlplane::{Keys, binary, query};
 use aegis_tests::flow::{
-    FINANCE_POLICY, accept, announced, finance_proposal, refuse, setup_actors,
+    FINANCE_POLICY, accept, announced, fetch_verified, finance_proposal, refuse, setup_actors,
+    start_control_plane,
 };
 use async_nats::jetstream;
 use std::path::Path;
-
-async fn fetch_verified(
-    js: &jetstream::Context,
-    trust: &TrustStore,
-    digest: &str,
-) -> VerifiedBundle {
-    let bucket = js.get_object_store("aegis-bundles").await.unwrap();
-    let mut object = bucket.get(digest).await.unwrap();
-    let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-        .await
-        .unwrap();
-    verify(
-        &bytes,
-        trust,
-        &VerifyPolicy::new(time::OffsetDateTime::now_utc()),
-    )
-    .unwrap_or_else(|e| panic!("bundle {digest} does not verify: {e}"))
-}
 
 fn trust_data(bundle: &VerifiedBundle) -> TrustData {
     let bytes = bundle
@@ -150,16 +131,27 @@ async fn aegisctl(nats_url: &str, keys: &Keys, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `aegisctl issuer add --issuer <issuer> --public-key <public_key>` as the root admin.
+async fn aegisctl_issuer_add(
+    nats_url: &str,
+    keys: &Keys,
+    issuer: &str,
+    public_key: &str,
+) -> (i32, String) {
+    let args = [
+        "issuer",
+        "add",
+        "--issuer",
+        issuer,
+        "--public-key",
+        public_key,
+    ];
+    aegisctl(nats_url, keys, &args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_keys_ride_in_every_bundle_and_trust_changes_publish_at_once() {
-    let server = NatsServer::start().unwrap();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = jetstream::new(client);
-    aegis_nats::provision(&js, &aegis_nats::Topology::single())
-        .await
-        .unwrap();
-    let keys = Keys::generate().unwrap();
-    let cp = ControlPlane::start(&server.url(), &keys, &[]).unwrap();
+    let (server, js, keys, cp) = start_control_plane(&[]).await;
     let tenant = TenantId::new("acme").unwrap();
     let [alice, bob, carol, pat] = setup_actors(&js, &keys, "acme").await;
     let root = keys.root_operator(&tenant);
@@ -270,19 +262,7 @@ async fn issuer_keys_ride_in_every_bundle_and_trust_changes_publish_at_once() {
     let cli_dir = tempfile::tempdir().unwrap();
     let cli_paths = cli_key.write_to_dir(cli_dir.path(), "cli-idp").unwrap();
     let public = path_str(&cli_paths.public_key);
-    let (code, out) = aegisctl(
-        &server.url(),
-        &keys,
-        &[
-            "issuer",
-            "add",
-            "--issuer",
-            "cli-idp",
-            "--public-key",
-            &public,
-        ],
-    )
-    .await;
+    let (code, out) = aegisctl_issuer_add(&server.url(), &keys, "cli-idp", &public).await;
     assert_eq!(code, 0, "{out}\n{}", cp.log());
     assert!(out.contains("accepted"), "{out}");
     assert!(out.contains("version: 4"), "{out}");
@@ -327,17 +307,11 @@ async fn issuer_keys_ride_in_every_bundle_and_trust_changes_publish_at_once() {
         }),
     )
     .await;
-    let (code, out) = aegisctl(
+    let (code, out) = aegisctl_issuer_add(
         &server.url(),
         &keys,
-        &[
-            "issuer",
-            "add",
-            "--issuer",
-            "cli-idp",
-            "--public-key",
-            &path_str(&keys.root_public_file),
-        ],
+        "cli-idp",
+        &path_str(&keys.root_public_file),
     )
     .await;
     assert_eq!(code, 5, "{out}");
