@@ -19,8 +19,9 @@ use std::fs;
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 
 fn show(output: &Output) -> String {
     format!(
@@ -31,11 +32,13 @@ fn show(output: &Output) -> String {
     )
 }
 
-/// Runs `aegisctl up --down` when dropped, so a failed assertion leaves nothing running.
+/// Runs `aegisctl up --down` when dropped, so a failed assertion leaves nothing running; then
+/// removes the temporary directory that holds the state directory.
 struct Down {
     aegisctl: PathBuf,
     dir: PathBuf,
     armed: bool,
+    _tmp: TempDir,
 }
 
 impl Down {
@@ -55,6 +58,56 @@ impl Drop for Down {
         if self.armed {
             let _ = self.run();
         }
+    }
+}
+
+/// What each test starts from: the aegisctl binary, a state directory (not created yet) with
+/// its `up --down` guard, and two different free ports for NATS and the gateway.
+struct Setup {
+    aegisctl: PathBuf,
+    dir: PathBuf,
+    nats_port: u16,
+    gateway_port: u16,
+    down: Down,
+}
+
+fn setup() -> Setup {
+    let aegisctl = binary("aegisctl").expect("the aegisctl binary (cargo build --bins)");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("up");
+    let nats_port = free_port().unwrap();
+    let mut gateway_port = free_port().unwrap();
+    while gateway_port == nats_port {
+        gateway_port = free_port().unwrap();
+    }
+    let down = Down {
+        aegisctl: aegisctl.clone(),
+        dir: dir.clone(),
+        armed: true,
+        _tmp: tmp,
+    };
+    Setup {
+        aegisctl,
+        dir,
+        nats_port,
+        gateway_port,
+        down,
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and panics with `what` after that.
+fn wait_or_kill(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -119,20 +172,13 @@ fn tampered(token: &str) -> String {
 
 #[test]
 fn up_detached_decides_the_finance_story_and_down_leaves_no_process() {
-    let aegisctl = binary("aegisctl").expect("the aegisctl binary (cargo build --bins)");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("up");
-    let nats_port = free_port().unwrap();
-    let mut gateway_port = free_port().unwrap();
-    while gateway_port == nats_port {
-        gateway_port = free_port().unwrap();
-    }
-
-    let mut down = Down {
-        aegisctl: aegisctl.clone(),
-        dir: dir.clone(),
-        armed: true,
-    };
+    let Setup {
+        aegisctl,
+        dir,
+        nats_port,
+        gateway_port,
+        mut down,
+    } = setup();
     let up = Command::new(&aegisctl)
         .args(["up", "--detach", "--fresh", "--dir"])
         .arg(&dir)
@@ -232,18 +278,11 @@ fn up_detached_decides_the_finance_story_and_down_leaves_no_process() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = tail.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = tail.kill();
-            let _ = tail.wait();
-            panic!("aegisctl tail --limit 4 did not print 4 records within 30s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_or_kill(
+        &mut tail,
+        Duration::from_secs(30),
+        "aegisctl tail --limit 4 did not print 4 records within 30s",
+    );
     let mut records = String::new();
     tail.stdout
         .take()
@@ -361,17 +400,11 @@ fn stop_foreground(
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("aegisctl up did not stop within 60s of SIG{signal}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_or_kill(
+        &mut child,
+        Duration::from_secs(60),
+        &format!("aegisctl up did not stop within 60s of SIG{signal}"),
+    );
     let mut printed = String::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
         printed.push_str(&line);
@@ -386,19 +419,13 @@ fn stop_foreground(
 
 #[test]
 fn up_in_the_foreground_stops_everything_in_order_on_a_signal_and_reuses_its_state() {
-    let aegisctl = binary("aegisctl").expect("the aegisctl binary (cargo build --bins)");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("up");
-    let nats_port = free_port().unwrap();
-    let mut gateway_port = free_port().unwrap();
-    while gateway_port == nats_port {
-        gateway_port = free_port().unwrap();
-    }
-    let mut down = Down {
-        aegisctl: aegisctl.clone(),
-        dir: dir.clone(),
-        armed: true,
-    };
+    let Setup {
+        aegisctl,
+        dir,
+        nats_port,
+        gateway_port,
+        mut down,
+    } = setup();
 
     // First run: provisions everything; Ctrl-C (SIGINT) stops gateway, control plane, nats.
     let (child, rx, printed) = start_foreground(&aegisctl, &dir, nats_port, gateway_port);
