@@ -233,7 +233,7 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
-    use aegis_core::bundle::{BundleSpec, build};
+    use aegis_core::bundle::{BuiltBundle, BundleSpec, build};
     use aegis_core::keys::Keypair;
     use std::collections::BTreeMap;
 
@@ -272,35 +272,40 @@ mod tests {
         t
     }
 
+    /// [`prepare`] for `acme` at [`now`] with the default limits.
+    fn prepare_now(
+        bytes: &[u8],
+        digest: &str,
+        trust: &TrustStore,
+        hw: Option<&HighWater>,
+    ) -> Result<ActiveBundle, BundleRefusal> {
+        prepare(
+            &tenant(),
+            bytes,
+            digest,
+            trust,
+            hw,
+            now(),
+            &BundleLimits::default(),
+        )
+    }
+
+    /// `built`, as announced, trusted and with no mark yet: what [`prepare`] refuses.
+    fn refusal_of(built: &BuiltBundle, key: &Keypair) -> BundleRefusal {
+        prepare_now(&built.bytes, &built.digest, &trust(key), None).unwrap_err()
+    }
+
     #[test]
     fn every_verify_error_has_a_listed_code() {
         let key = Keypair::from_seed(&[1; 32]);
         let built = build(&spec(3), &files(), &key).unwrap();
-        let ok = prepare(
-            &tenant(),
-            &built.bytes,
-            &built.digest,
-            &trust(&key),
-            None,
-            now(),
-            &BundleLimits::default(),
-        )
-        .unwrap();
+        let ok = prepare_now(&built.bytes, &built.digest, &trust(&key), None).unwrap();
         assert_eq!(ok.version, 3);
         assert_eq!(ok.digest, built.digest);
         assert!(ok.issuers.is_empty());
 
         let refuse = |bytes: &[u8], digest: &str, trust: &TrustStore, hw: Option<&HighWater>| {
-            prepare(
-                &tenant(),
-                bytes,
-                digest,
-                trust,
-                hw,
-                now(),
-                &BundleLimits::default(),
-            )
-            .unwrap_err()
+            prepare_now(bytes, digest, trust, hw).unwrap_err()
         };
         let r = refuse(&built.bytes, "sha256:00", &trust(&key), None);
         assert_eq!(r.reason_code, reason::DIGEST_MISMATCH);
@@ -336,16 +341,7 @@ mod tests {
         let mut f = files();
         f.insert(TRUST_PATH.into(), b"{\"token_issuers\":7}".to_vec());
         let built = build(&spec(1), &f, &key).unwrap();
-        let r = prepare(
-            &tenant(),
-            &built.bytes,
-            &built.digest,
-            &trust(&key),
-            None,
-            now(),
-            &BundleLimits::default(),
-        )
-        .unwrap_err();
+        let r = refusal_of(&built, &key);
         assert_eq!(r.reason_code, reason::TRUST_INVALID);
 
         let mut f = files();
@@ -354,16 +350,7 @@ mod tests {
             b"package aegis\n\ndecide := {".to_vec(),
         );
         let built = build(&spec(1), &f, &key).unwrap();
-        let r = prepare(
-            &tenant(),
-            &built.bytes,
-            &built.digest,
-            &trust(&key),
-            None,
-            now(),
-            &BundleLimits::default(),
-        )
-        .unwrap_err();
+        let r = refusal_of(&built, &key);
         assert_eq!(r.reason_code, reason::COMPILE_FAILED);
         assert_eq!(r.version, Some(1));
     }
