@@ -259,40 +259,55 @@ fn mint(stack: &Stack, tenant: &str, key_of: &str) -> String {
     token::issue(&request, &stack.tenants[key_of].issuer).unwrap()
 }
 
+/// A gateway of `tenants` trusting the stack's control plane (started, not waited for).
+fn gateway_of(stack: &Stack, id: &str, tenants: &[&str]) -> Gateway {
+    Gateway::start(&GatewayOptions::new(
+        id,
+        tenants,
+        &stack.trust_file,
+        &stack.server.url(),
+    ))
+    .unwrap()
+}
+
+/// The digest of `tenant`'s `version`.
+fn digest_of(stack: &Stack, tenant: &str, version: u64) -> String {
+    stack
+        .history(tenant)
+        .into_iter()
+        .find(|v| v.version == version)
+        .unwrap()
+        .digest
+}
+
+/// `token` is allowed a small payment by `gw`, decided by the bundle `digest` of `tenant`.
+fn assert_allowed_by(gw: &Gateway, token: &str, tenant: &str, digest: &str) {
+    let (status, answer) = gw.decide(token, &pay(3_000)).unwrap();
+    assert_eq!(
+        (status, &answer["decision"]),
+        (200, &json!("allow")),
+        "{tenant}: {answer:#}"
+    );
+    assert_eq!(answer["bundle_digest"], digest, "{tenant}");
+}
+
 #[test]
 fn a_tenants_issuer_keys_speak_only_for_that_tenant() {
     let mut stack = Stack::start();
     stack.add_tenant("globex");
-    let both = Gateway::start(&GatewayOptions::new(
-        "gw-two",
-        &[ACME, "globex"],
-        &stack.trust_file,
-        &stack.server.url(),
-    ))
-    .unwrap();
+    let both = gateway_of(&stack, "gw-two", &[ACME, "globex"]);
     both.wait_ready(WAIT).unwrap();
     both.wait_version(ACME, 1, WAIT).unwrap();
     both.wait_version("globex", 1, WAIT).unwrap();
     let acme_only = stack.gateway("gw-acme");
     let acme_digest = stack.current().digest;
-    let globex_digest = stack
-        .history("globex")
-        .into_iter()
-        .find(|v| v.version == 1)
-        .unwrap()
-        .digest;
+    let globex_digest = digest_of(&stack, "globex", 1);
     assert_ne!(acme_digest, globex_digest);
 
     // Each tenant's own tokens: decided by its own bundle.
     for (tenant, digest) in [(ACME, &acme_digest), ("globex", &globex_digest)] {
         let t = stack.token_for(tenant, "finance-agent", &["planner"]);
-        let (status, answer) = both.decide(&t, &pay(3_000)).unwrap();
-        assert_eq!(
-            (status, &answer["decision"]),
-            (200, &json!("allow")),
-            "{tenant}: {answer:#}"
-        );
-        assert_eq!(answer["bundle_digest"], digest.as_str(), "{tenant}");
+        assert_allowed_by(&both, &t, tenant, digest);
     }
 
     // One tenant's issuer key minting a token for the other: refused, both ways.
@@ -317,21 +332,9 @@ fn a_tenants_issuer_keys_speak_only_for_that_tenant() {
     let acme_key = stack.acme().issuer.clone();
     let v = stack.register_issuer("globex", &stack.acme().issuer_name(), &acme_key);
     both.wait_version("globex", v, WAIT).unwrap();
-    let globex_digest = stack
-        .history("globex")
-        .into_iter()
-        .find(|h| h.version == v)
-        .unwrap()
-        .digest;
+    let globex_digest = digest_of(&stack, "globex", v);
     for (tenant, digest) in [(ACME, &acme_digest), ("globex", &globex_digest)] {
-        let t = mint(&stack, tenant, ACME);
-        let (status, answer) = both.decide(&t, &pay(3_000)).unwrap();
-        assert_eq!(
-            (status, &answer["decision"]),
-            (200, &json!("allow")),
-            "{tenant}: {answer:#}"
-        );
-        assert_eq!(answer["bundle_digest"], digest.as_str(), "{tenant}");
+        assert_allowed_by(&both, &mint(&stack, tenant, ACME), tenant, digest);
     }
     // ... but globex's own key still does not speak for acme.
     let (status, answer) = both
@@ -345,13 +348,7 @@ fn a_tenants_issuer_keys_speak_only_for_that_tenant() {
 
     // A gateway for acme and a tenant with no published bundle: not ready, and it says which
     // tenant it waits for, while acme's calls are decided.
-    let half = Gateway::start(&GatewayOptions::new(
-        "gw-half",
-        &[ACME, "initech"],
-        &stack.trust_file,
-        &stack.server.url(),
-    ))
-    .unwrap();
+    let half = gateway_of(&stack, "gw-half", &[ACME, "initech"]);
     half.wait_version(ACME, 1, WAIT).unwrap();
     let (ready, body) = half.get("/readyz").unwrap();
     assert_eq!(ready, 503, "{body}");
