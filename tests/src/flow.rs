@@ -174,8 +174,8 @@ pub async fn status(client: &async_nats::Client, tenant: &TenantId) -> Option<Te
     }
 }
 
-/// The last sequence of `stream`.
-pub async fn stream_last(js: &jetstream::Context, stream: &str) -> u64 {
+/// The state of `stream` now: message count, first and last sequence, ...
+pub async fn stream_state(js: &jetstream::Context, stream: &str) -> jetstream::stream::State {
     js.get_stream(stream)
         .await
         .unwrap()
@@ -183,7 +183,12 @@ pub async fn stream_last(js: &jetstream::Context, stream: &str) -> u64 {
         .await
         .unwrap()
         .state
-        .last_sequence
+        .clone()
+}
+
+/// The last sequence of `stream`.
+pub async fn stream_last(js: &jetstream::Context, stream: &str) -> u64 {
+    stream_state(js, stream).await.last_sequence
 }
 
 /// A message read back from a stream.

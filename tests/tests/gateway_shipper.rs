@@ -12,6 +12,7 @@ use aegis_gateway::shipper::{
     self, Outgoing, ShipError, ShipperConfig, ShipperHandle, ShipperStats, SpoolFullPolicy,
 };
 use aegis_tests::NatsServer;
+use aegis_tests::flow::stream_state;
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -99,14 +100,7 @@ async fn drained(handle: &ShipperHandle, timeout: Duration) -> ShipperStats {
 }
 
 async fn stream_messages(js: &jetstream::Context) -> u64 {
-    js.get_stream(STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    stream_state(js, STREAM).await.messages
 }
 
 /// Every `Nats-Msg-Id` in the stream, in stream order.
