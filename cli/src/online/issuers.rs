@@ -5,7 +5,7 @@
 
 use super::publish::{newest_version, wait_announced, write_outcome};
 use super::render::Table;
-use super::{Client, outcome_exit, outcome_line};
+use super::{Client, outcome_exit};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
 use aegis_core::events::{Event, TokenIssuerRegistered, TokenIssuerRevoked};
@@ -99,18 +99,11 @@ async fn submit_trust_change(
         }
         return Ok(exit);
     }
-    if !json {
-        writeln!(out, "{}", outcome_line(&record.outcome))?;
-        writeln!(
-            out,
-            "waiting for the version with the new trust data to be announced ..."
-        )?;
-        out.flush()?;
-    }
     let time = record.time.as_deref();
     wait_announced(
         client,
         &record,
+        "the version with the new trust data to be announced",
         format!(
             "{} was accepted, but announcing the version with the new trust data",
             record.id

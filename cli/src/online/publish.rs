@@ -116,14 +116,10 @@ async fn publish_and_wait(
         write_outcome(&record, json, out)?;
         return Ok(exit);
     }
-    if !json {
-        writeln!(out, "{}", outcome_line(&record.outcome))?;
-        writeln!(out, "waiting for the bundle to be built and announced ...")?;
-        out.flush()?;
-    }
     wait_announced(
         client,
         &record,
+        "the bundle to be built and announced",
         what,
         |history| find_version(history, target, above),
         json,
@@ -164,12 +160,14 @@ pub(super) fn write_outcome(
     Ok(())
 }
 
-/// Polls the history until `find` picks out a version that is announced (`what` names it in
+/// After an accepted `record`: prints its outcome and that it waits for `waiting` (text only),
+/// polls the history until `find` picks out a version that is announced (`what` names it in
 /// the timeout message), then prints it: with `--json` the report with `record`, else
 /// [`write_version`].
 pub(super) async fn wait_announced<F>(
     client: &Client,
     record: &EventRecord,
+    waiting: &str,
     what: String,
     find: F,
     json: bool,
@@ -178,6 +176,11 @@ pub(super) async fn wait_announced<F>(
 where
     F: Fn(&[VersionView]) -> Option<&VersionView>,
 {
+    if !json {
+        writeln!(out, "{}", outcome_line(&record.outcome))?;
+        writeln!(out, "waiting for {waiting} ...")?;
+        out.flush()?;
+    }
     let find = &find;
     let version = client
         .poll(what, || async move {
