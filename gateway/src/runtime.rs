@@ -274,7 +274,10 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
     for w in watchers {
         let _ = w.await;
     }
-    if tokio::time::timeout(Duration::from_secs(1), forwarder).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(1), forwarder)
+        .await
+        .is_err()
+    {
         tracing::warn!("bundle_rejected records still queued at shutdown were not recorded");
     }
     shipper.shutdown(SHUTDOWN_FLUSH).await;
