@@ -106,6 +106,56 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd and container runtimes send),
+/// so both stop the control plane cleanly: the fold thread drains, RocksDB is flushed, exit 0.
+///
+/// The handlers are installed when this is called (right before the run starts), not when the
+/// future is first polled: a signal that arrives while the run is still opening its store is
+/// remembered instead of killing the process. (Before that, while connecting and provisioning,
+/// there is nothing to flush and the default action, exiting, is what one wants.)
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle {name}");
+                None
+            }
+        };
+        (
+            install(SignalKind::interrupt(), "SIGINT"),
+            install(SignalKind::terminate(), "SIGTERM"),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let (int, term) = signals;
+            tokio::select! {
+                () = recv(int) => tracing::info!("SIGINT received: shutting down"),
+                () = recv(term) => tracing::info!("SIGTERM received: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("Ctrl-C received: shutting down");
+        }
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let signing_key = Keypair::load(&args.key)
         .with_context(|| format!("loading the signing key {}", args.key.display()))?;
@@ -148,10 +198,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoint_every: args.checkpoint_every.max(1),
         checkpoint_idle: Duration::from_millis(args.checkpoint_idle_ms),
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-    };
+    let shutdown = shutdown_signal();
     let summary = aegis_controlplane::run(js, config, shutdown).await?;
     tracing::info!(
         applied_seq = summary.applied_seq,

@@ -1,5 +1,5 @@
 //! The control plane as a test sees it: the real `aegis-controlplane` binary as a child process
-//! (killable with SIGKILL, restartable on the same RocksDB directory), operators that sign
+//! (stoppable with SIGTERM or SIGKILL, restartable on the same RocksDB directory), operators that sign
 //! events with their own keys, and the query calls that wait for an event's outcome.
 //!
 //! Test support: a programming error here (an invalid literal id) panics, like an assertion.
@@ -181,6 +181,12 @@ impl ControlPlane {
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
         self.process.kill9();
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the process to exit (SIGKILL after that). Its
+    /// exit status; `None` if it was not running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.process.terminate(timeout)
     }
 
     /// Starts the process again on the same data directory.
