@@ -809,3 +809,76 @@ async fn a_tenant_operator_tails_its_own_tenant() {
         ]
     );
 }
+
+/// A server running the shipped accounts.conf, provisioned by the control plane user.
+async fn start_with_accounts() -> (NatsServer, Context) {
+    let mut options = NatsServerOptions::default().with_config(ACCOUNTS_CONF);
+    for (user, var) in PASSWORD_ENV_VARS {
+        options = options.with_env(var, password(user));
+    }
+    let server = NatsServer::start_with(options).unwrap();
+    let cp = jetstream(
+        connect(
+            &ConnectOptions::new(server.url())
+                .user_and_password("controlplane", password("controlplane")),
+        )
+        .await
+        .unwrap(),
+    );
+    provision(&cp, &Topology::single()).await.unwrap();
+    (server, cp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_operator_sees_its_own_gateways_and_not_another_tenants() {
+    let (server, cp) = start_with_accounts().await;
+    let kv = cp.get_key_value(GATEWAYS_KV).await.unwrap();
+    publish_bundle(&cp, "acme", 2).await;
+    publish_bundle(&cp, "globex", 7).await;
+    put(&kv, Beat::new("acme", "gw1", Some(2))).await;
+    put(&kv, Beat::new("acme", "gw2", Some(2))).await;
+    put(&kv, Beat::new("globex", "secret-gw", Some(7))).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let operator_password = password("acme-operator");
+    let env = [
+        ("AEGIS_NATS_URL", url.as_str()),
+        ("AEGIS_NATS_USER", "acme-operator"),
+        ("AEGIS_NATS_PASSWORD", operator_password.as_str()),
+    ];
+    let run = aegisctl(&["gateways", "--tenant", "acme"], &env, dir.path());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        row(&run.stdout, "acme", "gw1")[..6],
+        ["acme", "gw1", "edge-1", "v2", "v2", "current"]
+    );
+    assert_eq!(
+        row(&run.stdout, "acme", "gw2")[..6],
+        ["acme", "gw2", "edge-1", "v2", "v2", "current"]
+    );
+    assert!(run.stdout.contains("all 2 gateways current"), "{run:?}");
+    assert!(!run.stdout.contains("globex"), "{run:?}");
+    // A gateway falls behind: exit 8, still readable.
+    publish_bundle(&cp, "acme", 3).await;
+    let run = aegisctl(
+        &["gateways", "--tenant", "acme", "--json"],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 8, "{run:?}");
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["gateways"][0]["state"], "behind");
+    assert_eq!(json["latest"]["acme"]["version"], 3);
+
+    // globex's heartbeats (and everyone's): refused by the server, nothing of globex printed.
+    for args in [&["gateways", "--tenant", "globex"][..], &["gateways"][..]] {
+        let run = aegisctl(args, &env, dir.path());
+        assert_eq!(run.code, 6, "{args:?}: {run:?}");
+        assert!(
+            !run.stdout.contains("secret-gw") && !run.stderr.contains("secret-gw"),
+            "{run:?}"
+        );
+        assert!(run.stderr.contains("aegis-gateways"), "{run:?}");
+    }
+}

@@ -1,5 +1,5 @@
 //! The shipped `nats/conf/accounts.conf`, run by a real nats-server: tenant operators reach
-//! their own tenant's subjects and nothing else; gateways ship decisions but cannot write
+//! their own tenant's subjects (and gateway heartbeat keys) and nothing else; gateways ship decisions but cannot write
 //! change events.
 //!
 //! The server gets the file's text verbatim (`aegis_nats::conf::ACCOUNTS_CONF` is an
@@ -339,6 +339,143 @@ async fn a_tenant_operator_reads_only_its_own_subjects_through_jetstream() {
         .unwrap();
     assert_eq!(first.subject.as_str(), "aegis.changes.acme.x");
     assert_eq!(first.payload, Bytes::from("acme data"));
+}
+
+/// `aegisctl gateways --tenant acme` reads KV `aegis-gateways` with an ordered consumer on
+/// `KV_aegis-gateways` filtered to `$KV.aegis-gateways.acme.>`; acme may do exactly that, and
+/// reach none of globex's heartbeat keys by any other route.
+#[tokio::test]
+async fn a_tenant_operator_reads_only_its_own_gateway_heartbeats() {
+    let (server, cp) = start().await;
+    let kv = cp.get_key_value(GATEWAYS_KV).await.unwrap();
+    let kv_stream = topology::kv_stream(GATEWAYS_KV);
+    for (key, value) in [
+        ("acme.gw1", "acme gw1 v3"),
+        ("acme.gw2", "acme gw2 v2"),
+        ("globex.gw1", "globex secret"),
+    ] {
+        kv.put(key, Bytes::from(value)).await.unwrap();
+    }
+    kv.put("acme.gw1", Bytes::from("acme gw1 v4"))
+        .await
+        .unwrap();
+    let mut acme = login(&server, "acme-operator").await;
+    let stream = acme.js.get_stream_no_info(&kv_stream).await.unwrap();
+
+    // Its own keys: an ordered consumer, last value per key, delivering to its inbox.
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            name: Some("acme-gateways".to_owned()),
+            filter_subject: "$KV.aegis-gateways.acme.>".to_owned(),
+            deliver_subject: acme.client.new_inbox(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("acme's heartbeats")
+            .unwrap()
+            .unwrap();
+        got.push((m.subject.to_string(), m.payload.clone()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "$KV.aegis-gateways.acme.gw1".to_owned(),
+                Bytes::from("acme gw1 v4")
+            ),
+            (
+                "$KV.aegis-gateways.acme.gw2".to_owned(),
+                Bytes::from("acme gw2 v2")
+            ),
+        ]
+    );
+
+    // globex's keys, or every key: refused.
+    for (name, filter) in [
+        ("peek", "$KV.aegis-gateways.globex.>"),
+        ("peek1", "$KV.aegis-gateways.globex.gw1"),
+        ("all", "$KV.aegis-gateways.>"),
+    ] {
+        let refused = stream
+            .create_consumer(push::OrderedConfig {
+                name: Some(name.to_owned()),
+                filter_subject: filter.to_owned(),
+                deliver_subject: acme.client.new_inbox(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await;
+        assert!(refused.is_err(), "consumer on {filter} created");
+        acme.expect_violation(
+            "publish",
+            &format!("$JS.API.CONSUMER.CREATE.{kv_stream}.{name}.{filter}"),
+        )
+        .await;
+    }
+    // The permitted form with globex's filter in the body: the server refuses.
+    let body = serde_json::json!({"stream_name": kv_stream, "action": "create",
+        "config": {"name": "sneaky", "filter_subject": "$KV.aegis-gateways.globex.>",
+                   "deliver_policy": "last_per_subject", "ack_policy": "none",
+                   "deliver_subject": acme.client.new_inbox()}});
+    let answer = acme
+        .client
+        .request(
+            format!("$JS.API.CONSUMER.CREATE.{kv_stream}.sneaky.$KV.aegis-gateways.acme.>"),
+            Bytes::from(body.to_string()),
+        )
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert!(answer.get("error").is_some(), "server accepted: {answer}");
+
+    // No direct get, stream info, message get, live subscription or KV client for anyone's
+    // keys (the KV client opens the bucket with stream info).
+    for subject in [
+        format!("$JS.API.DIRECT.GET.{kv_stream}.$KV.aegis-gateways.globex.gw1"),
+        format!("$JS.API.DIRECT.GET.{kv_stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{kv_stream}"),
+        format!("$JS.API.STREAM.INFO.{kv_stream}"),
+    ] {
+        let answer = acme
+            .client
+            .request(subject.clone(), Bytes::from("{\"seq\":3}"))
+            .await;
+        assert!(answer.is_err(), "{subject} answered: {answer:?}");
+        acme.expect_violation("publish", &subject).await;
+    }
+    let mut live = acme
+        .client
+        .subscribe("$KV.aegis-gateways.globex.>")
+        .await
+        .unwrap();
+    acme.expect_violation("subscription", "$KV.aegis-gateways.globex.>")
+        .await;
+    assert!(acme.js.get_key_value(GATEWAYS_KV).await.is_err());
+    // Nor write one.
+    let forged = acme
+        .client
+        .publish("$KV.aegis-gateways.acme.gw9", Bytes::from("forged"))
+        .await;
+    assert!(forged.is_ok(), "a core publish only fails at the server");
+    acme.expect_violation("publish", "$KV.aegis-gateways.acme.gw9")
+        .await;
+    kv.put("globex.gw1", Bytes::from("globex secret 2"))
+        .await
+        .unwrap();
+    let leaked = tokio::time::timeout(Duration::from_millis(500), live.next()).await;
+    assert!(
+        !matches!(leaked, Ok(Some(_))),
+        "acme received globex heartbeats: {leaked:?}"
+    );
+    assert_eq!(kv.get("acme.gw9").await.unwrap(), None);
 }
 
 #[tokio::test]
