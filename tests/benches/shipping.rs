@@ -500,10 +500,10 @@ fn main() -> anyhow::Result<()> {
     println!("nats-server: {version} (JetStream, R1 stream AEGIS_DECISIONS)");
     println!();
     println!(
-        "| nats-server storage            | publisher                          | events/run |   events/s | runs (events/s)        | CPU µs/event: bench | nats-server |"
+        "| nats-server storage            | publisher                          | events/run |   events/s | runs (events/s)          | CPU µs/event: bench | nats-server |"
     );
     println!(
-        "|--------------------------------|------------------------------------|-----------:|-----------:|------------------------|--------------------:|------------:|"
+        "|--------------------------------|------------------------------------|-----------:|-----------:|--------------------------|--------------------:|------------:|"
     );
     for s in [&fsync, &nofsync] {
         for (name, runs, med) in [
@@ -516,7 +516,7 @@ fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(" / ");
             println!(
-                "| {:<30} | {name:<34} | {:>10} | {med:>10.0} | {list:<22} | {:>19.1} | {:>11.1} |",
+                "| {:<30} | {name:<34} | {:>10} | {med:>10.0} | {list:<24} | {:>19.1} | {:>11.1} |",
                 s.storage.label(),
                 s.events,
                 cpu_us(runs, |r| r.cpu_self),
