@@ -221,7 +221,7 @@ enum Command {
     Audit(AuditCommand),
     /// The gateway fleet: which version each gateway enforces per tenant, against the latest
     #[command(
-        after_help = "Examples:\n  aegisctl gateways\n  aegisctl gateways --tenant acme --wait 30s\n  aegisctl gateways --json\n\nSTATUS is current, behind (vN < vM), no bundle, or stale (no heartbeat for 3 intervals).\nExit 0 when every gateway is current, 8 when any is behind, stale or without a bundle, or\nnone has reported (--wait polls until converged or the time is up), 6 when NATS is\nunreachable. Reads KV aegis-gateways: a tenant operator may read its own tenant's\ngateways (--tenant), the whole fleet needs credentials that may read every key."
+        after_help = "Examples:\n  aegisctl gateways\n  aegisctl gateways --tenant acme --wait 30s\n  aegisctl gateways --tenant acme --trust keys/control-plane.pub.json\n  aegisctl gateways --json\n\nSTATUS is current, behind (vN < vM), no bundle, or stale (no heartbeat for 3 intervals).\nLATEST is the last bundle_published on aegis.bundles.<tenant>, read UNVERIFIED unless\n--trust is given; with --trust, the newest one signed by a trusted control-plane key.\nExit 0 when every gateway is current, 8 when any is behind, stale or without a bundle, or\nnone has reported (--wait polls until converged or the time is up), 6 when NATS is\nunreachable. Reads KV aegis-gateways: a tenant operator may read its own tenant's\ngateways (--tenant), the whole fleet needs credentials that may read every key."
     )]
     Gateways {
         #[command(flatten)]

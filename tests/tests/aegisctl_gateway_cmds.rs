@@ -7,7 +7,9 @@
 //! `aegisctl token`, `aegisctl gateways` and `aegisctl tail`, the real binary against a real
 //! nats-server: tokens verify with their call chain; heartbeats put into KV `aegis-gateways` and
 //! a `bundle_published` on `aegis.bundles.<tenant>` give current / behind / stale / no bundle
-//! and the exit codes (0 converged, 8 not, 6 unreachable, `--wait`); decision events and bundle
+//! and the exit codes (0 converged, 8 not, 6 unreachable, `--wait`), with `--trust` only
+//! announcements signed by the control plane's key count (a forged higher one is ignored), a
+//! tenant operator sees its own tenant's gateways and not another's; decision events and bundle
 //! rejections published on `AEGIS_DECISIONS` come back through `tail` filtered, as the exact
 //! stored JSON lines, also under a tenant operator's credentials.
 //!
@@ -269,14 +271,24 @@ async fn put(kv: &async_nats::jetstream::kv::Store, beat: Beat<'_>) {
         .unwrap();
 }
 
+/// The control plane's key in these tests.
+fn control_plane_key() -> Keypair {
+    Keypair::from_seed(&[7; 32])
+}
+
 async fn publish_bundle(js: &Context, tenant_name: &str, version: u64) {
-    let key = Keypair::from_seed(&[7; 32]);
+    let bytes = bundle_published(tenant_name, version, &control_plane_key());
+    publish_announcement(js, tenant_name, version, bytes).await;
+}
+
+/// A `bundle_published` envelope of `version`, signed by `key`.
+fn bundle_published(tenant_name: &str, version: u64, key: &Keypair) -> Vec<u8> {
     let t = tenant(tenant_name);
     let envelope = Envelope::sign(
         EventId::random().unwrap(),
         t.clone(),
         ActorId::new("controlplane").unwrap(),
-        &key,
+        key,
         OffsetDateTime::now_utc(),
         Event::BundlePublished(BundlePublished {
             version,
@@ -290,16 +302,41 @@ async fn publish_bundle(js: &Context, tenant_name: &str, version: u64) {
         }),
     )
     .unwrap();
+    envelope.to_bytes().unwrap()
+}
+
+async fn publish_announcement(js: &Context, tenant_name: &str, version: u64, bytes: Vec<u8>) {
     publish(
         js,
         Publish::new(
-            topology::bundles_subject(&t).unwrap(),
-            envelope.to_bytes().unwrap(),
+            topology::bundles_subject(&tenant(tenant_name)).unwrap(),
+            bytes,
         )
         .msg_id(format!("bundle:{tenant_name}:{version}")),
     )
     .await
     .unwrap();
+}
+
+/// Forged announcements after a real v2: v99 signed by a rogue key, v100 signed by it too but
+/// claiming the control plane's key id.
+async fn publish_forgeries(js: &Context, tenant_name: &str) {
+    let rogue = Keypair::from_seed(&[66; 32]);
+    publish_announcement(
+        js,
+        tenant_name,
+        99,
+        bundle_published(tenant_name, 99, &rogue),
+    )
+    .await;
+    let claimed = String::from_utf8(bundle_published(tenant_name, 100, &rogue))
+        .unwrap()
+        .replace(
+            &format!("\"key_id\":\"{}\"", rogue.key_id()),
+            &format!("\"key_id\":\"{}\"", control_plane_key().key_id()),
+        );
+    assert!(claimed.contains(control_plane_key().key_id().as_str()));
+    publish_announcement(js, tenant_name, 100, claimed.into_bytes()).await;
 }
 
 /// The table row of `tenant gateway`, split on whitespace.
@@ -871,6 +908,26 @@ async fn a_tenant_operator_sees_its_own_gateways_and_not_another_tenants() {
     assert_eq!(json["gateways"][0]["state"], "behind");
     assert_eq!(json["latest"]["acme"]["version"], 3);
 
+    // Forged announcements: with --trust, found out with tenant credentials too (the walk back
+    // reads aegis.bundles.acme with an ordered consumer).
+    publish_forgeries(&cp, "acme").await;
+    let trust = dir.path().join("control-plane.pub.json");
+    control_plane_key().public_key().write(&trust).unwrap();
+    let run = aegisctl(
+        &[
+            "gateways",
+            "--tenant",
+            "acme",
+            "--trust",
+            trust.to_str().unwrap(),
+        ],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 8, "{run:?}");
+    assert!(run.stdout.contains("behind (v2 < v3)"), "{run:?}");
+    assert!(run.stdout.contains("2 newer ignored"), "{run:?}");
+
     // globex's heartbeats (and everyone's): refused by the server, nothing of globex printed.
     for args in [&["gateways", "--tenant", "globex"][..], &["gateways"][..]] {
         let run = aegisctl(args, &env, dir.path());
@@ -881,4 +938,102 @@ async fn a_tenant_operator_sees_its_own_gateways_and_not_another_tenants() {
         );
         assert!(run.stderr.contains("aegis-gateways"), "{run:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trust_a_forged_higher_announcement_does_not_count_as_the_latest() {
+    let (server, js) = start_server().await;
+    let url = server.url();
+    let env = [("AEGIS_NATS_URL", url.as_str())];
+    let dir = tempfile::tempdir().unwrap();
+    let kv = js.get_key_value(GATEWAYS_KV).await.unwrap();
+    let trust_dir = dir.path().join("trust");
+    std::fs::create_dir(&trust_dir).unwrap();
+    let paths = control_plane_key()
+        .write_to_dir(&trust_dir, "control-plane")
+        .unwrap();
+    let pub_file = paths.public_key.to_str().unwrap().to_owned();
+    let trust_dir = trust_dir.to_str().unwrap().to_owned();
+
+    publish_bundle(&js, "acme", 1).await;
+    publish_bundle(&js, "acme", 2).await;
+    publish_forgeries(&js, "acme").await;
+    put(&kv, Beat::new("acme", "gw1", Some(2))).await;
+
+    // Unverified (no --trust): the forged v100 is the latest, gw1 looks behind.
+    let run = aegisctl(&["gateways", "--tenant", "acme"], &env, dir.path());
+    assert_eq!(run.code, 8, "{run:?}");
+    assert_eq!(row(&run.stdout, "acme", "gw1")[4], "v100", "{run:?}");
+    assert!(run.stdout.contains("behind (v2 < v100)"), "{run:?}");
+
+    // --trust with the public key file, or the directory: v2 is the latest, gw1 current, and
+    // the two ignored announcements are reported.
+    for trust in [&pub_file, &trust_dir] {
+        let run = aegisctl(
+            &["gateways", "--tenant", "acme", "--trust", trust],
+            &env,
+            dir.path(),
+        );
+        assert_eq!(run.code, 0, "{trust}: {run:?}");
+        assert_eq!(
+            row(&run.stdout, "acme", "gw1")[..6],
+            ["acme", "gw1", "edge-1", "v2", "v2", "current"]
+        );
+        assert!(
+            run.stdout.contains(
+                "acme: latest v2 is the newest announcement signed by a trusted key; 2 newer \
+                 ignored, the last does not verify: bad signature"
+            ),
+            "{run:?}"
+        );
+        assert!(run.stdout.contains("all 1 gateway current"), "{run:?}");
+    }
+    let run = aegisctl(
+        &[
+            "gateways", "--tenant", "acme", "--trust", &pub_file, "--json",
+        ],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["latest_verified"], true);
+    assert_eq!(json["latest"]["acme"]["version"], 2);
+    assert_eq!(json["latest"]["acme"]["ignored"]["count"], 2);
+    assert_eq!(json["gateways"][0]["state"], "current");
+
+    // A real v3 after the forgeries: the last message verifies, it is the latest.
+    publish_bundle(&js, "acme", 3).await;
+    let run = aegisctl(
+        &["gateways", "--tenant", "acme", "--trust", &pub_file],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 8, "{run:?}");
+    assert!(run.stdout.contains("behind (v2 < v3)"), "{run:?}");
+    assert!(!run.stdout.contains("ignored"), "{run:?}");
+
+    // Only forgeries for globex: no latest version to judge by.
+    publish_forgeries(&js, "globex").await;
+    put(&kv, Beat::new("globex", "gw1", Some(99))).await;
+    let run = aegisctl(
+        &["gateways", "--tenant", "globex", "--trust", &pub_file],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 8, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "unknown (no bundle_published on aegis.bundles.globex is signed by a trusted key"
+        ),
+        "{run:?}"
+    );
+
+    // An unreadable trust path: invalid arguments.
+    let run = aegisctl(
+        &["gateways", "--trust", "/nonexistent/keys"],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 2, "{run:?}");
 }

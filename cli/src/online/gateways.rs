@@ -3,8 +3,17 @@
 //!
 //! Reads every entry of KV bucket `aegis-gateways` (key `<tenant>.<gateway>`, value a JSON
 //! [`Heartbeat`]) with an ordered push consumer on its stream (last message per key), and for
-//! each tenant the last message on `aegis.bundles.<tenant>` (a `bundle_published` envelope; its
-//! signature is not checked here, the gateways do that). Each gateway is then
+//! each tenant its latest version from `aegis.bundles.<tenant>`:
+//!
+//! - without `--trust`, the last message there, a `bundle_published` envelope read
+//!   **unverified** (the gateways verify what they apply, but a forged announcement of a high
+//!   version would make every gateway of the tenant look behind here);
+//! - with `--trust` (control-plane public keys), the newest `bundle_published` whose envelope
+//!   signature verifies with a trusted key: the last message if it does, else the stream's
+//!   messages on the subject are read in order (an ordered consumer, what tenant credentials
+//!   allow) and newer announcements that do not verify are ignored, and reported.
+//!
+//! Each gateway is then
 //!
 //! - `stale` when its record is older than 3 × its `interval_seconds`,
 //! - `no bundle` when it enforces nothing for the tenant,
@@ -23,14 +32,17 @@ use aegis_core::events::envelope::parse_time;
 use aegis_core::events::{Event, ReceivedEnvelope};
 use aegis_core::heartbeat::Heartbeat;
 use aegis_core::ids::TenantId;
+use aegis_core::keys::TrustStore;
 use aegis_nats::ReadError;
 use aegis_nats::topology::{self, BUNDLES_STREAM, GATEWAYS_KV, kv_stream};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::push::Ordered;
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -38,7 +50,7 @@ use time::OffsetDateTime;
 pub const STALE_AFTER_INTERVALS: u64 = 3;
 /// How often `--wait` reads the fleet again.
 pub const WAIT_POLL: Duration = Duration::from_millis(500);
-/// How long reading the bucket may wait for the next entry.
+/// How long reading the bucket or a bundle subject may wait for the next message.
 const READ_IDLE: Duration = Duration::from_secs(10);
 
 /// Options for [`run`]; also the `aegisctl gateways` arguments.
@@ -54,6 +66,12 @@ pub struct GatewaysArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Control-plane public key(s): a *.pub.json, a trust file or a directory of *.pub.json.
+    /// Only bundle_published announcements signed by a trusted key count as a tenant's latest
+    /// version. Without it the latest version is read UNVERIFIED: a forged announcement of a
+    /// higher version makes every gateway of the tenant look behind
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    pub trust: Option<PathBuf>,
 }
 
 /// Why the fleet could not be read.
@@ -61,19 +79,22 @@ pub struct GatewaysArgs {
 pub enum FleetError {
     #[error("{0}")]
     Subject(#[from] aegis_nats::TopologyError),
-    #[error("reading KV bucket {GATEWAYS_KV}: {0}")]
-    Kv(#[source] ConsumeError),
-    #[error(
-        "reading KV bucket {GATEWAYS_KV} stalled: {got} of {pending} entries after {idle:?} \
-         without one"
-    )]
+    /// `what`: `KV bucket aegis-gateways`, or the bundle subject read back.
+    #[error("reading {what}: {source}")]
+    Consume {
+        what: String,
+        #[source]
+        source: ConsumeError,
+    },
+    #[error("reading {what} stalled: {got} of {pending} messages after {idle:?} without one")]
     Stalled {
+        what: String,
         got: usize,
         pending: u64,
         idle: Duration,
     },
-    #[error("reading KV bucket {GATEWAYS_KV} failed: {0}")]
-    Read(String),
+    #[error("reading {what} failed: {detail}")]
+    Read { what: String, detail: String },
     #[error("the latest published version of tenant {tenant}: {source}")]
     Latest {
         tenant: String,
@@ -86,7 +107,10 @@ impl From<FleetError> for CliError {
     fn from(e: FleetError) -> CliError {
         let exit = match &e {
             FleetError::Subject(_) => Exit::Invalid,
-            FleetError::Kv(ConsumeError::TimedOut { .. })
+            FleetError::Consume {
+                source: ConsumeError::TimedOut { .. },
+                ..
+            }
             | FleetError::Stalled { .. }
             | FleetError::Latest {
                 source: ReadError::TimedOut { .. },
@@ -113,16 +137,29 @@ pub struct KvEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Latest {
-    /// The last message is a `bundle_published` for this version.
+    /// The last message (with a trust store: the newest one signed by a trusted key) is a
+    /// `bundle_published` for this version.
     Published {
         version: u64,
         digest: String,
         stage: String,
+        /// With a trust store: the newer messages on the subject that did not verify.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ignored: Option<Ignored>,
     },
     /// Nothing published yet.
     None,
-    /// The last message is not a `bundle_published` envelope of the tenant.
+    /// The last message is not a `bundle_published` envelope of the tenant (with a trust store:
+    /// no message is one that verifies).
     Unreadable { detail: String },
+}
+
+/// Announcements newer than the latest verified one, ignored because they did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    pub count: u64,
+    /// Why the newest of them was ignored.
+    pub last: String,
 }
 
 /// What was read: every live entry and each tenant's latest version.
@@ -132,6 +169,8 @@ pub struct Fleet {
     pub latest: BTreeMap<String, Latest>,
     /// The tenant asked for, if any (reported on even with no gateway).
     pub tenant: Option<TenantId>,
+    /// Whether the latest versions were checked against a trust store.
+    pub verified: bool,
 }
 
 /// A gateway's state.
@@ -173,13 +212,16 @@ pub struct FleetReport {
     pub gateways: Vec<GatewayReport>,
     /// Each tenant's latest published version.
     pub latest: BTreeMap<String, Latest>,
+    /// Whether only announcements signed by a trusted key (`--trust`) counted as the latest.
+    pub latest_verified: bool,
 }
 
 /// Reads the bucket (only `tenant`'s keys when given) and the latest version of each tenant
-/// seen.
+/// seen (see [`latest_published`] for `trust`).
 pub async fn read_fleet(
     js: &jetstream::Context,
     tenant: Option<&TenantId>,
+    trust: Option<&TrustStore>,
 ) -> Result<Fleet, FleetError> {
     let filter = match tenant {
         Some(t) => format!(
@@ -188,6 +230,7 @@ pub async fn read_fleet(
         ),
         None => format!("$KV.{GATEWAYS_KV}.>"),
     };
+    let what = format!("KV bucket {GATEWAYS_KV}");
     let (messages, pending) = ordered(
         js,
         &kv_stream(GATEWAYS_KV),
@@ -196,51 +239,27 @@ pub async fn read_fleet(
         "aegisctl-gateways",
     )
     .await
-    .map_err(FleetError::Kv)?;
+    .map_err(|source| FleetError::Consume {
+        what: what.clone(),
+        source,
+    })?;
     let mut entries = Vec::new();
-    if pending > 0 {
-        let mut messages = Box::pin(messages);
-        let mut got = 0usize;
-        loop {
-            let message = match tokio::time::timeout(READ_IDLE, messages.next()).await {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(FleetError::Read(e.to_string())),
-                Ok(None) => return Err(FleetError::Read("the consumer ended".to_owned())),
-                Err(_) => {
-                    return Err(FleetError::Stalled {
-                        got,
-                        pending,
-                        idle: READ_IDLE,
-                    });
-                }
-            };
-            got = got.saturating_add(1);
-            let left = message
-                .info()
-                .map_err(|e| FleetError::Read(format!("message without JetStream info: {e}")))?
-                .pending;
-            let deleted = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-            let key = message
-                .subject
-                .as_str()
-                .strip_prefix(&format!("$KV.{GATEWAYS_KV}."))
-                .unwrap_or(message.subject.as_str())
-                .to_owned();
-            if !deleted {
-                entries.push(KvEntry {
-                    key,
-                    value: message.payload.to_vec(),
-                });
-            }
-            if left == 0 {
-                break;
-            }
+    let prefix = format!("$KV.{GATEWAYS_KV}.");
+    drain(messages, pending, u64::MAX, &what, |message| {
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        if !deleted {
+            let subject = message.subject.as_str();
+            entries.push(KvEntry {
+                key: subject.strip_prefix(&prefix).unwrap_or(subject).to_owned(),
+                value: message.payload.to_vec(),
+            });
         }
-    }
+    })
+    .await?;
     let mut tenants: Vec<String> = entries
         .iter()
         .filter_map(|e| e.key.split_once('.').map(|(t, _)| t.to_owned()))
@@ -261,20 +280,70 @@ pub async fn read_fleet(
             );
             continue;
         };
-        let found = latest_published(js, &id).await?;
+        let found = latest_published(js, &id, trust).await?;
         latest.insert(name, found);
     }
     Ok(Fleet {
         entries,
         latest,
         tenant: tenant.cloned(),
+        verified: trust.is_some(),
     })
 }
 
-/// The last message on `aegis.bundles.<tenant>`, as a [`Latest`].
+/// Hands `each` every message of an ordered consumer, in stream order, until none is pending (`pending`: when the consumer was created) or the message at
+/// stream sequence `until` or later has been handed over.
+async fn drain(
+    messages: Ordered,
+    pending: u64,
+    until: u64,
+    what: &str,
+    mut each: impl FnMut(&jetstream::Message),
+) -> Result<(), FleetError> {
+    if pending == 0 {
+        return Ok(());
+    }
+    let read = |detail: String| FleetError::Read {
+        what: what.to_owned(),
+        detail,
+    };
+    let mut messages = Box::pin(messages);
+    let mut got = 0usize;
+    loop {
+        let message = match tokio::time::timeout(READ_IDLE, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(read(e.to_string())),
+            Ok(None) => return Err(read("the consumer ended".to_owned())),
+            Err(_) => {
+                return Err(FleetError::Stalled {
+                    what: what.to_owned(),
+                    got,
+                    pending,
+                    idle: READ_IDLE,
+                });
+            }
+        };
+        got = got.saturating_add(1);
+        let info = message
+            .info()
+            .map_err(|e| read(format!("message without JetStream info: {e}")))?;
+        let (seq, left) = (info.stream_sequence, info.pending);
+        each(&message);
+        if left == 0 || seq >= until {
+            return Ok(());
+        }
+    }
+}
+
+/// The tenant's latest version from `aegis.bundles.<tenant>`. Without `trust`: the last
+/// message there, unverified. With `trust`: the newest `bundle_published` signed by a trusted
+/// key — the last message if it verifies, else found by reading the subject's messages in order
+/// with an ordered consumer (direct gets by sequence are not allowed to tenant operators); the
+/// newer ones that did not verify are counted in [`Latest::Published::ignored`].
 pub async fn latest_published(
     js: &jetstream::Context,
     tenant: &TenantId,
+    trust: Option<&TrustStore>,
 ) -> Result<Latest, FleetError> {
     let subject = topology::bundles_subject(tenant)?;
     let last = aegis_nats::last_message(js, BUNDLES_STREAM, &subject)
@@ -283,32 +352,118 @@ pub async fn latest_published(
             tenant: tenant.to_string(),
             source,
         })?;
-    Ok(match last {
-        None => Latest::None,
-        Some(message) => latest_from(tenant, &message.payload),
+    let Some(last) = last else {
+        return Ok(Latest::None);
+    };
+    let Some(trust) = trust else {
+        return Ok(latest_from(tenant, &last.payload));
+    };
+    if let Ok(latest) = verified_from(tenant, &last.payload, trust) {
+        return Ok(latest);
+    }
+    // Walk back: the newest message that verifies, and how many after it did not.
+    let (messages, pending) = ordered(
+        js,
+        BUNDLES_STREAM,
+        &subject,
+        DeliverPolicy::All,
+        "aegisctl-gateways",
+    )
+    .await
+    .map_err(|source| FleetError::Consume {
+        what: subject.clone(),
+        source,
+    })?;
+    let mut newest: Option<Latest> = None;
+    let mut ignored: Option<Ignored> = None;
+    drain(
+        messages,
+        pending,
+        last.sequence,
+        &subject,
+        |message| match verified_from(tenant, &message.payload, trust) {
+            Ok(latest) => {
+                newest = Some(latest);
+                ignored = None;
+            }
+            Err(why) => {
+                let count = ignored.as_ref().map_or(0, |i| i.count).saturating_add(1);
+                ignored = Some(Ignored { count, last: why });
+            }
+        },
+    )
+    .await?;
+    Ok(match newest {
+        Some(Latest::Published {
+            version,
+            digest,
+            stage,
+            ..
+        }) => Latest::Published {
+            version,
+            digest,
+            stage,
+            ignored,
+        },
+        Some(other) => other,
+        None => Latest::Unreadable {
+            detail: format!(
+                "no bundle_published on {subject} is signed by a trusted key{}",
+                ignored
+                    .map(|i| format!(" (the last bundle event {})", i.last))
+                    .unwrap_or_default()
+            ),
+        },
     })
 }
 
 /// Reads a `bundle_published` envelope of `tenant` (signature not checked).
 pub fn latest_from(tenant: &TenantId, payload: &[u8]) -> Latest {
-    let unreadable = |detail: String| Latest::Unreadable { detail };
     match ReceivedEnvelope::parse(payload) {
-        Err(e) => unreadable(format!("the last bundle event is not an envelope: {e}")),
-        Ok(r) if &r.envelope.tenant != tenant => unreadable(format!(
-            "the last bundle event on tenant {tenant}'s subject is for tenant {}",
-            r.envelope.tenant
-        )),
-        Ok(r) => match r.envelope.event {
-            Event::BundlePublished(b) => Latest::Published {
-                version: b.version,
-                digest: b.digest,
-                stage: b.stage.to_string(),
-            },
-            other => unreadable(format!(
-                "the last bundle event is a {}, not bundle_published",
-                other.event_type()
-            )),
+        Err(e) => Latest::Unreadable {
+            detail: format!("the last bundle event is not an envelope: {e}"),
         },
+        Ok(received) => published_from(tenant, received).unwrap_or_else(|why| Latest::Unreadable {
+            detail: format!("the last bundle event {why}"),
+        }),
+    }
+}
+
+/// Reads a `bundle_published` envelope of `tenant` whose signature verifies with a key in
+/// `trust` (not revoked); else why not (`is signed by key …, which is not trusted`, …).
+pub fn verified_from(
+    tenant: &TenantId,
+    payload: &[u8],
+    trust: &TrustStore,
+) -> Result<Latest, String> {
+    let received =
+        ReceivedEnvelope::parse(payload).map_err(|e| format!("is not an envelope: {e}"))?;
+    let key = trust
+        .lookup(&received.envelope.key_id)
+        .map_err(|e| format!("is signed by a key that is not accepted: {e}"))?;
+    received
+        .verify(key)
+        .map_err(|e| format!("does not verify: {e}"))?;
+    published_from(tenant, received)
+}
+
+/// The version a (parsed) `bundle_published` envelope of `tenant` announces; else why it is
+/// not one (`is for tenant …`, `is a …, not bundle_published`).
+fn published_from(tenant: &TenantId, received: ReceivedEnvelope) -> Result<Latest, String> {
+    if &received.envelope.tenant != tenant {
+        return Err(format!(
+            "on tenant {tenant}'s subject is for tenant {}",
+            received.envelope.tenant
+        ));
+    }
+    match received.envelope.event {
+        Event::BundlePublished(b) => Ok(Latest::Published {
+            version: b.version,
+            digest: b.digest,
+            stage: b.stage.to_string(),
+            ignored: None,
+        }),
+        other => Err(format!("is a {}, not bundle_published", other.event_type())),
     }
 }
 
@@ -360,6 +515,7 @@ pub fn assess(fleet: &Fleet, now: OffsetDateTime) -> FleetReport {
         summary,
         gateways,
         latest: fleet.latest.clone(),
+        latest_verified: fleet.verified,
     }
 }
 
@@ -490,15 +646,34 @@ pub fn write_report(report: &FleetReport, out: &mut dyn Write) -> std::io::Resul
             }
         }
     }
+    for (tenant, latest) in &report.latest {
+        if let Latest::Published {
+            version,
+            ignored: Some(ignored),
+            ..
+        } = latest
+        {
+            writeln!(
+                out,
+                "{tenant}: latest v{version} is the newest announcement signed by a trusted key; \
+                 {} newer ignored, the last {}",
+                ignored.count, ignored.last
+            )?;
+        }
+    }
     writeln!(out, "{}", report.summary)
 }
 
 /// Reads and judges the fleet; with `--wait`, again every [`WAIT_POLL`] until it has converged
 /// or the wait is over. Prints the last report. Exit 0 when converged, 8 otherwise.
 pub async fn run(js: &jetstream::Context, args: &GatewaysArgs, out: &mut dyn Write) -> CliResult {
+    let trust = match &args.trust {
+        Some(path) => Some(super::audit::load_trust(path)?),
+        None => None,
+    };
     let deadline = args.wait.map(|w| tokio::time::Instant::now() + w);
     let report = loop {
-        let fleet = read_fleet(js, args.tenant.as_ref()).await?;
+        let fleet = read_fleet(js, args.tenant.as_ref(), trust.as_ref()).await?;
         let report = assess(&fleet, OffsetDateTime::now_utc());
         match deadline {
             Some(deadline) if !report.converged && tokio::time::Instant::now() < deadline => {
@@ -565,6 +740,7 @@ mod tests {
             version,
             digest: "sha256:x".into(),
             stage: "global".into(),
+            ignored: None,
         }
     }
 
@@ -593,6 +769,7 @@ mod tests {
             ],
             latest,
             tenant: None,
+            verified: false,
         };
         let report = assess(&fleet, now());
         let status: Vec<(&str, &str, &str)> = report
@@ -646,6 +823,7 @@ mod tests {
             ],
             latest: latest.clone(),
             tenant: None,
+            verified: false,
         };
         let report = assess(&fleet, now());
         assert!(report.converged, "{report:?}");
@@ -654,6 +832,7 @@ mod tests {
             entries: vec![],
             latest,
             tenant: Some("acme".parse().unwrap()),
+            verified: false,
         };
         let report = assess(&empty, now());
         assert!(!report.converged);
@@ -688,7 +867,8 @@ mod tests {
             Latest::Published {
                 version: 7,
                 digest: "sha256:abc".into(),
-                stage: "global".into()
+                stage: "global".into(),
+                ignored: None,
             }
         );
         assert!(matches!(
@@ -699,5 +879,74 @@ mod tests {
             latest_from(&acme, b"BundlePublished sha256-abc"),
             Latest::Unreadable { .. }
         ));
+
+        // With a trust store: only the trusted key's signature counts.
+        let mut trust = TrustStore::new();
+        trust.trust(key.public_key().clone());
+        assert_eq!(
+            verified_from(&acme, &bytes, &trust),
+            Ok(latest_from(&acme, &bytes))
+        );
+        let rogue = Keypair::from_seed(&[4; 32]);
+        let forged = Envelope::sign(
+            aegis_core::ids::EventId::random().unwrap(),
+            acme.clone(),
+            "controlplane".parse().unwrap(),
+            &rogue,
+            now(),
+            envelope.event.clone(),
+        )
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+        let why = verified_from(&acme, &forged, &trust).unwrap_err();
+        assert!(why.contains("not trusted"), "{why}");
+        let tampered = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"version\":7", "\"version\":99");
+        assert_ne!(tampered.as_bytes(), bytes.as_slice());
+        let why = verified_from(&acme, tampered.as_bytes(), &trust).unwrap_err();
+        assert!(why.contains("does not verify"), "{why}");
+        trust.revoke(key.key_id().clone());
+        let why = verified_from(&acme, &bytes, &trust).unwrap_err();
+        assert!(why.contains("revoked"), "{why}");
+    }
+
+    #[test]
+    fn ignored_announcements_are_reported() {
+        let mut latest = BTreeMap::new();
+        latest.insert(
+            "acme".to_owned(),
+            Latest::Published {
+                version: 2,
+                digest: "sha256:x".into(),
+                stage: "global".into(),
+                ignored: Some(Ignored {
+                    count: 1,
+                    last: "is signed by a key that is not accepted: key k is not trusted".into(),
+                }),
+            },
+        );
+        let fleet = Fleet {
+            entries: vec![heartbeat("acme", "gw1", Some(2), 1)],
+            latest,
+            tenant: None,
+            verified: true,
+        };
+        let report = assess(&fleet, now());
+        assert!(report.converged);
+        let mut out = Vec::new();
+        write_report(&report, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "acme: latest v2 is the newest announcement signed by a trusted key; 1 newer \
+                 ignored, the last is signed by a key that is not accepted: key k is not trusted"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["latest_verified"], true);
+        assert_eq!(json["latest"]["acme"]["ignored"]["count"], 1);
     }
 }
