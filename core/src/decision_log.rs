@@ -110,9 +110,10 @@ impl DecisionEvent {
         })
     }
 
-    /// The canonical JSON bytes, as published.
+    /// The JSON bytes, as published (members in declaration order; nothing hashes these
+    /// bytes, so the canonical form's extra pass is not paid on every decision).
     pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        to_canonical_vec_of(self)
+        serde_json::to_vec(self)
     }
 }
 

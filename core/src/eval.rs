@@ -380,7 +380,9 @@ fn parse_decision(v: &Value) -> Result<Decision, String> {
             codes: strings(&o["approval"]["codes"], "obligations.approval.codes")?,
         });
     }
-    if let Ok(budgets) = o["budgets"].as_array() {
+    // Matched, not `as_array()`: on an absent value that builds an error (and, with
+    // RUST_BACKTRACE set, captures a backtrace) on every decision.
+    if let Value::Array(budgets) = &o["budgets"] {
         for b in budgets.iter() {
             obligations.budgets.push(BudgetObligation {
                 param: string(&b["param"], "budgets[].param")?,
@@ -394,7 +396,7 @@ fn parse_decision(v: &Value) -> Result<Decision, String> {
             });
         }
     }
-    if let Ok(limits) = o["rate_limits"].as_array() {
+    if let Value::Array(limits) = &o["rate_limits"] {
         for l in limits.iter() {
             obligations.rate_limits.push(RateLimitObligation {
                 calls: l["calls"]

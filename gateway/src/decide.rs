@@ -308,6 +308,9 @@ impl Decider {
                 ),
             ));
         }
+        if let Some(identity) = bundle.tokens.get(token, now, self.token_leeway_seconds) {
+            return Ok((identity, bundle));
+        }
         let identity = token::verify(
             token,
             &bundle.issuers,
@@ -316,6 +319,7 @@ impl Decider {
             self.token_leeway_seconds,
         )
         .map_err(refuse)?;
+        bundle.tokens.insert(token, identity.clone());
         Ok((identity, bundle))
     }
 
@@ -375,7 +379,7 @@ impl Decider {
                         status = 503;
                         decision = Decision::deny(
                             codes::DECISION_LOG_FULL,
-                            "the gateway cannot record decisions right now (decision log spool full); calls are refused until it can",
+                            "the gateway cannot record decisions right now (its decision log queue and disk spool are full); calls are refused until it can",
                         );
                     }
                 }
@@ -488,7 +492,7 @@ impl Decider {
     fn unrecorded_refusal(&self, meta: CallMeta<'_>) -> Outcome {
         let decision = Decision::deny(
             codes::DECISION_LOG_FULL,
-            "the gateway cannot record decisions right now (decision log spool full); calls are refused until it can",
+            "the gateway cannot record decisions right now (its decision log queue and disk spool are full); calls are refused until it can",
         );
         self.metrics
             .decisions_for(UNAUTHENTICATED_TENANT)
@@ -681,6 +685,7 @@ mod tests {
             applied_at: "2026-11-26T00:00:00Z".into(),
             source: "nats",
             expires_unix: None,
+            tokens: crate::tenants::TokenCache::default(),
         }
     }
 
@@ -893,6 +898,43 @@ mod tests {
             r#"{"tool_id":"payments","action":"get_balance","tenant":"acme","agent_id":"finance-agent","call_chain":["planner"]}"#,
         );
         assert_eq!(ok.response.decision, DecisionKind::Allow);
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_per_bundle_and_still_expire() {
+        let f = fixture(true);
+        let acme = TenantId::new("acme").unwrap();
+        let t = token(&f, "acme", "finance-agent", &["planner"], 300);
+        assert_eq!(
+            call(&f, Some(&t), &pay(3000)).response.decision,
+            DecisionKind::Allow
+        );
+        let slot = f.decider.registry.slot(&acme).unwrap();
+        let bundle = slot.active().unwrap();
+        let now = unix_now();
+        assert!(
+            bundle.tokens.get(&t, now, 0).is_some(),
+            "cached after one verification"
+        );
+        assert!(
+            bundle.tokens.get(&t, now + 301, 0).is_none(),
+            "a cached token still expires"
+        );
+        assert_eq!(
+            call(&f, Some(&t), &pay(3000)).response.decision,
+            DecisionKind::Allow
+        );
+
+        // A new bundle without the issuer key (say, the key was revoked): the same token, cached
+        // by the old bundle, is refused at once.
+        let mut revoked = finance_bundle(&f.issuer);
+        revoked.issuers = aegis_core::token::IssuerKeys::new();
+        slot.install(revoked);
+        let out = call(&f, Some(&t), &pay(3000));
+        assert_eq!(
+            (out.status, out.response.reasons[0].code.as_str()),
+            (401, "token_unknown_key")
+        );
     }
 
     #[test]

@@ -35,6 +35,42 @@ pub struct ActiveBundle {
     /// The manifest's `expires_at` as unix seconds. Past it, the bundle no longer decides:
     /// calls are denied (`bundle_expired`) and the gateway is not ready.
     pub expires_unix: Option<i64>,
+    /// Tokens already verified against this bundle's issuer keys.
+    pub tokens: TokenCache,
+}
+
+/// Most tokens a [`TokenCache`] holds before it starts over.
+pub const TOKEN_CACHE_CAPACITY: usize = 16_384;
+
+/// Identities of tokens already verified against one bundle's issuer keys, so a caller that
+/// presents the same token on every call pays for one ed25519 verification, not one per call.
+/// It lives inside the [`ActiveBundle`]: a new bundle (say, with an issuer key revoked) starts
+/// with an empty cache. Expiry is checked on every hit; audience and signature cannot change
+/// for the same token string.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    map: Mutex<std::collections::HashMap<String, aegis_core::token::Identity>>,
+}
+
+impl TokenCache {
+    /// The identity `token` was verified as, if it is cached and not expired at `now` (unix
+    /// seconds, with `leeway` seconds of skew as in verification).
+    pub fn get(&self, token: &str, now: i64, leeway: i64) -> Option<aegis_core::token::Identity> {
+        let map = self.map.lock().ok()?;
+        map.get(token)
+            .filter(|id| now <= id.expires_at.saturating_add(leeway))
+            .cloned()
+    }
+
+    /// Remembers a verified token (starting over when full).
+    pub fn insert(&self, token: &str, identity: aegis_core::token::Identity) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= TOKEN_CACHE_CAPACITY {
+                map.clear();
+            }
+            map.insert(token.to_owned(), identity);
+        }
+    }
 }
 
 impl ActiveBundle {

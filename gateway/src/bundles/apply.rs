@@ -212,6 +212,7 @@ pub fn prepare(
         stage: RolloutStage::Global,
         applied_at: format_time(now).unwrap_or_else(|_| now.to_string()),
         source: SOURCE_NATS,
+        tokens: crate::tenants::TokenCache::default(),
         expires_unix: crate::tenants::expiry_unix(verified.manifest.expires_at.as_deref()),
         manifest: verified.manifest,
     })

@@ -270,5 +270,6 @@ pub fn with_stage(active: &ActiveBundle, stage: RolloutStage) -> ActiveBundle {
         applied_at: active.applied_at.clone(),
         source: active.source,
         expires_unix: active.expires_unix,
+        tokens: crate::tenants::TokenCache::default(),
     }
 }
