@@ -588,6 +588,15 @@ impl Worker {
             self.unhold();
             self.pump().await;
             self.maybe_direct();
+            // NATS is up but slower than decisions arrive: rather than let the hand-off queue
+            // fill (and calls be refused as unrecordable), spill to the spool and drain it.
+            if self.mode == Mode::Direct
+                && self.stopping.is_none()
+                && self.in_flight.len() >= self.config.max_in_flight
+                && self.rx.len() >= (self.config.queue_capacity / 4).max(1)
+            {
+                self.enter_spooling("NATS acknowledges more slowly than decisions arrive");
+            }
             if self.finished() {
                 break;
             }
