@@ -311,8 +311,21 @@ async fn kill_9_at_random_points_while_events_stream_in_then_state_equals_a_fres
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_data_directory_ahead_of_the_stream_is_fatal() {
+/// A nats-server, a control plane on its own data directory, and `n` actor registrations by
+/// acme's root admin folded by it.
+struct Folded {
+    server: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    keys: Keys,
+    tenant: TenantId,
+    root: Operator,
+    dirs: tempfile::TempDir,
+    data: std::path::PathBuf,
+    cp: ControlPlane,
+}
+
+async fn folded(n: usize, dir: &str) -> Folded {
     let server = NatsServer::start().unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client.clone());
@@ -321,18 +334,42 @@ async fn a_data_directory_ahead_of_the_stream_is_fatal() {
         .unwrap();
     let keys = Keys::generate().unwrap();
     let dirs = tempfile::tempdir().unwrap();
-    let data = dirs.path().join("ahead");
+    let data = dirs.path().join(dir);
     let tenant = TenantId::new("acme").unwrap();
     let root = keys.root_operator(&tenant);
-
-    // Fold 10 events.
-    let mut cp = ControlPlane::start_on(&server.url(), &keys, &data, &[]).unwrap();
-    for i in 0..10 {
+    let cp = ControlPlane::start_on(&server.url(), &keys, &data, &[]).unwrap();
+    for i in 0..n {
         let op = Operator::new("acme", &format!("user-{i}"));
         submit(&js, &root.register(&op)).await.unwrap();
     }
     let applied = status(&client, &tenant).await.unwrap().applied_seq;
-    assert_eq!(applied, 10);
+    assert_eq!(applied, n as u64);
+    Folded {
+        server,
+        client,
+        js,
+        keys,
+        tenant,
+        root,
+        dirs,
+        data,
+        cp,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_ahead_of_the_stream_is_fatal() {
+    let Folded {
+        server: _server,
+        client: _client,
+        js,
+        keys: _keys,
+        root,
+        dirs: _dirs,
+        data,
+        mut cp,
+        ..
+    } = folded(10, "ahead").await;
     cp.kill9();
 
     // The stream is replaced by one holding fewer messages.
@@ -383,25 +420,16 @@ async fn a_data_directory_ahead_of_the_stream_is_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_control_plane_cleanly_and_it_restarts_with_the_same_state() {
-    let server = NatsServer::start().unwrap();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let js = jetstream::new(client.clone());
-    aegis_nats::provision(&js, &aegis_nats::Topology::single())
-        .await
-        .unwrap();
-    let keys = Keys::generate().unwrap();
-    let dirs = tempfile::tempdir().unwrap();
-    let data = dirs.path().join("terminated");
-    let tenant = TenantId::new("acme").unwrap();
-    let root = keys.root_operator(&tenant);
-
-    let mut cp = ControlPlane::start_on(&server.url(), &keys, &data, &[]).unwrap();
-    for i in 0..5 {
-        let op = Operator::new("acme", &format!("user-{i}"));
-        submit(&js, &root.register(&op)).await.unwrap();
-    }
-    let applied = status(&client, &tenant).await.unwrap().applied_seq;
-    assert_eq!(applied, 5);
+    let Folded {
+        server: _server,
+        client,
+        tenant,
+        keys: _keys,
+        dirs: _dirs,
+        data,
+        mut cp,
+        ..
+    } = folded(5, "terminated").await;
 
     // SIGTERM: a clean exit, promptly, through the shutdown path (it prints its summary).
     let started = Instant::now();
