@@ -67,6 +67,11 @@ section setup
 # shellcheck source=/dev/null
 source "$ROOT/scripts/setup.sh"
 
+# The walk-through talks to the gateway's HTTP API with curl.
+if ! command -v curl >/dev/null 2>&1; then
+    _aegis_apt_install curl || { echo "the walk-through needs curl; install it and run again" >&2; exit 1; }
+fi
+
 section build
 run cargo build --release -p aegisctl -p aegis-controlplane -p aegis-gateway
 AEGISCTL="$CARGO_TARGET_DIR/release/aegisctl"
