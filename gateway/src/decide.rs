@@ -153,6 +153,8 @@ pub struct Decider {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub sink: Arc<dyn EventSink>,
+    /// Rate-limit and budget counters of this gateway.
+    pub limits: crate::limits::Limiter,
 }
 
 impl std::fmt::Debug for Decider {
@@ -239,7 +241,38 @@ impl Decider {
             params: request.params.clone(),
             context: request.context.clone(),
         };
-        Ok(bundle.evaluator.decide(&input))
+        let decision = bundle.evaluator.decide(&input);
+        Ok(self.enforce_limits(decision, &input))
+    }
+
+    /// A call the policy lets through must also fit the deciding rule's rate limits and
+    /// budgets; otherwise it is denied (`rate_limited`, `budget_exceeded`), naming that rule.
+    fn enforce_limits(&self, decision: Decision, input: &DecideInput) -> Decision {
+        if !decision.decision.permits() {
+            return decision;
+        }
+        let who = crate::limits::Subject {
+            tenant: input.tenant.as_str(),
+            agent: input.agent_id.as_str(),
+            tool: input.tool_id.as_str(),
+        };
+        match self
+            .limits
+            .admit(who, &decision.obligations, &input.params, unix_now())
+        {
+            Ok(()) => decision,
+            Err(exceeded) => Decision {
+                decision: DecisionKind::Deny,
+                reasons: vec![Reason {
+                    code: exceeded.code.to_owned(),
+                    message: exceeded.message,
+                    policy: decision.policy.clone(),
+                    rule: decision.rule.clone(),
+                }],
+                params: None,
+                ..decision
+            },
+        }
     }
 
     /// Verifies the bearer token against the issuer keys of the bundle in force for the tenant
@@ -718,6 +751,7 @@ mod tests {
             registry,
             metrics: Arc::new(Metrics::new()),
             sink: sink.clone(),
+            limits: crate::limits::Limiter::new(),
         };
         Fixture {
             decider,
@@ -935,6 +969,29 @@ mod tests {
             (out.status, out.response.reasons[0].code.as_str()),
             (401, "token_unknown_key")
         );
+    }
+
+    #[test]
+    fn the_rules_rate_limit_turns_an_allow_into_a_deny() {
+        let f = fixture(true);
+        let t = token(&f, "acme", "finance-agent", &["planner"], 300);
+        // The finance template allows 120 balance look-ups a minute (a window can start
+        // mid-test: then the first window's calls are simply fewer).
+        let balance = r#"{"tool_id":"payments","action":"get_balance"}"#;
+        let mut denied = None;
+        for i in 0..242 {
+            let out = call(&f, Some(&t), balance);
+            if out.response.decision == DecisionKind::Deny {
+                denied = Some((i, out));
+                break;
+            }
+        }
+        let (i, out) = denied.expect("the rate limit never refused a call");
+        assert!(i >= 120, "refused after {i} calls");
+        assert_eq!(out.status, 200);
+        assert_eq!(out.response.reasons[0].code, "rate_limited");
+        assert_eq!(out.response.reasons[0].rule.as_deref(), Some("balance"));
+        assert_eq!(last_event(&f).reasons[0].code, "rate_limited");
     }
 
     #[test]

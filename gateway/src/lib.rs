@@ -5,6 +5,7 @@ pub mod config;
 pub mod decide;
 pub mod heartbeat;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod runtime;
 pub mod shipper;

@@ -230,6 +230,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         registry: registry.clone(),
         metrics: metrics.clone(),
         sink,
+        limits: crate::limits::Limiter::new(),
     };
     let app = Arc::new(App {
         decider,
