@@ -74,7 +74,7 @@ impl Histogram {
 pub struct Metrics {
     /// `aegis_decisions_total{tenant, decision}`; tenants not served land under
     /// `_unauthenticated`.
-    decisions: Mutex<BTreeMap<String, std::sync::Arc<DecisionCounters>>>,
+    decisions: std::sync::RwLock<BTreeMap<String, std::sync::Arc<DecisionCounters>>>,
     pub latency: Histogram,
     auth_failures: Mutex<BTreeMap<String, u64>>,
     bundles_rejected: Mutex<BTreeMap<(String, String), u64>>,
@@ -112,7 +112,13 @@ impl Metrics {
     /// The per-tenant decision counters (created on first use). Hold on to the `Arc` to count
     /// without the map lock.
     pub fn decisions_for(&self, tenant: &str) -> std::sync::Arc<DecisionCounters> {
-        match self.decisions.lock() {
+        // Every request counts here: a shared read lock, the write lock only for a new tenant.
+        if let Ok(map) = self.decisions.read()
+            && let Some(c) = map.get(tenant)
+        {
+            return c.clone();
+        }
+        match self.decisions.write() {
             Ok(mut map) => map.entry(tenant.to_owned()).or_default().clone(),
             Err(_) => std::sync::Arc::default(),
         }
@@ -157,7 +163,7 @@ impl Metrics {
             "# HELP aegis_decisions_total Decisions answered, by tenant and outcome."
         );
         let _ = writeln!(out, "# TYPE aegis_decisions_total counter");
-        if let Ok(map) = self.decisions.lock() {
+        if let Ok(map) = self.decisions.read() {
             for (tenant, c) in map.iter() {
                 for kind in KINDS {
                     let _ = writeln!(
