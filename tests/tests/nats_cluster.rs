@@ -118,14 +118,26 @@ async fn r3_streams_keep_an_acknowledged_event_when_a_node_dies() {
 
     let acme = TenantId::new("acme").unwrap();
     let subject = topology::changes_subject(&acme, "policy.payments").unwrap();
-    let first = publish(
-        &js,
-        Publish::new(subject.clone(), "edit 1")
-            .msg_id("evt-1")
-            .expect_last_subject_sequence(0),
-    )
-    .await
-    .unwrap();
+    // A freshly created R3 stream may still be electing its leader: until it has one, a
+    // publish finds no responder (NoStream). Retry that alone (the msg id makes it safe).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let first = loop {
+        match publish(
+            &js,
+            Publish::new(subject.clone(), "edit 1")
+                .msg_id("evt-1")
+                .expect_last_subject_sequence(0),
+        )
+        .await
+        {
+            Err(aegis_nats::PublishError::NoStream { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
 
     // Kill the stream's leader: the hardest node to lose.
     let mut stream = js.get_stream(CHANGES_STREAM).await.unwrap();
