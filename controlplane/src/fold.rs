@@ -555,7 +555,25 @@ impl Ctx<'_, '_> {
             }
             Event::TokenIssuerRegistered(e) => return self.register_issuer(env, e),
             Event::TokenIssuerRevoked(e) => return self.revoke_issuer(env, e),
-            Event::BundlePublished(_) | Event::AuditCheckpoint(_) => {
+            // Issue 5 (in progress): the fold does not take these yet.
+            Event::RolloutAborted(_)
+            | Event::AgentBlocked(_)
+            | Event::AgentUnblocked(_)
+            | Event::ToolBlocked(_)
+            | Event::ToolUnblocked(_)
+            | Event::DataPlaneFrozen(_)
+            | Event::DataPlaneUnfrozen(_)
+            | Event::RuntimeApprovalGranted(_)
+            | Event::RuntimeApprovalDenied(_) => {
+                reject!(
+                    "`{}` is not supported by this control plane yet",
+                    env.event_type()
+                )
+            }
+            Event::BundlePublished(_)
+            | Event::TenantControls(_)
+            | Event::RuntimeApprovalDecided(_)
+            | Event::AuditCheckpoint(_) => {
                 reject!(
                     "`{}` events do not belong on AEGIS_CHANGES",
                     env.event_type()
@@ -1189,6 +1207,26 @@ pub fn summary(env: &Envelope) -> String {
         Event::TokenIssuerRevoked(e) => {
             format!("revoked token issuer key {}: {}", e.key_id, e.reason)
         }
+        Event::RolloutAborted(e) => {
+            format!("aborted the rollout of version {}: {}", e.version, e.reason)
+        }
+        Event::AgentBlocked(e) => format!("blocked agent {}: {}", e.agent, e.reason),
+        Event::AgentUnblocked(e) => format!("unblocked agent {}", e.agent),
+        Event::ToolBlocked(e) => format!("blocked tool {}: {}", e.tool, e.reason),
+        Event::ToolUnblocked(e) => format!("unblocked tool {}", e.tool),
+        Event::DataPlaneFrozen(e) => format!("froze the data plane: {}", e.reason),
+        Event::DataPlaneUnfrozen(_) => "unfroze the data plane".into(),
+        Event::RuntimeApprovalGranted(e) => format!("granted runtime approval {}", e.approval_id),
+        Event::RuntimeApprovalDenied(e) => {
+            format!("denied runtime approval {}: {}", e.approval_id, e.reason)
+        }
+        Event::TenantControls(e) => format!("gateway controls at epoch {}", e.epoch),
+        Event::RuntimeApprovalDecided(e) => format!(
+            "runtime approval {} {} by {}",
+            e.approval_id,
+            if e.granted { "granted" } else { "denied" },
+            e.by
+        ),
         Event::BundlePublished(e) => format!("bundle version {} ({})", e.version, e.digest),
         Event::AuditCheckpoint(e) => {
             format!("audit checkpoint {}..={}", e.from_position, e.to_position)

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod approvals;
 pub mod bundle;
 pub mod canonical;
 pub mod decision;
@@ -12,6 +13,7 @@ pub mod ids;
 pub mod keys;
 pub mod policy;
 pub mod query;
+pub mod rollout;
 pub mod schemas;
 pub mod token;
 pub mod vectors;

@@ -238,7 +238,11 @@ pub async fn provision_with(
     report
         .resources
         .push(ensure_object_store(js, topo, options).await?);
-    report.resources.push(ensure_kv(js, topo, options).await?);
+    for expected in topo.kv_configs() {
+        report
+            .resources
+            .push(ensure_kv(js, expected, options).await?);
+    }
     Ok(report)
 }
 
@@ -511,11 +515,10 @@ async fn ensure_object_store(
 
 async fn ensure_kv(
     js: &jetstream::Context,
-    topo: &Topology,
+    expected: async_nats::jetstream::kv::Config,
     options: ProvisionOptions,
 ) -> Result<ResourceReport, ProvisionError> {
     let kind = ResourceKind::KeyValue;
-    let expected = topo.kv_config();
     let bucket = expected.bucket.clone();
     let stream_name = kv_stream(&bucket);
     let Some(info) = stream_info(js, kind, &bucket, &stream_name).await? else {

@@ -30,6 +30,11 @@ pub const AUDIT_STREAM: &str = "AEGIS_AUDIT";
 pub const BUNDLE_OBJECT_STORE: &str = "aegis-bundles";
 /// KV bucket: which bundle each gateway runs, and its heartbeat (stream `KV_aegis-gateways`).
 pub const GATEWAYS_KV: &str = "aegis-gateways";
+/// KV bucket: rate-limit and budget counters with `scope: global`, shared by every gateway and
+/// updated with compare-and-set (stream `KV_aegis-limits`).
+pub const LIMITS_KV: &str = "aegis-limits";
+/// How long a global counter lives after its last update.
+pub const LIMITS_ENTRY_MAX_AGE: Duration = Duration::from_secs(31 * 24 * 60 * 60);
 
 /// Subject prefix of [`CHANGES_STREAM`].
 pub const CHANGES_PREFIX: &str = "aegis.changes";
@@ -191,6 +196,15 @@ pub fn changes_filter(tenant: &TenantId) -> Result<String, TopologyError> {
 /// `aegis.bundles.<tenant>`.
 pub fn bundles_subject(tenant: &TenantId) -> Result<String, TopologyError> {
     Ok(format!("{BUNDLES_PREFIX}.{}", tenant_token(tenant)?))
+}
+
+/// `aegis.bundles.<tenant>.controls`: the tenant's signed `tenant_controls` state (stable and
+/// candidate versions, kill switch, data-plane freeze).
+pub fn controls_subject(tenant: &TenantId) -> Result<String, TopologyError> {
+    Ok(format!(
+        "{BUNDLES_PREFIX}.{}.controls",
+        tenant_token(tenant)?
+    ))
 }
 
 /// `aegis.decisions.<tenant>.<gateway>`.
@@ -416,6 +430,27 @@ impl Topology {
             num_replicas: self.replicas,
             ..Default::default()
         }
+    }
+
+    /// The global limits KV bucket: one counter per tenant, agent, tool, limit and window,
+    /// history 1, entries expire [`LIMITS_ENTRY_MAX_AGE`] after their last update.
+    pub fn limits_kv_config(&self) -> kv::Config {
+        kv::Config {
+            bucket: LIMITS_KV.to_owned(),
+            description: "Aegis global rate-limit and budget counters".to_owned(),
+            history: 1,
+            max_age: LIMITS_ENTRY_MAX_AGE,
+            max_value_size: 1024,
+            max_bytes: -1,
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Every KV bucket, in the order they are provisioned.
+    pub fn kv_configs(&self) -> Vec<kv::Config> {
+        vec![self.kv_config(), self.limits_kv_config()]
     }
 }
 

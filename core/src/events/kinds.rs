@@ -4,7 +4,7 @@
 
 use super::chain::ChainEntry;
 use super::roles::Role;
-use crate::ids::{ActorId, AgentId, ChangeId, PolicyName};
+use crate::ids::{ActorId, AgentId, ChangeId, EventId, PolicyName, ToolId};
 use crate::keys::KeyId;
 use crate::policy::model::RiskTier;
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ impl DocumentFormat {
     }
 }
 
-/// A rollout stage (issue 5 fills in what gateways do with it).
+/// A rollout stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutStage {
@@ -324,6 +324,187 @@ pub struct TokenIssuerRevoked {
     pub reason: String,
 }
 
+/// A rollout is called off: the candidate version stops being evaluated anywhere, every agent
+/// is back on the stable version, and the tenant's live policies are the stable version's
+/// again (the next change is proposed against them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutAborted {
+    /// The candidate version being aborted (must be the current candidate).
+    pub version: u64,
+    pub reason: String,
+}
+
+/// Kill switch: every gateway denies every call by this agent (`agent_blocked`) until
+/// `agent_unblocked`, whatever the policies say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBlocked {
+    pub agent: AgentId,
+    pub reason: String,
+}
+
+/// Lifts an [`AgentBlocked`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUnblocked {
+    pub agent: AgentId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Kill switch: every gateway denies every call to this tool (`tool_blocked`) until
+/// `tool_unblocked`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolBlocked {
+    pub tool: ToolId,
+    pub reason: String,
+}
+
+/// Lifts a [`ToolBlocked`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolUnblocked {
+    pub tool: ToolId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Data-plane freeze: every gateway stays on the bundles it runs now (stable and candidate),
+/// whatever is published, until `data_plane_unfrozen`. Blocks still apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPlaneFrozen {
+    pub reason: String,
+}
+
+/// Lifts a [`DataPlaneFrozen`]: gateways move to what the control plane says is live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPlaneUnfrozen {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An approver grants a runtime approval request (`approval_needed` at a gateway): the exact
+/// call whose digest is `call_digest` may go through once, until `expires_at`. Published on
+/// `aegis.changes.<tenant>.approval.<approval_id>`; the control plane checks the role and
+/// relays it to gateways as a [`RuntimeApprovalDecided`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeApprovalGranted {
+    /// `apr-<32 hex>`, from the gateway's `approval_needed` answer.
+    pub approval_id: String,
+    /// The request's `call_digest` (see [`crate::approvals::call_digest`]): the approver signs
+    /// exactly the call they saw.
+    pub call_digest: String,
+    /// When the grant lapses unused (RFC 3339, UTC).
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// An approver turns a runtime approval request down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeApprovalDenied {
+    pub approval_id: String,
+    pub call_digest: String,
+    pub reason: String,
+}
+
+/// The control plane's relay of a granted or denied runtime approval, on
+/// `aegis.approvals.<tenant>.<approval_id>`, signed with the control plane's key (which
+/// gateways trust) after it checked the approver's signature and role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeApprovalDecided {
+    pub approval_id: String,
+    pub call_digest: String,
+    pub granted: bool,
+    /// For a grant: when it lapses unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The approver, and when they signed.
+    pub by: ActorId,
+    pub at: String,
+    /// The grant's comment or the denial's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The approver's signed event on AEGIS_CHANGES.
+    pub source_event: EventId,
+}
+
+/// One bundle version, as gateways fetch it: object `digest` in `aegis-bundles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRef {
+    pub version: u64,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The candidate version of a rollout and who gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutCandidate {
+    pub bundle: BundleRef,
+    /// `shadow` or `partial` (a candidate that goes `global` becomes the stable version).
+    pub stage: RolloutStage,
+    /// For `partial`: agents that get the candidate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentId>,
+    /// For `partial`: percentage of agents, by [`crate::rollout::in_cohort`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+}
+
+/// One kill-switch entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockEntry {
+    /// The agent or tool id.
+    pub id: String,
+    pub reason: String,
+    pub by: ActorId,
+    pub at: String,
+}
+
+/// A data-plane freeze in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataPlaneFreeze {
+    pub reason: String,
+    pub by: ActorId,
+    pub at: String,
+}
+
+/// Everything gateways enforce for a tenant besides the bundle bytes, as one state: the stable
+/// and candidate versions, the kill switch and the data-plane freeze. The control plane signs
+/// and publishes the whole state on `aegis.bundles.<tenant>.controls` after every change to
+/// any of it (`Nats-Msg-Id` `controls:<tenant>:<epoch>`); a gateway applies the newest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantControls {
+    /// Chain position of the change event that produced this state: strictly increasing per
+    /// tenant, so an older state replayed on the subject is refused.
+    pub epoch: u64,
+    /// The version every agent outside a partial cohort runs. None before the first publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<BundleRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<RolloutCandidate>,
+    /// Sorted by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_agents: Vec<BlockEntry>,
+    /// Sorted by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_tools: Vec<BlockEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane_frozen: Option<DataPlaneFreeze>,
+}
+
 /// A signed bundle is in the object store; published on `aegis.bundles.<tenant>` by the
 /// control plane with `Nats-Msg-Id` `bundle:<tenant>:<version>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -423,7 +604,18 @@ events! {
     RolloutStageChanged => "rollout_stage_changed",
     TokenIssuerRegistered => "token_issuer_registered",
     TokenIssuerRevoked => "token_issuer_revoked",
+    RolloutAborted => "rollout_aborted",
+    AgentBlocked => "agent_blocked",
+    AgentUnblocked => "agent_unblocked",
+    ToolBlocked => "tool_blocked",
+    ToolUnblocked => "tool_unblocked",
+    DataPlaneFrozen => "data_plane_frozen",
+    DataPlaneUnfrozen => "data_plane_unfrozen",
+    RuntimeApprovalGranted => "runtime_approval_granted",
+    RuntimeApprovalDenied => "runtime_approval_denied",
     BundlePublished => "bundle_published",
+    TenantControls => "tenant_controls",
+    RuntimeApprovalDecided => "runtime_approval_decided",
     AuditCheckpoint => "audit_checkpoint",
 }
 
@@ -437,7 +629,8 @@ impl EventType {
     /// Which stream carries this event: `changes`, `bundles` or `audit`.
     pub fn stream(self) -> &'static str {
         match self {
-            EventType::BundlePublished => "bundles",
+            EventType::BundlePublished | EventType::TenantControls => "bundles",
+            EventType::RuntimeApprovalDecided => "approvals",
             EventType::AuditCheckpoint => "audit",
             _ => "changes",
         }
@@ -463,9 +656,21 @@ impl EventType {
             Event::RollbackRequested(_)
             | Event::TenantFrozen(_)
             | Event::TenantUnfrozen(_)
-            | Event::RolloutStageChanged(_) => "control".to_owned(),
+            | Event::RolloutStageChanged(_)
+            | Event::RolloutAborted(_)
+            | Event::AgentBlocked(_)
+            | Event::AgentUnblocked(_)
+            | Event::ToolBlocked(_)
+            | Event::ToolUnblocked(_)
+            | Event::DataPlaneFrozen(_)
+            | Event::DataPlaneUnfrozen(_) => "control".to_owned(),
             Event::TokenIssuerRegistered(_) | Event::TokenIssuerRevoked(_) => "issuers".to_owned(),
-            Event::BundlePublished(_) | Event::AuditCheckpoint(_) => return None,
+            Event::RuntimeApprovalGranted(e) => format!("approval.{}", e.approval_id),
+            Event::RuntimeApprovalDenied(e) => format!("approval.{}", e.approval_id),
+            Event::BundlePublished(_)
+            | Event::TenantControls(_)
+            | Event::RuntimeApprovalDecided(_)
+            | Event::AuditCheckpoint(_) => return None,
         })
     }
 }

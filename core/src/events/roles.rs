@@ -15,9 +15,11 @@ pub enum Role {
     Admin,
     /// Edits policies and proposes changes.
     Editor,
-    /// Approves or rejects other people's changes.
+    /// Approves or rejects other people's changes, and grants or denies runtime approval
+    /// requests from gateways.
     Approver,
-    /// Publishes approved changes, rolls back, changes rollout stages, freezes.
+    /// Publishes approved changes, rolls back, changes rollout stages, freezes, and works the
+    /// kill switch (block and unblock agents and tools, freeze the data plane).
     Publisher,
     /// Reads everything, changes nothing.
     Auditor,
@@ -54,11 +56,23 @@ impl Role {
                 &[Role::Admin, Role::Editor]
             }
             T::ChangeApproved | T::ChangeRejected => &[Role::Admin, Role::Approver],
-            T::ChangePublished | T::RollbackRequested | T::RolloutStageChanged => {
-                &[Role::Admin, Role::Publisher]
-            }
+            T::ChangePublished
+            | T::RollbackRequested
+            | T::RolloutStageChanged
+            | T::RolloutAborted => &[Role::Admin, Role::Publisher],
             T::TenantFrozen | T::TenantUnfrozen => &[Role::Admin, Role::Publisher],
-            T::ChecksCompleted | T::BundlePublished | T::AuditCheckpoint => &[],
+            T::AgentBlocked
+            | T::AgentUnblocked
+            | T::ToolBlocked
+            | T::ToolUnblocked
+            | T::DataPlaneFrozen
+            | T::DataPlaneUnfrozen => &[Role::Admin, Role::Publisher],
+            T::RuntimeApprovalGranted | T::RuntimeApprovalDenied => &[Role::Admin, Role::Approver],
+            T::ChecksCompleted
+            | T::BundlePublished
+            | T::TenantControls
+            | T::RuntimeApprovalDecided
+            | T::AuditCheckpoint => &[],
         }
     }
 }

@@ -101,7 +101,18 @@ event_schemas! {
     RolloutStageChanged => "rollout_stage_changed",
     TokenIssuerRegistered => "token_issuer_registered",
     TokenIssuerRevoked => "token_issuer_revoked",
+    RolloutAborted => "rollout_aborted",
+    AgentBlocked => "agent_blocked",
+    AgentUnblocked => "agent_unblocked",
+    ToolBlocked => "tool_blocked",
+    ToolUnblocked => "tool_unblocked",
+    DataPlaneFrozen => "data_plane_frozen",
+    DataPlaneUnfrozen => "data_plane_unfrozen",
+    RuntimeApprovalGranted => "runtime_approval_granted",
+    RuntimeApprovalDenied => "runtime_approval_denied",
     BundlePublished => "bundle_published",
+    TenantControls => "tenant_controls",
+    RuntimeApprovalDecided => "runtime_approval_decided",
     AuditCheckpoint => "audit_checkpoint",
 }
 
@@ -499,6 +510,94 @@ mod tests {
             EventType::TokenIssuerRevoked => TokenIssuerRevoked {
                 key_id: Keypair::from_seed(&[2; 32]).key_id().clone(),
                 reason: "IdP signing key rotated, SEC-4412".into(),
+            }
+            .into(),
+            EventType::RolloutAborted => RolloutAborted {
+                version: 8,
+                reason: "Shadow run shows 4% of refunds would be denied".into(),
+            }
+            .into(),
+            EventType::AgentBlocked => AgentBlocked {
+                agent: id("planner"),
+                reason: "INC-802: planner loops on payments".into(),
+            }
+            .into(),
+            EventType::AgentUnblocked => AgentUnblocked {
+                agent: id("planner"),
+                reason: Some("INC-802 resolved".into()),
+            }
+            .into(),
+            EventType::ToolBlocked => ToolBlocked {
+                tool: id("payments"),
+                reason: "Payments provider outage".into(),
+            }
+            .into(),
+            EventType::ToolUnblocked => ToolUnblocked {
+                tool: id("payments"),
+                reason: Some("Provider back".into()),
+            }
+            .into(),
+            EventType::DataPlaneFrozen => DataPlaneFrozen {
+                reason: "INC-803: hold every gateway on the running bundle".into(),
+            }
+            .into(),
+            EventType::DataPlaneUnfrozen => DataPlaneUnfrozen {
+                reason: Some("INC-803 closed".into()),
+            }
+            .into(),
+            EventType::RuntimeApprovalGranted => RuntimeApprovalGranted {
+                approval_id: "apr-0123456789abcdef0123456789abcdef".into(),
+                call_digest: format!("sha256:{}", sha("call")),
+                expires_at: "2025-11-25T10:15:00.000Z".into(),
+                comment: Some("Invoice INV-2291 checked".into()),
+            }
+            .into(),
+            EventType::RuntimeApprovalDenied => RuntimeApprovalDenied {
+                approval_id: "apr-0123456789abcdef0123456789abcdef".into(),
+                call_digest: format!("sha256:{}", sha("call")),
+                reason: "No invoice for this payee".into(),
+            }
+            .into(),
+            EventType::TenantControls => {
+                let bundle = |version: u64| BundleRef {
+                    version,
+                    digest: format!("sha256:{}", sha(&version.to_string())),
+                    size: 18_234,
+                };
+                let entry = |who: &str| BlockEntry {
+                    id: who.into(),
+                    reason: "INC-802".into(),
+                    by: id("alice"),
+                    at: "2025-11-25T10:00:00.000Z".into(),
+                };
+                TenantControls {
+                    epoch: 42,
+                    stable: Some(bundle(6)),
+                    candidate: Some(RolloutCandidate {
+                        bundle: bundle(7),
+                        stage: RolloutStage::Partial,
+                        agents: vec![id("finance-agent")],
+                        percent: Some(10),
+                    }),
+                    blocked_agents: vec![entry("planner")],
+                    blocked_tools: vec![entry("payments")],
+                    data_plane_frozen: Some(DataPlaneFreeze {
+                        reason: "INC-803".into(),
+                        by: id("alice"),
+                        at: "2025-11-25T10:01:00.000Z".into(),
+                    }),
+                }
+                .into()
+            }
+            EventType::RuntimeApprovalDecided => RuntimeApprovalDecided {
+                approval_id: "apr-0123456789abcdef0123456789abcdef".into(),
+                call_digest: format!("sha256:{}", sha("call")),
+                granted: true,
+                expires_at: Some("2025-11-25T10:15:00.000Z".into()),
+                by: id("carol"),
+                at: "2025-11-25T10:00:00.000Z".into(),
+                note: Some("Invoice INV-2291 checked".into()),
+                source_event: id("evt-0123456789abcdef0123456789abcdef"),
             }
             .into(),
             // `change_id` and `rollback_of` do not normally come together; both are set so that
