@@ -115,7 +115,7 @@ pub struct ApprovalConsumed {
 /// One message on an approval subject.
 #[derive(Debug, Clone)]
 pub enum ApprovalMessage {
-    Requested(ApprovalRequested),
+    Requested(Box<ApprovalRequested>),
     /// Parsed, not yet verified: check the signature against a trusted control-plane key.
     Decided(Box<ReceivedEnvelope>, RuntimeApprovalDecided),
     Consumed(ApprovalConsumed),
@@ -144,7 +144,9 @@ impl ApprovalMessage {
         }
         let Kind { kind } = serde_json::from_slice(payload)?;
         match kind.as_deref() {
-            Some(REQUESTED) => Ok(ApprovalMessage::Requested(serde_json::from_slice(payload)?)),
+            Some(REQUESTED) => Ok(ApprovalMessage::Requested(Box::new(
+                serde_json::from_slice(payload)?,
+            ))),
             Some(CONSUMED) => Ok(ApprovalMessage::Consumed(serde_json::from_slice(payload)?)),
             Some("runtime_approval_decided") => {
                 let received = ReceivedEnvelope::parse(payload)
@@ -167,6 +169,7 @@ impl ApprovalMessage {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn id<T: std::str::FromStr>(s: &str) -> T

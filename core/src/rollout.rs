@@ -16,7 +16,9 @@ pub fn bucket(agent: &AgentId) -> u8 {
         .chain_update(agent.as_str().as_bytes())
         .finalize();
     let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
+    for (to, from) in first.iter_mut().zip(digest.iter()) {
+        *to = *from;
+    }
     (u64::from_be_bytes(first) % 100) as u8
 }
 
@@ -27,6 +29,7 @@ pub fn in_cohort(agent: &AgentId, agents: &[AgentId], percent: Option<u8>) -> bo
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn agent(i: usize) -> AgentId {
