@@ -15,20 +15,23 @@
 
 use crate::bundles::{BundleInput, build_bundle, expiry};
 use crate::checks;
-use crate::records::{ActorRecord, DraftRecord, LiveSet, TenantRecord, keys};
+use crate::records::{
+    ActorRecord, ApprovalDecisionRecord, ControlsOutbox, DraftRecord, LiveSet, TenantRecord, keys,
+};
 use crate::store::{Store, StoreError, Txn};
 use aegis_core::bundle::TrustData;
 use aegis_core::events::chain::{ChainEntry, event_hash, link, raw_event_id};
 use aegis_core::events::roles::may_sign;
 use aegis_core::events::{
-    ChangeProposed, ChecksCompleted, Envelope, Event, ReceivedEnvelope, Role, RoleSet,
-    TokenIssuerRegistered, TokenIssuerRevoked,
+    BundleRef, ChangeProposed, ChecksCompleted, DataPlaneFreeze, Envelope, Event,
+    ReceivedEnvelope, Role, RoleSet, RolloutAborted, RolloutCandidate, RolloutStage,
+    RolloutStageChanged, TenantControls, TokenIssuerRegistered, TokenIssuerRevoked,
 };
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyId, Keypair, PublicKey};
 use aegis_core::query::{
-    ActView, ChangeState, ChangeView, DraftView, EventRecord, FreezeView, IssuerView, KeyView,
-    LiveDocument, LiveView, Outcome, PublishedView, VersionView,
+    ActView, BlockView, CandidateView, ChangeState, ChangeView, DraftView, EventRecord,
+    FreezeView, IssuerView, KeyView, LiveDocument, LiveView, Outcome, PublishedView, VersionView,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -88,6 +91,17 @@ pub enum Effect {
     },
     AnnounceBundle {
         version: u64,
+    },
+    /// The tenant's gateway controls changed (stable, candidate, kill switch, data-plane
+    /// freeze): a `tenant_controls` state is in the outbox. An event that also cut a version
+    /// reports [`Effect::AnnounceBundle`] instead; the reactor drains every outbox either way,
+    /// bundles before controls.
+    AnnounceControls {
+        epoch: u64,
+    },
+    /// A runtime approval decision is in the outbox, to relay to gateways.
+    RelayApproval {
+        approval_id: String,
     },
 }
 
@@ -182,6 +196,8 @@ impl Folder<'_> {
                     config: self.config,
                     tenant: &mut t,
                     seq: msg.seq,
+                    position,
+                    roles: RoleSet::new(),
                     effect: None,
                     previous_subject_seq,
                 };
@@ -239,6 +255,10 @@ struct Ctx<'t, 'a> {
     config: &'t FoldConfig,
     tenant: &'t mut TenantRecord,
     seq: u64,
+    /// The event's chain position (the epoch of a `tenant_controls` state it produces).
+    position: u64,
+    /// The signer's roles in the tenant (set once the signature and role are checked).
+    roles: RoleSet,
     effect: Option<Effect>,
     previous_subject_seq: u64,
 }
@@ -342,7 +362,85 @@ impl Ctx<'_, '_> {
                 need.join(" or ")
             );
         }
-        self.apply_event(env)
+        self.roles = roles;
+        let before = self.tenant.controls_key();
+        let outcome = self.apply_event(env)?;
+        if outcome.is_ok() && self.tenant.controls_key() != before {
+            self.queue_controls(env)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Puts the tenant's whole gateway controls state, as of this event, in the outbox.
+    fn queue_controls(&mut self, env: &Envelope) -> Result<(), FoldError> {
+        let tenant = self.tid();
+        let stable = match self.tenant.stable() {
+            Some(v) => Some(self.bundle_ref(v)?),
+            None => None,
+        };
+        let candidate = match &self.tenant.candidate {
+            Some(c) => Some(RolloutCandidate {
+                bundle: self.bundle_ref(c.version)?,
+                stage: c.stage,
+                agents: c.agents.clone(),
+                percent: c.percent,
+            }),
+            None => None,
+        };
+        let entries = |m: &BTreeMap<String, BlockView>| {
+            m.iter()
+                .map(|(id, b)| aegis_core::events::BlockEntry {
+                    id: id.clone(),
+                    reason: b.reason.clone(),
+                    by: b.by.clone(),
+                    at: b.at.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let controls = TenantControls {
+            epoch: self.position,
+            stable,
+            candidate,
+            blocked_agents: entries(&self.tenant.blocked_agents),
+            blocked_tools: entries(&self.tenant.blocked_tools),
+            data_plane_frozen: self
+                .tenant
+                .data_plane_frozen
+                .as_ref()
+                .map(|f| DataPlaneFreeze {
+                    reason: f.reason.clone(),
+                    by: f.by.clone(),
+                    at: f.at.clone(),
+                }),
+        };
+        self.txn.put_local(
+            keys::outbox_controls(&tenant, self.position),
+            &ControlsOutbox {
+                time: env.time.clone(),
+                controls,
+            },
+        )?;
+        self.effect.get_or_insert(Effect::AnnounceControls {
+            epoch: self.position,
+        });
+        Ok(())
+    }
+
+    /// Version `v` as gateways fetch it. The tenant record only names stored versions, so a
+    /// missing one is a corrupt store.
+    fn bundle_ref(&self, v: u64) -> Result<BundleRef, FoldError> {
+        let key = keys::version(&self.tenant.tenant, v);
+        match self.txn.get::<VersionView>(&key)? {
+            Some(view) => Ok(BundleRef {
+                version: v,
+                digest: view.digest,
+                size: view.size,
+            }),
+            None => Err(FoldError::Store(StoreError::Corrupt {
+                key,
+                reason: "the tenant's stable or candidate version is not stored".into(),
+            })),
+        }
     }
 
     fn act(env: &Envelope, note: Option<String>) -> ActView {
@@ -533,42 +631,86 @@ impl Ctx<'_, '_> {
                 }
                 self.tenant.frozen = None;
             }
-            Event::RolloutStageChanged(e) => {
-                if let Some(reason) = self.frozen_reason("change the rollout stage") {
-                    reject!("{reason}");
-                }
-                let k = keys::version(&tenant, e.version);
-                let Some(mut v) = self.txn.get::<VersionView>(&k)? else {
-                    reject!("tenant `{tenant}` has no version {}", e.version);
-                };
-                if e.stage == aegis_core::events::RolloutStage::Partial
-                    && e.agents.is_empty()
-                    && e.percent.is_none()
-                {
-                    reject!("a partial rollout needs agents or a percentage");
-                }
-                if e.percent.is_some_and(|p| p > 100) {
-                    reject!("percent must be 0..=100");
-                }
-                v.stage = e.stage;
-                self.txn.put(k, &v)?;
-            }
+            Event::RolloutStageChanged(e) => return self.stage_change(e),
+            Event::RolloutAborted(e) => return self.abort(e),
             Event::TokenIssuerRegistered(e) => return self.register_issuer(env, e),
             Event::TokenIssuerRevoked(e) => return self.revoke_issuer(env, e),
-            // Issue 5 (in progress): the fold does not take these yet.
-            Event::RolloutAborted(_)
-            | Event::AgentBlocked(_)
-            | Event::AgentUnblocked(_)
-            | Event::ToolBlocked(_)
-            | Event::ToolUnblocked(_)
-            | Event::DataPlaneFrozen(_)
-            | Event::DataPlaneUnfrozen(_)
-            | Event::RuntimeApprovalGranted(_)
-            | Event::RuntimeApprovalDenied(_) => {
-                reject!(
-                    "`{}` is not supported by this control plane yet",
-                    env.event_type()
-                )
+            // The kill switch and the data-plane freeze: accepted while the tenant is frozen
+            // (they stop things; they publish no policy).
+            Event::AgentBlocked(e) => {
+                let id = e.agent.as_str().to_owned();
+                if let Some(b) = self.tenant.blocked_agents.get(&id) {
+                    reject!(
+                        "agent `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
+                        b.by,
+                        b.at,
+                        b.reason
+                    );
+                }
+                let block = Self::block(env, &e.reason);
+                self.tenant.blocked_agents.insert(id, block);
+            }
+            Event::AgentUnblocked(e) => {
+                if self.tenant.blocked_agents.remove(e.agent.as_str()).is_none() {
+                    reject!("agent `{}` is not blocked in tenant `{tenant}`", e.agent);
+                }
+            }
+            Event::ToolBlocked(e) => {
+                let id = e.tool.as_str().to_owned();
+                if let Some(b) = self.tenant.blocked_tools.get(&id) {
+                    reject!(
+                        "tool `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
+                        b.by,
+                        b.at,
+                        b.reason
+                    );
+                }
+                let block = Self::block(env, &e.reason);
+                self.tenant.blocked_tools.insert(id, block);
+            }
+            Event::ToolUnblocked(e) => {
+                if self.tenant.blocked_tools.remove(e.tool.as_str()).is_none() {
+                    reject!("tool `{}` is not blocked in tenant `{tenant}`", e.tool);
+                }
+            }
+            Event::DataPlaneFrozen(e) => {
+                if let Some(f) = &self.tenant.data_plane_frozen {
+                    reject!(
+                        "the data plane of tenant `{tenant}` is already frozen (by {} at {}: {})",
+                        f.by,
+                        f.at,
+                        f.reason
+                    );
+                }
+                self.tenant.data_plane_frozen = Some(FreezeView {
+                    by: env.actor.clone(),
+                    at: env.time.clone(),
+                    reason: e.reason.clone(),
+                });
+            }
+            Event::DataPlaneUnfrozen(_) => {
+                if self.tenant.data_plane_frozen.is_none() {
+                    reject!("the data plane of tenant `{tenant}` is not frozen");
+                }
+                self.tenant.data_plane_frozen = None;
+            }
+            Event::RuntimeApprovalGranted(e) => {
+                return self.decide_approval(
+                    env,
+                    &e.approval_id,
+                    &e.call_digest,
+                    Some(&e.expires_at),
+                    e.comment.clone(),
+                );
+            }
+            Event::RuntimeApprovalDenied(e) => {
+                return self.decide_approval(
+                    env,
+                    &e.approval_id,
+                    &e.call_digest,
+                    None,
+                    Some(e.reason.clone()),
+                );
             }
             Event::BundlePublished(_)
             | Event::TenantControls(_)
@@ -591,6 +733,13 @@ impl Ctx<'_, '_> {
         let tenant = self.tid();
         if let Some(reason) = self.frozen_reason("register a token issuer key") {
             reject!("{reason}");
+        }
+        if let Some(c) = &self.tenant.candidate {
+            reject!(
+                "tenant `{tenant}` has a rollout in progress (version {} in {}): finish or abort the rollout first (`aegisctl rollout global` or `aegisctl rollout abort`), then register the key",
+                c.version,
+                c.stage
+            );
         }
         if e.issuer.trim().is_empty() || e.issuer.trim() != e.issuer {
             reject!(
@@ -629,7 +778,7 @@ impl Ctx<'_, '_> {
         };
         let mut issuers = self.issuers()?;
         issuers.push(view.clone());
-        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers))? {
+        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers), None)? {
             reject!("{reason}");
         }
         self.txn.put(k, &view)?;
@@ -661,7 +810,17 @@ impl Ctx<'_, '_> {
             .into_iter()
             .filter(|i| i.key_id != e.key_id)
             .collect();
-        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers))? {
+        // Security first: a rollout in progress is dropped (the live policies are the stable
+        // version's again) and the new stable version carries the revised trust at once.
+        let live = if self.tenant.candidate.is_some() {
+            match self.stable_live()? {
+                Ok(live) => Some(live),
+                Err(reason) => reject!("{reason}"),
+            }
+        } else {
+            None
+        };
+        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers), live)? {
             reject!("{reason}");
         }
         self.txn.put(k, &view)?;
@@ -669,37 +828,46 @@ impl Ctx<'_, '_> {
     }
 
     /// Puts new trust data live without waiting for a policy change: once the tenant has a
-    /// published version, the next version carries the live policies unchanged with `trust`
-    /// (like a rollback to the live version: `created_at` is the event's time, no change, no
-    /// `rollback_of`, the live version's stage). Before the first publish there is nothing to
-    /// do: the first bundle carries the keys.
-    fn publish_trust(&mut self, env: &Envelope, trust: &TrustData) -> Step {
+    /// published version, the next version carries the live policies (or `live`, when given)
+    /// with `trust` and becomes the stable version (like a rollback to the live version:
+    /// `created_at` is the event's time, no change, no `rollback_of`, stage global; a rollout in
+    /// progress is over). Before the first publish there is nothing to do: the first bundle
+    /// carries the keys.
+    fn publish_trust(&mut self, env: &Envelope, trust: &TrustData, live: Option<LiveSet>) -> Step {
         let tenant = self.tid();
         let current = self.tenant.last_version;
         if current == 0 {
             return Ok(Ok(()));
         }
-        let Some(live_version) = self
+        if self
             .txn
             .get::<VersionView>(&keys::version(&tenant, current))?
-        else {
+            .is_none()
+        {
             reject!("tenant `{tenant}` is at version {current}, but that version is not stored");
+        }
+        let live = match live {
+            Some(live) => live,
+            None => self.live()?,
         };
-        let live = self.live()?;
+        let version = current + 1;
         match self.cut_version(
             env,
-            current + 1,
+            version,
             &live,
             trust,
             None,
             None,
             false,
-            live_version.stage,
+            RolloutStage::Global,
             Vec::new(),
         )? {
-            Ok(_) => Ok(Ok(())),
+            Ok(_) => {}
             Err(reason) => reject!("{reason}"),
         }
+        self.tenant.stable = Some(version);
+        self.tenant.candidate = None;
+        Ok(Ok(()))
     }
 
     /// Every token issuer key of the tenant (revoked ones too), by key id.
@@ -724,6 +892,189 @@ impl Ctx<'_, '_> {
                 self.tenant.tenant, f.by, f.at, f.reason
             )
         })
+    }
+
+    fn block(env: &Envelope, reason: &str) -> BlockView {
+        BlockView {
+            reason: reason.to_owned(),
+            by: env.actor.clone(),
+            at: env.time.clone(),
+        }
+    }
+
+    /// Why `version` is not the candidate a rollout event may name, if it is not.
+    fn not_the_candidate(&self, version: u64) -> Option<String> {
+        let tenant = &self.tenant.tenant;
+        match &self.tenant.candidate {
+            None => Some(format!(
+                "version {version} is not the candidate of tenant `{tenant}`: no rollout is in progress (publish a change with stage shadow to start one)"
+            )),
+            Some(c) if c.version != version => Some(format!(
+                "version {version} is not the candidate of tenant `{tenant}`: the rollout in progress is version {} ({})",
+                c.version, c.stage
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// `rollout_stage_changed`: not frozen; the version exists and is the candidate. Shadow and
+    /// partial set the candidate's stage and cohort; global promotes it to stable.
+    fn stage_change(&mut self, e: &RolloutStageChanged) -> Step {
+        let tenant = self.tid();
+        if let Some(reason) = self.frozen_reason("change the rollout stage") {
+            reject!("{reason}");
+        }
+        let k = keys::version(&tenant, e.version);
+        let Some(mut v) = self.txn.get::<VersionView>(&k)? else {
+            reject!("tenant `{tenant}` has no version {}", e.version);
+        };
+        if let Some(reason) = self.not_the_candidate(e.version) {
+            reject!("{reason}");
+        }
+        if e.stage == RolloutStage::Partial && e.agents.is_empty() && e.percent.is_none() {
+            reject!("a partial rollout needs agents or a percentage");
+        }
+        if e.percent.is_some_and(|p| p > 100) {
+            reject!("percent must be 0..=100");
+        }
+        match e.stage {
+            RolloutStage::Global => {
+                self.tenant.stable = Some(e.version);
+                self.tenant.candidate = None;
+            }
+            RolloutStage::Shadow => {
+                self.tenant.candidate = Some(CandidateView {
+                    version: e.version,
+                    stage: RolloutStage::Shadow,
+                    agents: Vec::new(),
+                    percent: None,
+                });
+            }
+            RolloutStage::Partial => {
+                let mut agents = e.agents.clone();
+                agents.sort();
+                agents.dedup();
+                self.tenant.candidate = Some(CandidateView {
+                    version: e.version,
+                    stage: RolloutStage::Partial,
+                    agents,
+                    percent: e.percent,
+                });
+            }
+        }
+        v.stage = e.stage;
+        self.txn.put(k, &v)?;
+        Ok(Ok(()))
+    }
+
+    /// `rollout_aborted`: not frozen; the version is the candidate. The candidate is dropped
+    /// and the live policies are the stable version's again (no new version is cut).
+    fn abort(&mut self, e: &RolloutAborted) -> Step {
+        if let Some(reason) = self.frozen_reason("abort the rollout") {
+            reject!("{reason}");
+        }
+        if let Some(reason) = self.not_the_candidate(e.version) {
+            reject!("{reason}");
+        }
+        let next = match self.stable_live()? {
+            Ok(next) => next,
+            Err(reason) => reject!("{reason}"),
+        };
+        self.replace_live(&next)?;
+        self.tenant.candidate = None;
+        Ok(Ok(()))
+    }
+
+    /// The stable version's live set (its snapshot).
+    fn stable_live(&self) -> Result<Result<LiveSet, Reject>, FoldError> {
+        let tenant = &self.tenant.tenant;
+        let Some(stable) = self.tenant.stable() else {
+            return Ok(Err(format!("tenant `{tenant}` has no stable version")));
+        };
+        match self.txn.get::<LiveView>(&keys::snapshot(tenant, stable))? {
+            Some(view) => Ok(Ok(LiveSet::from_view(view))),
+            None => Ok(Err(format!(
+                "tenant `{tenant}` has no snapshot of its stable version {stable}"
+            ))),
+        }
+    }
+
+    /// `runtime_approval_granted` (`expires_at` given) or `runtime_approval_denied`: a
+    /// well-formed approval id and call digest, a grant that expires after it is signed and
+    /// within 24 hours, and no earlier decision for the id. Accepted while frozen. The decision
+    /// goes to the outbox, for the reactor to relay to gateways.
+    fn decide_approval(
+        &mut self,
+        env: &Envelope,
+        approval_id: &str,
+        call_digest: &str,
+        expires_at: Option<&str>,
+        note: Option<String>,
+    ) -> Step {
+        let tenant = self.tid();
+        let lower_hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if !approval_id
+            .strip_prefix("apr-")
+            .is_some_and(|h| lower_hex(h, 32))
+        {
+            reject!(
+                "approval id `{approval_id}` is not `apr-` and 32 lowercase hex digits (the id from the gateway's approval_needed answer)"
+            );
+        }
+        if !call_digest
+            .strip_prefix("sha256:")
+            .is_some_and(|h| lower_hex(h, 64))
+        {
+            reject!("call digest `{call_digest}` is not `sha256:` and 64 lowercase hex digits");
+        }
+        if let Some(expires) = expires_at {
+            let Ok(at) = aegis_core::events::envelope::parse_time(&env.time) else {
+                reject!("unreadable event time {}", env.time);
+            };
+            let Ok(until) = aegis_core::events::envelope::parse_time(expires) else {
+                reject!("expires_at `{expires}` is not an RFC 3339 time");
+            };
+            if until <= at {
+                reject!(
+                    "the grant expires at {expires}, not after it was signed ({})",
+                    env.time
+                );
+            }
+            if until - at > MAX_GRANT {
+                reject!(
+                    "the grant expires at {expires}, more than 24 hours after it was signed ({}); grant for at most 24 hours",
+                    env.time
+                );
+            }
+        }
+        let k = keys::approval(&tenant, approval_id);
+        if let Some(d) = self.txn.get::<ApprovalDecisionRecord>(&k)? {
+            reject!(
+                "runtime approval {approval_id} was already {} by {} at {}",
+                if d.granted { "granted" } else { "denied" },
+                d.by,
+                d.at
+            );
+        }
+        let record = ApprovalDecisionRecord {
+            approval_id: approval_id.to_owned(),
+            call_digest: call_digest.to_owned(),
+            granted: expires_at.is_some(),
+            expires_at: expires_at.map(str::to_owned),
+            by: env.actor.clone(),
+            at: env.time.clone(),
+            note,
+            event_id: env.id.clone(),
+        };
+        self.txn.put(k, &record)?;
+        self.txn
+            .put_local(keys::outbox_approval(&tenant, approval_id), &record)?;
+        self.effect = Some(Effect::RelayApproval {
+            approval_id: approval_id.to_owned(),
+        });
+        Ok(Ok(()))
     }
 
     fn put_draft(
@@ -900,6 +1251,15 @@ impl Ctx<'_, '_> {
         if let Some(reason) = self.frozen_reason("publish") {
             reject!("{reason}");
         }
+        match e.stage {
+            RolloutStage::Partial => reject!(
+                "a change is not published straight to a partial rollout: publish it with stage shadow, then `aegisctl rollout partial` with a cohort (agents or a percentage)"
+            ),
+            RolloutStage::Shadow if self.tenant.stable().is_none() => reject!(
+                "tenant `{tenant}` has no stable version yet: its first publish must be global (a shadow rollout runs a candidate next to the stable version)"
+            ),
+            _ => {}
+        }
         let Some(mut change) = self.change(&e.change_id)? else {
             reject!("no change {} in tenant `{tenant}`", e.change_id);
         };
@@ -978,6 +1338,19 @@ impl Ctx<'_, '_> {
             Ok(v) => v,
             Err(reason) => reject!("{reason}"),
         };
+        if e.stage == RolloutStage::Global {
+            self.tenant.stable = Some(version);
+            self.tenant.candidate = None;
+        } else {
+            // Replaces any earlier candidate: the new one carries its changes too (the live
+            // set it was built from was the earlier candidate's).
+            self.tenant.candidate = Some(CandidateView {
+                version,
+                stage: RolloutStage::Shadow,
+                agents: Vec::new(),
+                percent: None,
+            });
+        }
         change.state = ChangeState::Published;
         change.published = Some(PublishedView {
             by: Self::act(env, None),
@@ -991,8 +1364,17 @@ impl Ctx<'_, '_> {
 
     fn rollback(&mut self, env: &Envelope, e: &aegis_core::events::RollbackRequested) -> Step {
         let tenant = self.tid();
-        if let Some(reason) = self.frozen_reason("roll back") {
-            reject!("{reason}");
+        if e.emergency {
+            // One publisher plus the admin role (admin implies publisher), and it goes through
+            // a freeze: it is what an incident needs.
+            if !self.roles.contains(&Role::Admin) {
+                reject!(
+                    "an emergency rollback needs the admin role (one publisher plus admin); `{}` is not an admin of tenant `{tenant}`: ask an admin to sign it, or roll back without emergency",
+                    env.actor
+                );
+            }
+        } else if let Some(reason) = self.frozen_reason("roll back") {
+            reject!("{reason} (an admin can still roll back with emergency)");
         }
         if e.to_version == 0 || e.to_version >= self.tenant.last_version {
             reject!(
@@ -1030,12 +1412,48 @@ impl Ctx<'_, '_> {
             None,
             Some(e.to_version),
             e.emergency,
-            Default::default(),
+            RolloutStage::Global,
             Vec::new(),
         )? {
-            Ok(_) => Ok(Ok(())),
+            Ok(_) => {}
             Err(reason) => reject!("{reason}"),
         }
+        self.tenant.stable = Some(version);
+        self.tenant.candidate = None;
+        if e.emergency {
+            // A manifest freeze: nothing else is published until someone unfreezes; and the
+            // rollback must reach gateways, so a data-plane freeze is lifted.
+            self.tenant.frozen = Some(FreezeView {
+                by: env.actor.clone(),
+                at: env.time.clone(),
+                reason: format!("emergency rollback to v{}: {}", e.to_version, e.reason),
+            });
+            self.tenant.data_plane_frozen = None;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Makes `next` the tenant's live set.
+    fn replace_live(&mut self, next: &LiveSet) -> Result<(), FoldError> {
+        let tenant = self.tid();
+        let live = self.live()?;
+        for name in live.policies.keys() {
+            if !next.policies.contains_key(name) {
+                self.txn.delete(keys::live_policy(&tenant, name));
+            }
+        }
+        for name in live.vectors.keys() {
+            if !next.vectors.contains_key(name) {
+                self.txn.delete(keys::live_vectors(&tenant, name));
+            }
+        }
+        for p in next.policies.values() {
+            self.txn.put(keys::live_policy(&tenant, &p.name), p)?;
+        }
+        for v in next.vectors.values() {
+            self.txn.put(keys::live_vectors(&tenant, &v.name), v)?;
+        }
+        Ok(())
     }
 
     /// Builds, signs and stores version `version` with `next` as the live set and `trust` as
@@ -1086,24 +1504,7 @@ impl Ctx<'_, '_> {
             signer: self.config.signing_key.key_id().clone(),
             announced: false,
         };
-        // Replace the live set.
-        let live = self.live()?;
-        for name in live.policies.keys() {
-            if !next.policies.contains_key(name) {
-                self.txn.delete(keys::live_policy(&tenant, name));
-            }
-        }
-        for name in live.vectors.keys() {
-            if !next.vectors.contains_key(name) {
-                self.txn.delete(keys::live_vectors(&tenant, name));
-            }
-        }
-        for p in next.policies.values() {
-            self.txn.put(keys::live_policy(&tenant, &p.name), p)?;
-        }
-        for v in next.vectors.values() {
-            self.txn.put(keys::live_vectors(&tenant, &v.name), v)?;
-        }
+        self.replace_live(next)?;
         self.txn
             .put(keys::snapshot(&tenant, version), &next.to_view())?;
         self.txn.put(keys::version(&tenant, version), &view)?;
@@ -1116,6 +1517,9 @@ impl Ctx<'_, '_> {
         Ok(Ok(view))
     }
 }
+
+/// How long after it is signed a runtime approval grant may expire at most.
+const MAX_GRANT: time::Duration = time::Duration::hours(24);
 
 /// The trust data of `issuers`: the keys that are not revoked.
 fn trust_of(issuers: &[IssuerView]) -> TrustData {
@@ -1535,19 +1939,14 @@ mod tests {
         assert_eq!(b1.files[TRUST_PATH], br#"{"token_issuers":[]}"#);
 
         // Registering with a published version puts a new version live: same policies, the
-        // new trust data, a version like a rollback to the live one.
-        h.accept(RolloutStageChanged {
-            version: 1,
-            stage: RolloutStage::Shadow,
-            agents: vec![],
-            percent: None,
-        });
+        // new trust data, a version like a rollback to the live one, the new stable version.
         let (env, effect) = h.accept(register("acme-idp", &a));
         assert_eq!(effect, Some(Effect::AnnounceBundle { version: 2 }));
         let v2 = h.version(2);
         assert_eq!(v2.created_at, env.time);
         assert_eq!((v2.change_id.as_ref(), v2.rollback_of), (None, None));
-        assert_eq!(v2.stage, RolloutStage::Shadow, "the live version's stage");
+        assert_eq!(v2.stage, RolloutStage::Global);
+        assert_eq!(h.tenant_record().stable(), Some(2));
         assert_eq!(v2.published_by.as_str(), "root");
         assert_eq!(h.trust(2).token_issuers, [entry("acme-idp", &a)]);
         let b2 = h.bundle(2);
