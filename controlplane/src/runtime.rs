@@ -559,13 +559,13 @@ impl Reactor {
             .map_err(nats_err)?;
         // Only a decision this control plane's key signed counts.
         let own_key = self.config.fold.signing_key.verifying_key();
-        let done = last.as_ref().is_some_and(|m| {
-            match ApprovalMessage::parse(&m.payload) {
+        let done = last
+            .as_ref()
+            .is_some_and(|m| match ApprovalMessage::parse(&m.payload) {
                 Ok(ApprovalMessage::Decided(received, _)) => received.verify(own_key).is_ok(),
                 Ok(ApprovalMessage::Consumed(_)) => true,
                 _ => false,
-            }
-        });
+            });
         if done {
             return Ok(());
         }
@@ -582,8 +582,8 @@ impl Reactor {
         let id = derived_event_id(&["decided", tenant.as_str(), &d.approval_id])
             .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
         let payload = self.sign(tenant, id, &d.at, Event::RuntimeApprovalDecided(decided))?;
-        let publish = Publish::new(subject, payload)
-            .msg_id(format!("decided:{tenant}:{}", d.approval_id));
+        let publish =
+            Publish::new(subject, payload).msg_id(format!("decided:{tenant}:{}", d.approval_id));
         aegis_nats::publish(&self.js, publish)
             .await
             .map_err(nats_err)?;
