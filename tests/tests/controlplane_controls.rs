@@ -517,3 +517,116 @@ async fn an_approvers_grant_is_relayed_signed_by_the_control_plane() {
     let all = read_stream(&js, topology::APPROVALS_STREAM, &subject).await;
     assert_eq!(all.len(), 1);
 }
+
+/// Waits for the relayed decision on `approval_id`'s subject.
+async fn relayed(js: &jetstream::Context, tenant: &TenantId, approval_id: &str) -> u64 {
+    let subject = topology::approvals_subject(tenant, approval_id).unwrap();
+    eventually(Duration::from_secs(60), "the relayed decision", || async {
+        aegis_nats::last_message(js, topology::APPROVALS_STREAM, &subject)
+            .await
+            .ok()?
+            .map(|m| m.sequence)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_publishes_what_the_outbox_holds_and_a_fresh_replica_repeats_nothing() {
+    use aegis_tests::controlplane::{ControlPlane, publish as publish_env, rebuild, wait_outcome};
+    let (server, js, keys, mut cp) = start_control_plane(&[]).await;
+    let cp_key = keys.control_plane.clone();
+    let tenant = TenantId::new("acme").unwrap();
+    let ops = setup_actors(&js, &keys, "acme").await;
+    let [_, bob, _, pat] = ops.clone();
+    let r = publish(&js, &ops, 1001, 0, RolloutStage::Global).await;
+    announced(&js, &tenant, 1).await;
+    controls_at(&js, &tenant, &cp_key, &r).await;
+
+    // Events arrive while the control plane is down, and are folded by a run that publishes
+    // nothing: the controls state and the decision wait in its outbox.
+    cp.terminate(Duration::from_secs(10));
+    let block = pat.sign(AgentBlocked {
+        agent: AgentId::new("planner").unwrap(),
+        reason: "runaway".into(),
+    });
+    let id = format!("apr-{}", "0".repeat(32));
+    let grant = bob.sign(RuntimeApprovalGranted {
+        approval_id: id.clone(),
+        call_digest: format!("sha256:{}", "cd".repeat(32)),
+        expires_at: aegis_core::events::envelope::format_time(
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        )
+        .unwrap(),
+        comment: None,
+    });
+    publish_env(&js, &block, None).await.unwrap();
+    publish_env(&js, &grant, None).await.unwrap();
+    let out = rebuild(&server.url(), &keys, &cp.data_dir).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Restarted: the outbox is published.
+    cp.restart().unwrap();
+    let r = wait_outcome(&js.client(), &tenant, &block.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = controls_at(&js, &tenant, &cp_key, &r).await;
+    assert_eq!(c.payload.blocked_agents[0].id, "planner");
+    relayed(&js, &tenant, &id).await;
+    let controls_subject = topology::controls_subject(&tenant).unwrap();
+    let approval_subject = topology::approvals_subject(&tenant, &id).unwrap();
+    let controls_before = read_stream(&js, topology::BUNDLES_STREAM, &controls_subject)
+        .await
+        .len();
+    assert_eq!(controls_before, 2);
+
+    // A fresh replica folds the whole stream with effects on: it publishes nothing that is
+    // already out, then carries on. (Within the streams' duplicate windows JetStream would drop
+    // a repeat too; past them, the replica's check of the subjects' last messages does.)
+    cp.terminate(Duration::from_secs(10));
+    let _replica = ControlPlane::start(&server.url(), &keys, &[]).unwrap();
+    let r = accept(
+        &js,
+        &pat.sign(ToolBlocked {
+            tool: ToolId::new("payments").unwrap(),
+            reason: "fraud".into(),
+        }),
+    )
+    .await;
+    let c = controls_at(&js, &tenant, &cp_key, &r).await;
+    assert_eq!(
+        (
+            c.payload.blocked_agents.len(),
+            c.payload.blocked_tools.len()
+        ),
+        (1, 1)
+    );
+    // A later approval (its outbox key sorts after the first) shows the relays have run.
+    let later = format!("apr-{}", "f".repeat(32));
+    accept(
+        &js,
+        &bob.sign(RuntimeApprovalDenied {
+            approval_id: later.clone(),
+            call_digest: format!("sha256:{}", "cd".repeat(32)),
+            reason: "no".into(),
+        }),
+    )
+    .await;
+    relayed(&js, &tenant, &later).await;
+    assert_eq!(
+        read_stream(&js, topology::BUNDLES_STREAM, &controls_subject)
+            .await
+            .len(),
+        controls_before + 1
+    );
+    assert_eq!(
+        read_stream(&js, topology::APPROVALS_STREAM, &approval_subject)
+            .await
+            .len(),
+        1
+    );
+}
