@@ -8,9 +8,13 @@
 //!   truth for where to resume, and a kill -9 can neither skip nor double-apply an event.
 //! - **Reactor.** Publishes what the fold decided: `checks_completed` events, bundles (object
 //!   store by digest, then `BundlePublished` on `aegis.bundles.<tenant>` with a deterministic
-//!   `Nats-Msg-Id`, skipped when the subject already announces that version), and signed audit
-//!   checkpoints on `aegis.audit.<tenant>` (published with an expected last subject sequence so
-//!   two control planes cannot both extend the checkpoint chain).
+//!   `Nats-Msg-Id`, skipped when the subject already announces that version), the tenant's
+//!   signed `tenant_controls` state on `aegis.bundles.<tenant>.controls` (after the bundles it
+//!   names are announced; only the newest pending epoch, skipped when the subject already holds
+//!   it or a later one), runtime approval decisions relayed as signed `runtime_approval_decided`
+//!   on `aegis.approvals.<tenant>.<approval_id>`, and signed audit checkpoints on
+//!   `aegis.audit.<tenant>` (published with an expected last subject sequence so two control
+//!   planes cannot both extend the checkpoint chain).
 //! - **Query service.** The async-nats `service` API, one endpoint per query op on
 //!   `aegis.query.*.<op>`, in a queue group so several control planes share the load.
 
