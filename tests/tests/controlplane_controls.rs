@@ -35,6 +35,9 @@ struct Signed<T> {
 
 /// Parses `raw` as an envelope signed by `cp` (the control plane's actor and key), or panics.
 fn verified(raw: &[u8], cp: &Keypair) -> Envelope {
+    let value: serde_json::Value = serde_json::from_slice(raw).unwrap();
+    aegis_core::events::schema::validate(&value)
+        .unwrap_or_else(|e| panic!("fails its schema: {e}"));
     let received = ReceivedEnvelope::parse(raw).unwrap();
     received
         .verify(cp.verifying_key())
@@ -448,6 +451,7 @@ async fn an_approvers_grant_is_relayed_signed_by_the_control_plane() {
     else {
         panic!("not a decision: {}", String::from_utf8_lossy(&msg.payload));
     };
+    verified(&msg.payload, &cp_key);
     received.verify(cp_key.verifying_key()).unwrap();
     assert_eq!(received.envelope.actor.as_str(), "control-plane");
     assert_eq!(
@@ -508,6 +512,7 @@ async fn an_approvers_grant_is_relayed_signed_by_the_control_plane() {
     else {
         panic!("not a decision");
     };
+    verified(&msg.payload, &cp_key);
     received.verify(cp_key.verifying_key()).unwrap();
     assert!(!decided.granted);
     assert_eq!(decided.note.as_deref(), Some("too much"));
