@@ -15,20 +15,23 @@
 
 use crate::bundles::{BundleInput, build_bundle, expiry};
 use crate::checks;
-use crate::records::{ActorRecord, DraftRecord, LiveSet, TenantRecord, keys};
+use crate::records::{
+    ActorRecord, ApprovalDecisionRecord, ControlsOutbox, DraftRecord, LiveSet, TenantRecord, keys,
+};
 use crate::store::{Store, StoreError, Txn};
 use aegis_core::bundle::TrustData;
 use aegis_core::events::chain::{ChainEntry, event_hash, link, raw_event_id};
 use aegis_core::events::roles::may_sign;
 use aegis_core::events::{
-    ChangeProposed, ChecksCompleted, Envelope, Event, ReceivedEnvelope, Role, RoleSet,
-    TokenIssuerRegistered, TokenIssuerRevoked,
+    BundleRef, ChangeProposed, ChecksCompleted, DataPlaneFreeze, Envelope, Event, ReceivedEnvelope,
+    Role, RoleSet, RolloutAborted, RolloutCandidate, RolloutStage, RolloutStageChanged,
+    TenantControls, TokenIssuerRegistered, TokenIssuerRevoked,
 };
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyId, Keypair, PublicKey};
 use aegis_core::query::{
-    ActView, ChangeState, ChangeView, DraftView, EventRecord, FreezeView, IssuerView, KeyView,
-    LiveDocument, LiveView, Outcome, PublishedView, VersionView,
+    ActView, BlockView, CandidateView, ChangeState, ChangeView, DraftView, EventRecord, FreezeView,
+    IssuerView, KeyView, LiveDocument, LiveView, Outcome, PublishedView, VersionView,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -88,6 +91,17 @@ pub enum Effect {
     },
     AnnounceBundle {
         version: u64,
+    },
+    /// The tenant's gateway controls changed (stable, candidate, kill switch, data-plane
+    /// freeze): a `tenant_controls` state is in the outbox. An event that also cut a version
+    /// reports [`Effect::AnnounceBundle`] instead; the reactor drains every outbox either way,
+    /// bundles before controls.
+    AnnounceControls {
+        epoch: u64,
+    },
+    /// A runtime approval decision is in the outbox, to relay to gateways.
+    RelayApproval {
+        approval_id: String,
     },
 }
 
@@ -182,6 +196,8 @@ impl Folder<'_> {
                     config: self.config,
                     tenant: &mut t,
                     seq: msg.seq,
+                    position,
+                    roles: RoleSet::new(),
                     effect: None,
                     previous_subject_seq,
                 };
@@ -239,6 +255,10 @@ struct Ctx<'t, 'a> {
     config: &'t FoldConfig,
     tenant: &'t mut TenantRecord,
     seq: u64,
+    /// The event's chain position (the epoch of a `tenant_controls` state it produces).
+    position: u64,
+    /// The signer's roles in the tenant (set once the signature and role are checked).
+    roles: RoleSet,
     effect: Option<Effect>,
     previous_subject_seq: u64,
 }
@@ -342,7 +362,84 @@ impl Ctx<'_, '_> {
                 need.join(" or ")
             );
         }
-        self.apply_event(env)
+        self.roles = roles;
+        let before = self.tenant.controls_key();
+        let outcome = self.apply_event(env)?;
+        if outcome.is_ok() && self.tenant.controls_key() != before {
+            self.queue_controls(env)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Puts the tenant's whole gateway controls state, as of this event, in the outbox.
+    fn queue_controls(&mut self, env: &Envelope) -> Result<(), FoldError> {
+        let tenant = self.tid();
+        let stable = match self.tenant.stable() {
+            Some(v) => Some(self.bundle_ref(v)?),
+            None => None,
+        };
+        let candidate = match &self.tenant.candidate {
+            Some(c) => Some(RolloutCandidate {
+                bundle: self.bundle_ref(c.version)?,
+                stage: c.stage,
+                agents: c.agents.clone(),
+                percent: c.percent,
+            }),
+            None => None,
+        };
+        let entries = |m: &BTreeMap<String, BlockView>| {
+            m.iter()
+                .map(|(id, b)| aegis_core::events::BlockEntry {
+                    id: id.clone(),
+                    reason: b.reason.clone(),
+                    by: b.by.clone(),
+                    at: b.at.clone(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let controls =
+            TenantControls {
+                epoch: self.position,
+                stable,
+                candidate,
+                blocked_agents: entries(&self.tenant.blocked_agents),
+                blocked_tools: entries(&self.tenant.blocked_tools),
+                data_plane_frozen: self.tenant.data_plane_frozen.as_ref().map(|f| {
+                    DataPlaneFreeze {
+                        reason: f.reason.clone(),
+                        by: f.by.clone(),
+                        at: f.at.clone(),
+                    }
+                }),
+            };
+        self.txn.put_local(
+            keys::outbox_controls(&tenant, self.position),
+            &ControlsOutbox {
+                time: env.time.clone(),
+                controls,
+            },
+        )?;
+        self.effect.get_or_insert(Effect::AnnounceControls {
+            epoch: self.position,
+        });
+        Ok(())
+    }
+
+    /// Version `v` as gateways fetch it. The tenant record only names stored versions, so a
+    /// missing one is a corrupt store.
+    fn bundle_ref(&self, v: u64) -> Result<BundleRef, FoldError> {
+        let key = keys::version(&self.tenant.tenant, v);
+        match self.txn.get::<VersionView>(&key)? {
+            Some(view) => Ok(BundleRef {
+                version: v,
+                digest: view.digest,
+                size: view.size,
+            }),
+            None => Err(FoldError::Store(StoreError::Corrupt {
+                key,
+                reason: "the tenant's stable or candidate version is not stored".into(),
+            })),
+        }
     }
 
     fn act(env: &Envelope, note: Option<String>) -> ActView {
@@ -533,42 +630,91 @@ impl Ctx<'_, '_> {
                 }
                 self.tenant.frozen = None;
             }
-            Event::RolloutStageChanged(e) => {
-                if let Some(reason) = self.frozen_reason("change the rollout stage") {
-                    reject!("{reason}");
-                }
-                let k = keys::version(&tenant, e.version);
-                let Some(mut v) = self.txn.get::<VersionView>(&k)? else {
-                    reject!("tenant `{tenant}` has no version {}", e.version);
-                };
-                if e.stage == aegis_core::events::RolloutStage::Partial
-                    && e.agents.is_empty()
-                    && e.percent.is_none()
-                {
-                    reject!("a partial rollout needs agents or a percentage");
-                }
-                if e.percent.is_some_and(|p| p > 100) {
-                    reject!("percent must be 0..=100");
-                }
-                v.stage = e.stage;
-                self.txn.put(k, &v)?;
-            }
+            Event::RolloutStageChanged(e) => return self.stage_change(e),
+            Event::RolloutAborted(e) => return self.abort(e),
             Event::TokenIssuerRegistered(e) => return self.register_issuer(env, e),
             Event::TokenIssuerRevoked(e) => return self.revoke_issuer(env, e),
-            // Issue 5 (in progress): the fold does not take these yet.
-            Event::RolloutAborted(_)
-            | Event::AgentBlocked(_)
-            | Event::AgentUnblocked(_)
-            | Event::ToolBlocked(_)
-            | Event::ToolUnblocked(_)
-            | Event::DataPlaneFrozen(_)
-            | Event::DataPlaneUnfrozen(_)
-            | Event::RuntimeApprovalGranted(_)
-            | Event::RuntimeApprovalDenied(_) => {
-                reject!(
-                    "`{}` is not supported by this control plane yet",
-                    env.event_type()
-                )
+            // The kill switch and the data-plane freeze: accepted while the tenant is frozen
+            // (they stop things; they publish no policy).
+            Event::AgentBlocked(e) => {
+                let id = e.agent.as_str().to_owned();
+                if let Some(b) = self.tenant.blocked_agents.get(&id) {
+                    reject!(
+                        "agent `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
+                        b.by,
+                        b.at,
+                        b.reason
+                    );
+                }
+                let block = Self::block(env, &e.reason);
+                self.tenant.blocked_agents.insert(id, block);
+            }
+            Event::AgentUnblocked(e) => {
+                if self
+                    .tenant
+                    .blocked_agents
+                    .remove(e.agent.as_str())
+                    .is_none()
+                {
+                    reject!("agent `{}` is not blocked in tenant `{tenant}`", e.agent);
+                }
+            }
+            Event::ToolBlocked(e) => {
+                let id = e.tool.as_str().to_owned();
+                if let Some(b) = self.tenant.blocked_tools.get(&id) {
+                    reject!(
+                        "tool `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
+                        b.by,
+                        b.at,
+                        b.reason
+                    );
+                }
+                let block = Self::block(env, &e.reason);
+                self.tenant.blocked_tools.insert(id, block);
+            }
+            Event::ToolUnblocked(e) => {
+                if self.tenant.blocked_tools.remove(e.tool.as_str()).is_none() {
+                    reject!("tool `{}` is not blocked in tenant `{tenant}`", e.tool);
+                }
+            }
+            Event::DataPlaneFrozen(e) => {
+                if let Some(f) = &self.tenant.data_plane_frozen {
+                    reject!(
+                        "the data plane of tenant `{tenant}` is already frozen (by {} at {}: {})",
+                        f.by,
+                        f.at,
+                        f.reason
+                    );
+                }
+                self.tenant.data_plane_frozen = Some(FreezeView {
+                    by: env.actor.clone(),
+                    at: env.time.clone(),
+                    reason: e.reason.clone(),
+                });
+            }
+            Event::DataPlaneUnfrozen(_) => {
+                if self.tenant.data_plane_frozen.is_none() {
+                    reject!("the data plane of tenant `{tenant}` is not frozen");
+                }
+                self.tenant.data_plane_frozen = None;
+            }
+            Event::RuntimeApprovalGranted(e) => {
+                return self.decide_approval(
+                    env,
+                    &e.approval_id,
+                    &e.call_digest,
+                    Some(&e.expires_at),
+                    e.comment.clone(),
+                );
+            }
+            Event::RuntimeApprovalDenied(e) => {
+                return self.decide_approval(
+                    env,
+                    &e.approval_id,
+                    &e.call_digest,
+                    None,
+                    Some(e.reason.clone()),
+                );
             }
             Event::BundlePublished(_)
             | Event::TenantControls(_)
@@ -591,6 +737,13 @@ impl Ctx<'_, '_> {
         let tenant = self.tid();
         if let Some(reason) = self.frozen_reason("register a token issuer key") {
             reject!("{reason}");
+        }
+        if let Some(c) = &self.tenant.candidate {
+            reject!(
+                "tenant `{tenant}` has a rollout in progress (version {} in {}): finish or abort the rollout first (`aegisctl rollout global` or `aegisctl rollout abort`), then register the key",
+                c.version,
+                c.stage
+            );
         }
         if e.issuer.trim().is_empty() || e.issuer.trim() != e.issuer {
             reject!(
@@ -629,7 +782,7 @@ impl Ctx<'_, '_> {
         };
         let mut issuers = self.issuers()?;
         issuers.push(view.clone());
-        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers))? {
+        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers), None)? {
             reject!("{reason}");
         }
         self.txn.put(k, &view)?;
@@ -661,7 +814,17 @@ impl Ctx<'_, '_> {
             .into_iter()
             .filter(|i| i.key_id != e.key_id)
             .collect();
-        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers))? {
+        // Security first: a rollout in progress is dropped (the live policies are the stable
+        // version's again) and the new stable version carries the revised trust at once.
+        let live = if self.tenant.candidate.is_some() {
+            match self.stable_live()? {
+                Ok(live) => Some(live),
+                Err(reason) => reject!("{reason}"),
+            }
+        } else {
+            None
+        };
+        if let Err(reason) = self.publish_trust(env, &trust_of(&issuers), live)? {
             reject!("{reason}");
         }
         self.txn.put(k, &view)?;
@@ -669,37 +832,46 @@ impl Ctx<'_, '_> {
     }
 
     /// Puts new trust data live without waiting for a policy change: once the tenant has a
-    /// published version, the next version carries the live policies unchanged with `trust`
-    /// (like a rollback to the live version: `created_at` is the event's time, no change, no
-    /// `rollback_of`, the live version's stage). Before the first publish there is nothing to
-    /// do: the first bundle carries the keys.
-    fn publish_trust(&mut self, env: &Envelope, trust: &TrustData) -> Step {
+    /// published version, the next version carries the live policies (or `live`, when given)
+    /// with `trust` and becomes the stable version (like a rollback to the live version:
+    /// `created_at` is the event's time, no change, no `rollback_of`, stage global; a rollout in
+    /// progress is over). Before the first publish there is nothing to do: the first bundle
+    /// carries the keys.
+    fn publish_trust(&mut self, env: &Envelope, trust: &TrustData, live: Option<LiveSet>) -> Step {
         let tenant = self.tid();
         let current = self.tenant.last_version;
         if current == 0 {
             return Ok(Ok(()));
         }
-        let Some(live_version) = self
+        if self
             .txn
             .get::<VersionView>(&keys::version(&tenant, current))?
-        else {
+            .is_none()
+        {
             reject!("tenant `{tenant}` is at version {current}, but that version is not stored");
+        }
+        let live = match live {
+            Some(live) => live,
+            None => self.live()?,
         };
-        let live = self.live()?;
+        let version = current + 1;
         match self.cut_version(
             env,
-            current + 1,
+            version,
             &live,
             trust,
             None,
             None,
             false,
-            live_version.stage,
+            RolloutStage::Global,
             Vec::new(),
         )? {
-            Ok(_) => Ok(Ok(())),
+            Ok(_) => {}
             Err(reason) => reject!("{reason}"),
         }
+        self.tenant.stable = Some(version);
+        self.tenant.candidate = None;
+        Ok(Ok(()))
     }
 
     /// Every token issuer key of the tenant (revoked ones too), by key id.
@@ -724,6 +896,189 @@ impl Ctx<'_, '_> {
                 self.tenant.tenant, f.by, f.at, f.reason
             )
         })
+    }
+
+    fn block(env: &Envelope, reason: &str) -> BlockView {
+        BlockView {
+            reason: reason.to_owned(),
+            by: env.actor.clone(),
+            at: env.time.clone(),
+        }
+    }
+
+    /// Why `version` is not the candidate a rollout event may name, if it is not.
+    fn not_the_candidate(&self, version: u64) -> Option<String> {
+        let tenant = &self.tenant.tenant;
+        match &self.tenant.candidate {
+            None => Some(format!(
+                "version {version} is not the candidate of tenant `{tenant}`: no rollout is in progress (publish a change with stage shadow to start one)"
+            )),
+            Some(c) if c.version != version => Some(format!(
+                "version {version} is not the candidate of tenant `{tenant}`: the rollout in progress is version {} ({})",
+                c.version, c.stage
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// `rollout_stage_changed`: not frozen; the version exists and is the candidate. Shadow and
+    /// partial set the candidate's stage and cohort; global promotes it to stable.
+    fn stage_change(&mut self, e: &RolloutStageChanged) -> Step {
+        let tenant = self.tid();
+        if let Some(reason) = self.frozen_reason("change the rollout stage") {
+            reject!("{reason}");
+        }
+        let k = keys::version(&tenant, e.version);
+        let Some(mut v) = self.txn.get::<VersionView>(&k)? else {
+            reject!("tenant `{tenant}` has no version {}", e.version);
+        };
+        if let Some(reason) = self.not_the_candidate(e.version) {
+            reject!("{reason}");
+        }
+        if e.stage == RolloutStage::Partial && e.agents.is_empty() && e.percent.is_none() {
+            reject!("a partial rollout needs agents or a percentage");
+        }
+        if e.percent.is_some_and(|p| p > 100) {
+            reject!("percent must be 0..=100");
+        }
+        match e.stage {
+            RolloutStage::Global => {
+                self.tenant.stable = Some(e.version);
+                self.tenant.candidate = None;
+            }
+            RolloutStage::Shadow => {
+                self.tenant.candidate = Some(CandidateView {
+                    version: e.version,
+                    stage: RolloutStage::Shadow,
+                    agents: Vec::new(),
+                    percent: None,
+                });
+            }
+            RolloutStage::Partial => {
+                let mut agents = e.agents.clone();
+                agents.sort();
+                agents.dedup();
+                self.tenant.candidate = Some(CandidateView {
+                    version: e.version,
+                    stage: RolloutStage::Partial,
+                    agents,
+                    percent: e.percent,
+                });
+            }
+        }
+        v.stage = e.stage;
+        self.txn.put(k, &v)?;
+        Ok(Ok(()))
+    }
+
+    /// `rollout_aborted`: not frozen; the version is the candidate. The candidate is dropped
+    /// and the live policies are the stable version's again (no new version is cut).
+    fn abort(&mut self, e: &RolloutAborted) -> Step {
+        if let Some(reason) = self.frozen_reason("abort the rollout") {
+            reject!("{reason}");
+        }
+        if let Some(reason) = self.not_the_candidate(e.version) {
+            reject!("{reason}");
+        }
+        let next = match self.stable_live()? {
+            Ok(next) => next,
+            Err(reason) => reject!("{reason}"),
+        };
+        self.replace_live(&next)?;
+        self.tenant.candidate = None;
+        Ok(Ok(()))
+    }
+
+    /// The stable version's live set (its snapshot).
+    fn stable_live(&self) -> Result<Result<LiveSet, Reject>, FoldError> {
+        let tenant = &self.tenant.tenant;
+        let Some(stable) = self.tenant.stable() else {
+            return Ok(Err(format!("tenant `{tenant}` has no stable version")));
+        };
+        match self.txn.get::<LiveView>(&keys::snapshot(tenant, stable))? {
+            Some(view) => Ok(Ok(LiveSet::from_view(view))),
+            None => Ok(Err(format!(
+                "tenant `{tenant}` has no snapshot of its stable version {stable}"
+            ))),
+        }
+    }
+
+    /// `runtime_approval_granted` (`expires_at` given) or `runtime_approval_denied`: a
+    /// well-formed approval id and call digest, a grant that expires after it is signed and
+    /// within 24 hours, and no earlier decision for the id. Accepted while frozen. The decision
+    /// goes to the outbox, for the reactor to relay to gateways.
+    fn decide_approval(
+        &mut self,
+        env: &Envelope,
+        approval_id: &str,
+        call_digest: &str,
+        expires_at: Option<&str>,
+        note: Option<String>,
+    ) -> Step {
+        let tenant = self.tid();
+        let lower_hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if !approval_id
+            .strip_prefix("apr-")
+            .is_some_and(|h| lower_hex(h, 32))
+        {
+            reject!(
+                "approval id `{approval_id}` is not `apr-` and 32 lowercase hex digits (the id from the gateway's approval_needed answer)"
+            );
+        }
+        if !call_digest
+            .strip_prefix("sha256:")
+            .is_some_and(|h| lower_hex(h, 64))
+        {
+            reject!("call digest `{call_digest}` is not `sha256:` and 64 lowercase hex digits");
+        }
+        if let Some(expires) = expires_at {
+            let Ok(at) = aegis_core::events::envelope::parse_time(&env.time) else {
+                reject!("unreadable event time {}", env.time);
+            };
+            let Ok(until) = aegis_core::events::envelope::parse_time(expires) else {
+                reject!("expires_at `{expires}` is not an RFC 3339 time");
+            };
+            if until <= at {
+                reject!(
+                    "the grant expires at {expires}, not after it was signed ({})",
+                    env.time
+                );
+            }
+            if until - at > MAX_GRANT {
+                reject!(
+                    "the grant expires at {expires}, more than 24 hours after it was signed ({}); grant for at most 24 hours",
+                    env.time
+                );
+            }
+        }
+        let k = keys::approval(&tenant, approval_id);
+        if let Some(d) = self.txn.get::<ApprovalDecisionRecord>(&k)? {
+            reject!(
+                "runtime approval {approval_id} was already {} by {} at {}",
+                if d.granted { "granted" } else { "denied" },
+                d.by,
+                d.at
+            );
+        }
+        let record = ApprovalDecisionRecord {
+            approval_id: approval_id.to_owned(),
+            call_digest: call_digest.to_owned(),
+            granted: expires_at.is_some(),
+            expires_at: expires_at.map(str::to_owned),
+            by: env.actor.clone(),
+            at: env.time.clone(),
+            note,
+            event_id: env.id.clone(),
+        };
+        self.txn.put(k, &record)?;
+        self.txn
+            .put_local(keys::outbox_approval(&tenant, approval_id), &record)?;
+        self.effect = Some(Effect::RelayApproval {
+            approval_id: approval_id.to_owned(),
+        });
+        Ok(Ok(()))
     }
 
     fn put_draft(
@@ -900,6 +1255,15 @@ impl Ctx<'_, '_> {
         if let Some(reason) = self.frozen_reason("publish") {
             reject!("{reason}");
         }
+        match e.stage {
+            RolloutStage::Partial => reject!(
+                "a change is not published straight to a partial rollout: publish it with stage shadow, then `aegisctl rollout partial` with a cohort (agents or a percentage)"
+            ),
+            RolloutStage::Shadow if self.tenant.stable().is_none() => reject!(
+                "tenant `{tenant}` has no stable version yet: its first publish must be global (a shadow rollout runs a candidate next to the stable version)"
+            ),
+            _ => {}
+        }
         let Some(mut change) = self.change(&e.change_id)? else {
             reject!("no change {} in tenant `{tenant}`", e.change_id);
         };
@@ -978,6 +1342,19 @@ impl Ctx<'_, '_> {
             Ok(v) => v,
             Err(reason) => reject!("{reason}"),
         };
+        if e.stage == RolloutStage::Global {
+            self.tenant.stable = Some(version);
+            self.tenant.candidate = None;
+        } else {
+            // Replaces any earlier candidate: the new one carries its changes too (the live
+            // set it was built from was the earlier candidate's).
+            self.tenant.candidate = Some(CandidateView {
+                version,
+                stage: RolloutStage::Shadow,
+                agents: Vec::new(),
+                percent: None,
+            });
+        }
         change.state = ChangeState::Published;
         change.published = Some(PublishedView {
             by: Self::act(env, None),
@@ -991,8 +1368,17 @@ impl Ctx<'_, '_> {
 
     fn rollback(&mut self, env: &Envelope, e: &aegis_core::events::RollbackRequested) -> Step {
         let tenant = self.tid();
-        if let Some(reason) = self.frozen_reason("roll back") {
-            reject!("{reason}");
+        if e.emergency {
+            // One publisher plus the admin role (admin implies publisher), and it goes through
+            // a freeze: it is what an incident needs.
+            if !self.roles.contains(&Role::Admin) {
+                reject!(
+                    "an emergency rollback needs the admin role (one publisher plus admin); `{}` is not an admin of tenant `{tenant}`: ask an admin to sign it, or roll back without emergency",
+                    env.actor
+                );
+            }
+        } else if let Some(reason) = self.frozen_reason("roll back") {
+            reject!("{reason} (an admin can still roll back with emergency)");
         }
         if e.to_version == 0 || e.to_version >= self.tenant.last_version {
             reject!(
@@ -1030,12 +1416,48 @@ impl Ctx<'_, '_> {
             None,
             Some(e.to_version),
             e.emergency,
-            Default::default(),
+            RolloutStage::Global,
             Vec::new(),
         )? {
-            Ok(_) => Ok(Ok(())),
+            Ok(_) => {}
             Err(reason) => reject!("{reason}"),
         }
+        self.tenant.stable = Some(version);
+        self.tenant.candidate = None;
+        if e.emergency {
+            // A manifest freeze: nothing else is published until someone unfreezes; and the
+            // rollback must reach gateways, so a data-plane freeze is lifted.
+            self.tenant.frozen = Some(FreezeView {
+                by: env.actor.clone(),
+                at: env.time.clone(),
+                reason: format!("emergency rollback to v{}: {}", e.to_version, e.reason),
+            });
+            self.tenant.data_plane_frozen = None;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Makes `next` the tenant's live set.
+    fn replace_live(&mut self, next: &LiveSet) -> Result<(), FoldError> {
+        let tenant = self.tid();
+        let live = self.live()?;
+        for name in live.policies.keys() {
+            if !next.policies.contains_key(name) {
+                self.txn.delete(keys::live_policy(&tenant, name));
+            }
+        }
+        for name in live.vectors.keys() {
+            if !next.vectors.contains_key(name) {
+                self.txn.delete(keys::live_vectors(&tenant, name));
+            }
+        }
+        for p in next.policies.values() {
+            self.txn.put(keys::live_policy(&tenant, &p.name), p)?;
+        }
+        for v in next.vectors.values() {
+            self.txn.put(keys::live_vectors(&tenant, &v.name), v)?;
+        }
+        Ok(())
     }
 
     /// Builds, signs and stores version `version` with `next` as the live set and `trust` as
@@ -1086,24 +1508,7 @@ impl Ctx<'_, '_> {
             signer: self.config.signing_key.key_id().clone(),
             announced: false,
         };
-        // Replace the live set.
-        let live = self.live()?;
-        for name in live.policies.keys() {
-            if !next.policies.contains_key(name) {
-                self.txn.delete(keys::live_policy(&tenant, name));
-            }
-        }
-        for name in live.vectors.keys() {
-            if !next.vectors.contains_key(name) {
-                self.txn.delete(keys::live_vectors(&tenant, name));
-            }
-        }
-        for p in next.policies.values() {
-            self.txn.put(keys::live_policy(&tenant, &p.name), p)?;
-        }
-        for v in next.vectors.values() {
-            self.txn.put(keys::live_vectors(&tenant, &v.name), v)?;
-        }
+        self.replace_live(next)?;
         self.txn
             .put(keys::snapshot(&tenant, version), &next.to_view())?;
         self.txn.put(keys::version(&tenant, version), &view)?;
@@ -1116,6 +1521,9 @@ impl Ctx<'_, '_> {
         Ok(Ok(view))
     }
 }
+
+/// How long after it is signed a runtime approval grant may expire at most.
+const MAX_GRANT: time::Duration = time::Duration::hours(24);
 
 /// The trust data of `issuers`: the keys that are not revoked.
 fn trust_of(issuers: &[IssuerView]) -> TrustData {
@@ -1249,8 +1657,7 @@ mod tests {
     use aegis_core::bundle::{TRUST_PATH, TokenIssuer, VerifiedBundle, VerifyPolicy, verify};
     use aegis_core::events::{
         ActorRegistered, ChangePublished, DocumentFormat, ProposedDocument, RequiredApprovals,
-        RollbackRequested, RolloutStage, RolloutStageChanged, TenantConfigured, TenantFrozen,
-        TenantUnfrozen,
+        RollbackRequested, RolloutStage, TenantConfigured, TenantFrozen, TenantUnfrozen,
     };
     use aegis_core::ids::PolicyName;
     use aegis_core::keys::TrustStore;
@@ -1535,19 +1942,14 @@ mod tests {
         assert_eq!(b1.files[TRUST_PATH], br#"{"token_issuers":[]}"#);
 
         // Registering with a published version puts a new version live: same policies, the
-        // new trust data, a version like a rollback to the live one.
-        h.accept(RolloutStageChanged {
-            version: 1,
-            stage: RolloutStage::Shadow,
-            agents: vec![],
-            percent: None,
-        });
+        // new trust data, a version like a rollback to the live one, the new stable version.
         let (env, effect) = h.accept(register("acme-idp", &a));
         assert_eq!(effect, Some(Effect::AnnounceBundle { version: 2 }));
         let v2 = h.version(2);
         assert_eq!(v2.created_at, env.time);
         assert_eq!((v2.change_id.as_ref(), v2.rollback_of), (None, None));
-        assert_eq!(v2.stage, RolloutStage::Shadow, "the live version's stage");
+        assert_eq!(v2.stage, RolloutStage::Global);
+        assert_eq!(h.tenant_record().stable(), Some(2));
         assert_eq!(v2.published_by.as_str(), "root");
         assert_eq!(h.trust(2).token_issuers, [entry("acme-idp", &a)]);
         let b2 = h.bundle(2);
@@ -1586,5 +1988,970 @@ mod tests {
         assert_eq!(h.version(7).rollback_of, Some(3));
         assert_eq!(h.trust(7).token_issuers, [entry("acme-idp", &c)]);
         assert_eq!(h.bundle(7).data(), b1.data());
+    }
+}
+
+#[cfg(test)]
+mod control_tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    //! Issue 5: rollouts (stable and candidate), emergency rollback, the kill switch, the
+    //! data-plane freeze and runtime approval decisions.
+
+    use super::*;
+    use crate::store::Family;
+    use aegis_core::events::envelope::format_time;
+    use aegis_core::events::{
+        ActorRegistered, AgentBlocked, AgentUnblocked, ChangePublished, DataPlaneFrozen,
+        DataPlaneUnfrozen, DocumentFormat, ProposedDocument, RequiredApprovals, RoleGranted,
+        RollbackRequested, RuntimeApprovalDenied, RuntimeApprovalGranted, TenantConfigured,
+        TenantFrozen, TenantUnfrozen, ToolBlocked, ToolUnblocked,
+    };
+    use aegis_core::ids::{AgentId, PolicyName, ToolId};
+
+    const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
+
+    struct H {
+        _dir: tempfile::TempDir,
+        store: Store,
+        config: FoldConfig,
+        root: Keypair,
+        seq: u64,
+        changes: u64,
+        tenant: TenantId,
+        actors: BTreeMap<String, Keypair>,
+    }
+
+    fn time_of(seq: u64) -> time::OffsetDateTime {
+        time::OffsetDateTime::UNIX_EPOCH
+            + time::Duration::days(20_000)
+            + time::Duration::seconds(seq as i64)
+    }
+
+    fn doc(ticket: u32) -> String {
+        FINANCE_POLICY.replace("ticket: FIN-1001", &format!("ticket: FIN-{ticket}"))
+    }
+
+    impl H {
+        fn new() -> H {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let root = Keypair::from_seed(&[1; 32]);
+            let root_admins = BTreeMap::from([(
+                ActorId::new("root").unwrap(),
+                vec![root.public_key().clone()],
+            )]);
+            let mut h = H {
+                _dir: dir,
+                store,
+                config: FoldConfig {
+                    root_admins,
+                    control_plane_actor: ActorId::new("control-plane").unwrap(),
+                    signing_key: Keypair::from_seed(&[2; 32]),
+                },
+                root,
+                seq: 0,
+                changes: 0,
+                tenant: TenantId::new("acme").unwrap(),
+                actors: BTreeMap::new(),
+            };
+            h.ok(
+                "root",
+                TenantConfigured {
+                    required_approvals: RequiredApprovals {
+                        low: 0,
+                        medium: 0,
+                        high: 0,
+                    },
+                    bundle_expiry_days: None,
+                },
+            );
+            h
+        }
+
+        fn fold(&mut self, actor: &str, event: impl Into<Event>) -> (EventRecord, Option<Effect>) {
+            self.seq += 1;
+            let key = match actor {
+                "root" => self.root.clone(),
+                a => self.actors[a].clone(),
+            };
+            let env = Envelope::sign(
+                EventId::new(format!("evt-{:032}", self.seq)).unwrap(),
+                self.tenant.clone(),
+                ActorId::new(actor).unwrap(),
+                &key,
+                time_of(self.seq),
+                event.into(),
+            )
+            .unwrap();
+            let msg = InMessage {
+                seq: self.seq,
+                subject: aegis_nats::topology::change_event_subject(&self.tenant, &env.event)
+                    .unwrap(),
+                payload: env.to_bytes().unwrap(),
+            };
+            let folder = Folder {
+                store: &self.store,
+                config: &self.config,
+            };
+            match folder.apply(&msg).unwrap() {
+                Applied::Folded { record, effect, .. } => (*record, effect),
+                other => panic!("not folded: {other:?}"),
+            }
+        }
+
+        fn ok(&mut self, actor: &str, event: impl Into<Event>) -> (EventRecord, Option<Effect>) {
+            let (record, effect) = self.fold(actor, event);
+            assert_eq!(record.outcome, Outcome::Accepted, "{}", record.summary);
+            (record, effect)
+        }
+
+        fn no(&mut self, actor: &str, event: impl Into<Event>, needle: &str) -> String {
+            let before = self.tenant();
+            let controls = self.controls().len();
+            let (record, effect) = self.fold(actor, event);
+            let Outcome::Rejected { reason } = record.outcome else {
+                panic!(
+                    "expected a rejection ({needle}), got accepted: {}",
+                    record.summary
+                );
+            };
+            assert!(reason.contains(needle), "{needle:?} not in {reason:?}");
+            assert_eq!(effect, None);
+            // A rejection changes nothing but the chain.
+            let after = self.tenant();
+            assert_eq!(after.controls_key(), before.controls_key());
+            assert_eq!(
+                (after.frozen, after.last_version),
+                (before.frozen, before.last_version)
+            );
+            assert_eq!(self.controls().len(), controls);
+            reason
+        }
+
+        /// Registers `name` with `roles`.
+        fn actor(&mut self, name: &str, seed: u8, roles: &[Role]) {
+            let key = Keypair::from_seed(&[seed; 32]);
+            self.ok(
+                "root",
+                ActorRegistered {
+                    actor: ActorId::new(name).unwrap(),
+                    public_key: key.public_key().to_base64(),
+                    key_id: key.key_id().clone(),
+                    display_name: None,
+                },
+            );
+            for role in roles {
+                self.ok(
+                    "root",
+                    RoleGranted {
+                        actor: ActorId::new(name).unwrap(),
+                        role: *role,
+                    },
+                );
+            }
+            self.actors.insert(name.into(), key);
+        }
+
+        /// Proposes the finance policy with `ticket` against live `base`; returns its id.
+        fn propose(&mut self, ticket: u32, base: u64) -> ChangeId {
+            self.changes += 1;
+            let change = ChangeId::new(format!("chg-{:016}", self.changes)).unwrap();
+            self.ok(
+                "root",
+                ChangeProposed {
+                    change_id: change.clone(),
+                    intent: "finance".into(),
+                    ticket: None,
+                    documents: vec![ProposedDocument {
+                        name: PolicyName::new("finance-agent").unwrap(),
+                        format: DocumentFormat::Yaml,
+                        document: doc(ticket),
+                        base_revision: base,
+                    }],
+                    deleted: vec![],
+                    vectors: vec![],
+                },
+            );
+            change
+        }
+
+        /// Proposes and publishes; returns the new version.
+        fn publish(&mut self, ticket: u32, stage: RolloutStage) -> u64 {
+            let base = self.live_revision();
+            let change_id = self.propose(ticket, base);
+            self.ok("root", ChangePublished { change_id, stage });
+            self.tenant().last_version
+        }
+
+        fn live_revision(&self) -> u64 {
+            self.store
+                .get::<LiveDocument>(
+                    Family::State,
+                    &keys::live_policy(&self.tenant, &PolicyName::new("finance-agent").unwrap()),
+                )
+                .unwrap()
+                .map(|d| d.revision)
+                .unwrap_or(0)
+        }
+
+        fn live_document(&self) -> String {
+            self.store
+                .get::<LiveDocument>(
+                    Family::State,
+                    &keys::live_policy(&self.tenant, &PolicyName::new("finance-agent").unwrap()),
+                )
+                .unwrap()
+                .unwrap()
+                .document
+        }
+
+        fn tenant(&self) -> TenantRecord {
+            self.store
+                .get(Family::State, &keys::tenant(&self.tenant))
+                .unwrap()
+                .unwrap()
+        }
+
+        fn version(&self, v: u64) -> VersionView {
+            self.store
+                .get(Family::State, &keys::version(&self.tenant, v))
+                .unwrap()
+                .unwrap()
+        }
+
+        fn status(&self) -> aegis_core::query::TenantStatus {
+            crate::queries::Queries {
+                store: &self.store,
+                root_admins: &self.config.root_admins,
+            }
+            .status(&self.tenant)
+            .unwrap()
+        }
+
+        /// The gateway-controls states in the outbox, oldest first.
+        fn controls(&self) -> Vec<TenantControls> {
+            self.store
+                .scan::<ControlsOutbox>(Family::Local, keys::outbox_controls_all())
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.controls)
+                .collect()
+        }
+
+        fn last_controls(&self) -> TenantControls {
+            self.controls()
+                .pop()
+                .expect("a controls state in the outbox")
+        }
+    }
+
+    fn stage(version: u64, stage: RolloutStage) -> RolloutStageChanged {
+        RolloutStageChanged {
+            version,
+            stage,
+            agents: vec![],
+            percent: None,
+        }
+    }
+
+    fn agent(id: &str) -> AgentId {
+        AgentId::new(id).unwrap()
+    }
+
+    #[test]
+    fn a_rollout_goes_shadow_partial_global_and_every_step_queues_the_controls() {
+        let mut h = H::new();
+        // No stable version yet: nothing to shadow.
+        let c = h.propose(1001, 0);
+        h.no(
+            "root",
+            ChangePublished {
+                change_id: c.clone(),
+                stage: RolloutStage::Shadow,
+            },
+            "first publish must be global",
+        );
+        h.no(
+            "root",
+            ChangePublished {
+                change_id: c.clone(),
+                stage: RolloutStage::Partial,
+            },
+            "publish it with stage shadow, then `aegisctl rollout partial`",
+        );
+        let (record, effect) = h.ok(
+            "root",
+            ChangePublished {
+                change_id: c,
+                stage: RolloutStage::Global,
+            },
+        );
+        assert_eq!(effect, Some(Effect::AnnounceBundle { version: 1 }));
+        let v1 = h.version(1);
+        let controls = h.last_controls();
+        assert_eq!(controls.epoch, record.position, "epoch = chain position");
+        assert_eq!(
+            controls.stable,
+            Some(BundleRef {
+                version: 1,
+                digest: v1.digest.clone(),
+                size: v1.size
+            })
+        );
+        assert_eq!(controls.candidate, None);
+        assert_eq!(h.status().stable, Some(1));
+
+        // v2 in shadow: the candidate; stable unchanged.
+        assert_eq!(h.publish(1002, RolloutStage::Shadow), 2);
+        let t = h.tenant();
+        assert_eq!(t.stable(), Some(1));
+        assert_eq!(
+            t.candidate,
+            Some(CandidateView {
+                version: 2,
+                stage: RolloutStage::Shadow,
+                agents: vec![],
+                percent: None
+            })
+        );
+        assert_eq!(h.version(2).stage, RolloutStage::Shadow);
+        let controls = h.last_controls();
+        assert_eq!(controls.stable.as_ref().map(|b| b.version), Some(1));
+        let cand = controls.candidate.clone().unwrap();
+        assert_eq!((cand.bundle.version, cand.stage), (2, RolloutStage::Shadow));
+        assert_eq!(cand.bundle.digest, h.version(2).digest);
+
+        // Only the candidate's stage changes.
+        h.no(
+            "root",
+            stage(1, RolloutStage::Partial),
+            "is not the candidate",
+        );
+        h.no("root", stage(9, RolloutStage::Global), "has no version 9");
+        h.no(
+            "root",
+            stage(2, RolloutStage::Partial),
+            "a partial rollout needs agents or a percentage",
+        );
+        h.no(
+            "root",
+            RolloutStageChanged {
+                percent: Some(101),
+                ..stage(2, RolloutStage::Partial)
+            },
+            "fails its schema",
+        );
+        let before = h.last_controls().epoch;
+        let (record, effect) = h.ok(
+            "root",
+            RolloutStageChanged {
+                version: 2,
+                stage: RolloutStage::Partial,
+                agents: vec![agent("planner"), agent("auditor"), agent("planner")],
+                percent: Some(10),
+            },
+        );
+        assert_eq!(
+            effect,
+            Some(Effect::AnnounceControls {
+                epoch: record.position
+            })
+        );
+        let controls = h.last_controls();
+        assert!(controls.epoch > before);
+        let cand = controls.candidate.clone().unwrap();
+        assert_eq!(cand.stage, RolloutStage::Partial);
+        assert_eq!(
+            cand.agents,
+            [agent("auditor"), agent("planner")],
+            "sorted, once each"
+        );
+        assert_eq!(cand.percent, Some(10));
+        assert_eq!(h.version(2).stage, RolloutStage::Partial);
+        let status = h.status();
+        assert_eq!(
+            status.candidate.as_ref().map(|c| c.stage),
+            Some(RolloutStage::Partial)
+        );
+
+        // Frozen: stage changes wait.
+        h.ok(
+            "root",
+            TenantFrozen {
+                reason: "close".into(),
+            },
+        );
+        h.no("root", stage(2, RolloutStage::Global), "is frozen");
+        h.ok("root", TenantUnfrozen { reason: None });
+
+        // Global: promoted.
+        h.ok("root", stage(2, RolloutStage::Global));
+        let t = h.tenant();
+        assert_eq!((t.stable(), t.candidate.clone()), (Some(2), None));
+        assert_eq!(h.version(2).stage, RolloutStage::Global);
+        let controls = h.last_controls();
+        assert_eq!(controls.stable.map(|b| b.version), Some(2));
+        assert_eq!(controls.candidate, None);
+        // No rollout in progress any more.
+        h.no(
+            "root",
+            stage(2, RolloutStage::Shadow),
+            "no rollout is in progress",
+        );
+
+        // A later shadow publish replaces an earlier candidate.
+        assert_eq!(h.publish(1003, RolloutStage::Shadow), 3);
+        assert_eq!(h.publish(1004, RolloutStage::Shadow), 4);
+        let t = h.tenant();
+        assert_eq!(t.stable(), Some(2));
+        assert_eq!(t.candidate.map(|c| c.version), Some(4));
+        // A global publish ends the rollout.
+        assert_eq!(h.publish(1005, RolloutStage::Global), 5);
+        let t = h.tenant();
+        assert_eq!((t.stable(), t.candidate), (Some(5), None));
+
+        // Epochs strictly increase.
+        let epochs: Vec<u64> = h.controls().iter().map(|c| c.epoch).collect();
+        assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+    }
+
+    #[test]
+    fn abort_puts_every_agent_and_the_live_policies_back_on_stable_without_a_new_version() {
+        let mut h = H::new();
+        h.actor("pat", 40, &[Role::Publisher]);
+        h.publish(1001, RolloutStage::Global);
+        let stable_doc = h.live_document();
+        h.no(
+            "pat",
+            RolloutAborted {
+                version: 1,
+                reason: "x".into(),
+            },
+            "no rollout is in progress",
+        );
+        h.publish(1002, RolloutStage::Shadow);
+        assert_eq!(
+            h.live_revision(),
+            2,
+            "the next change is proposed against the candidate"
+        );
+        assert_ne!(h.live_document(), stable_doc);
+
+        h.no(
+            "pat",
+            RolloutAborted {
+                version: 1,
+                reason: "x".into(),
+            },
+            "the rollout in progress is version 2",
+        );
+        h.ok(
+            "root",
+            TenantFrozen {
+                reason: "close".into(),
+            },
+        );
+        h.no(
+            "pat",
+            RolloutAborted {
+                version: 2,
+                reason: "x".into(),
+            },
+            "is frozen",
+        );
+        h.ok("root", TenantUnfrozen { reason: None });
+
+        let (record, effect) = h.ok(
+            "pat",
+            RolloutAborted {
+                version: 2,
+                reason: "error rate".into(),
+            },
+        );
+        assert_eq!(
+            effect,
+            Some(Effect::AnnounceControls {
+                epoch: record.position
+            })
+        );
+        let t = h.tenant();
+        assert_eq!(
+            (t.stable(), t.candidate.clone(), t.last_version),
+            (Some(1), None, 2)
+        );
+        assert_eq!(h.live_revision(), 1);
+        assert_eq!(h.live_document(), stable_doc);
+        let controls = h.last_controls();
+        assert_eq!(controls.stable.map(|b| b.version), Some(1));
+        assert_eq!(controls.candidate, None);
+
+        // A change written against the candidate is stale now; one against stable publishes.
+        let stale = h.propose(1003, 1);
+        let _ = stale;
+        h.changes += 1;
+        let c = ChangeId::new(format!("chg-{:016}", h.changes)).unwrap();
+        h.no(
+            "root",
+            ChangeProposed {
+                change_id: c,
+                intent: "on the aborted candidate".into(),
+                ticket: None,
+                documents: vec![ProposedDocument {
+                    name: PolicyName::new("finance-agent").unwrap(),
+                    format: DocumentFormat::Yaml,
+                    document: doc(1004),
+                    base_revision: 2,
+                }],
+                deleted: vec![],
+                vectors: vec![],
+            },
+            "stale",
+        );
+        assert_eq!(h.publish(1005, RolloutStage::Global), 3);
+    }
+
+    #[test]
+    fn an_emergency_rollback_needs_admin_goes_through_a_freeze_and_leaves_the_tenant_frozen() {
+        let mut h = H::new();
+        h.actor("pat", 40, &[Role::Publisher]);
+        h.actor("ada", 41, &[Role::Admin]);
+        h.publish(1001, RolloutStage::Global);
+        h.publish(1002, RolloutStage::Global);
+        h.publish(1003, RolloutStage::Shadow);
+        let emergency = |to| RollbackRequested {
+            to_version: to,
+            reason: "bad deny storm".into(),
+            emergency: true,
+        };
+
+        // A publisher alone: refused, and told what to do.
+        let reason = h.no("pat", emergency(1), "needs the admin role");
+        assert!(reason.contains("ask an admin"), "{reason}");
+        assert!(reason.contains("without emergency"), "{reason}");
+
+        // Frozen (manifest and data plane): a normal rollback waits, an emergency one does not.
+        h.ok(
+            "pat",
+            TenantFrozen {
+                reason: "incident".into(),
+            },
+        );
+        h.ok(
+            "pat",
+            DataPlaneFrozen {
+                reason: "incident".into(),
+            },
+        );
+        let reason = h.no(
+            "pat",
+            RollbackRequested {
+                emergency: false,
+                ..emergency(1)
+            },
+            "is frozen",
+        );
+        assert!(reason.contains("emergency"), "{reason}");
+        let (record, effect) = h.ok("ada", emergency(1));
+        assert_eq!(effect, Some(Effect::AnnounceBundle { version: 4 }));
+        let v4 = h.version(4);
+        assert!(v4.emergency);
+        assert_eq!((v4.rollback_of, v4.stage), (Some(1), RolloutStage::Global));
+        assert_eq!(v4.published_by.as_str(), "ada");
+        let t = h.tenant();
+        assert_eq!((t.stable(), t.candidate.clone()), (Some(4), None));
+        let frozen = t.frozen.clone().expect("still frozen");
+        assert_eq!(frozen.reason, "emergency rollback to v1: bad deny storm");
+        assert_eq!(
+            (frozen.by.as_str(), frozen.at.as_str()),
+            ("ada", record.time.as_deref().unwrap())
+        );
+        assert_eq!(
+            t.data_plane_frozen, None,
+            "the rollback must reach gateways"
+        );
+        let controls = h.last_controls();
+        assert_eq!(controls.epoch, record.position);
+        assert_eq!(controls.stable.map(|b| b.version), Some(4));
+        assert_eq!(
+            (controls.candidate, controls.data_plane_frozen),
+            (None, None)
+        );
+
+        // The freeze it leaves holds publishing back until someone unfreezes.
+        let c = h.propose(1004, h.live_revision());
+        h.no(
+            "pat",
+            ChangePublished {
+                change_id: c,
+                stage: RolloutStage::Global,
+            },
+            "emergency rollback to v1",
+        );
+        // A root admin may do it too.
+        h.ok("root", emergency(2));
+        assert!(h.version(5).emergency);
+    }
+
+    #[test]
+    fn issuer_changes_during_a_rollout() {
+        let mut h = H::new();
+        let idp = Keypair::from_seed(&[20; 32]);
+        h.publish(1001, RolloutStage::Global);
+        h.ok(
+            "root",
+            TokenIssuerRegistered {
+                issuer: "acme-idp".into(),
+                key_id: idp.key_id().clone(),
+                public_key: idp.public_key().to_base64(),
+            },
+        );
+        assert_eq!(h.tenant().stable(), Some(2));
+        let stable_doc = h.live_document();
+        h.publish(1002, RolloutStage::Shadow);
+        assert_eq!(h.tenant().candidate.as_ref().map(|c| c.version), Some(3));
+
+        // Registering waits for the rollout to end.
+        let other = Keypair::from_seed(&[21; 32]);
+        h.no(
+            "root",
+            TokenIssuerRegistered {
+                issuer: "other-idp".into(),
+                key_id: other.key_id().clone(),
+                public_key: other.public_key().to_base64(),
+            },
+            "finish or abort the rollout first",
+        );
+
+        // Revoking does not: the candidate is dropped and the new stable version carries the
+        // stable policies with the revised trust.
+        let (record, effect) = h.ok(
+            "root",
+            TokenIssuerRevoked {
+                key_id: idp.key_id().clone(),
+                reason: "leaked".into(),
+            },
+        );
+        assert_eq!(effect, Some(Effect::AnnounceBundle { version: 4 }));
+        let t = h.tenant();
+        assert_eq!((t.stable(), t.candidate.clone()), (Some(4), None));
+        assert_eq!(h.version(4).stage, RolloutStage::Global);
+        assert_eq!(h.live_document(), stable_doc);
+        let snapshot_2: LiveView = h
+            .store
+            .get(Family::State, &keys::snapshot(&h.tenant, 2))
+            .unwrap()
+            .unwrap();
+        let snapshot_4: LiveView = h
+            .store
+            .get(Family::State, &keys::snapshot(&h.tenant, 4))
+            .unwrap()
+            .unwrap();
+        assert_eq!(snapshot_4, snapshot_2);
+        let controls = h.last_controls();
+        assert_eq!(controls.epoch, record.position);
+        assert_eq!(controls.stable.map(|b| b.version), Some(4));
+        assert_eq!(controls.candidate, None);
+    }
+
+    #[test]
+    fn kill_switch_and_data_plane_freeze() {
+        let mut h = H::new();
+        h.actor("pat", 40, &[Role::Publisher]);
+        h.actor("eve", 42, &[Role::Editor]);
+        let block_agent = |id: &str| AgentBlocked {
+            agent: agent(id),
+            reason: "runaway".into(),
+        };
+        let tool = |id: &str| ToolId::new(id).unwrap();
+
+        // Before any publish, and while the tenant is frozen: accepted.
+        h.ok(
+            "pat",
+            TenantFrozen {
+                reason: "incident".into(),
+            },
+        );
+        let (r1, effect) = h.ok("pat", block_agent("planner"));
+        assert_eq!(
+            effect,
+            Some(Effect::AnnounceControls { epoch: r1.position })
+        );
+        h.no(
+            "pat",
+            block_agent("planner"),
+            "agent `planner` is already blocked",
+        );
+        h.no("eve", block_agent("other"), "needs role admin or publisher");
+        h.ok("pat", block_agent("billing"));
+        h.ok(
+            "pat",
+            ToolBlocked {
+                tool: tool("payments"),
+                reason: "fraud".into(),
+            },
+        );
+        h.no(
+            "pat",
+            ToolBlocked {
+                tool: tool("payments"),
+                reason: "again".into(),
+            },
+            "tool `payments` is already blocked",
+        );
+        let controls = h.last_controls();
+        assert_eq!(controls.stable, None);
+        let ids: Vec<&str> = controls
+            .blocked_agents
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect();
+        assert_eq!(ids, ["billing", "planner"], "sorted by id");
+        assert_eq!(controls.blocked_agents[1].by.as_str(), "pat");
+        assert_eq!(controls.blocked_agents[1].reason, "runaway");
+        assert_eq!(controls.blocked_agents[1].at, r1.time.clone().unwrap());
+        assert_eq!(controls.blocked_tools[0].id, "payments");
+        let status = h.status();
+        assert_eq!(
+            status.blocked_agents.keys().collect::<Vec<_>>(),
+            ["billing", "planner"]
+        );
+        assert_eq!(status.blocked_tools["payments"].reason, "fraud");
+
+        h.ok(
+            "pat",
+            AgentUnblocked {
+                agent: agent("planner"),
+                reason: None,
+            },
+        );
+        h.no(
+            "pat",
+            AgentUnblocked {
+                agent: agent("planner"),
+                reason: None,
+            },
+            "agent `planner` is not blocked",
+        );
+        h.ok(
+            "pat",
+            ToolUnblocked {
+                tool: tool("payments"),
+                reason: Some("fixed".into()),
+            },
+        );
+        h.no(
+            "pat",
+            ToolUnblocked {
+                tool: tool("payments"),
+                reason: None,
+            },
+            "tool `payments` is not blocked",
+        );
+        let controls = h.last_controls();
+        assert_eq!(controls.blocked_agents.len(), 1);
+        assert!(controls.blocked_tools.is_empty());
+
+        // The data-plane freeze.
+        h.no("pat", DataPlaneUnfrozen { reason: None }, "is not frozen");
+        h.ok(
+            "pat",
+            DataPlaneFrozen {
+                reason: "hold".into(),
+            },
+        );
+        h.no(
+            "pat",
+            DataPlaneFrozen {
+                reason: "again".into(),
+            },
+            "already frozen",
+        );
+        let controls = h.last_controls();
+        let f = controls.data_plane_frozen.unwrap();
+        assert_eq!((f.reason.as_str(), f.by.as_str()), ("hold", "pat"));
+        assert_eq!(
+            h.status().data_plane_frozen.map(|f| f.reason),
+            Some("hold".into())
+        );
+        h.ok("pat", DataPlaneUnfrozen { reason: None });
+        assert_eq!(h.last_controls().data_plane_frozen, None);
+
+        // Seven accepted changes, seven states, epochs increasing.
+        let epochs: Vec<u64> = h.controls().iter().map(|c| c.epoch).collect();
+        assert_eq!(epochs.len(), 7, "{epochs:?}");
+        assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+        // Freezing the tenant itself is not a gateway control.
+        h.ok("pat", TenantUnfrozen { reason: None });
+        assert_eq!(h.controls().len(), 7);
+    }
+
+    const APR: &str = "apr-0123456789abcdef0123456789abcdef";
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn grant(h: &H, approval_id: &str, valid_for: time::Duration) -> RuntimeApprovalGranted {
+        RuntimeApprovalGranted {
+            approval_id: approval_id.into(),
+            call_digest: DIGEST.into(),
+            expires_at: format_time(time_of(h.seq + 1) + valid_for).unwrap(),
+            comment: Some("ok once".into()),
+        }
+    }
+
+    #[test]
+    fn runtime_approval_decisions() {
+        let mut h = H::new();
+        h.actor("bob", 43, &[Role::Approver]);
+        h.actor("pat", 40, &[Role::Publisher]);
+        let hour = time::Duration::hours(1);
+
+        h.no("pat", grant(&h, APR, hour), "needs role admin or approver");
+        h.no(
+            "bob",
+            grant(&h, "apr-0123456789ABCDEF0123456789ABCDEF", hour),
+            "32 lowercase hex",
+        );
+        h.no("bob", grant(&h, "apr-0123", hour), "32 lowercase hex");
+        h.no(
+            "bob",
+            grant(&h, "req-0123456789abcdef0123456789abcdef", hour),
+            "is not `apr-`",
+        );
+        h.no(
+            "bob",
+            RuntimeApprovalGranted {
+                call_digest: "sha256:abc".into(),
+                ..grant(&h, APR, hour)
+            },
+            "fails its schema",
+        );
+        h.no(
+            "bob",
+            grant(&h, APR, time::Duration::ZERO),
+            "not after it was signed",
+        );
+        h.no("bob", grant(&h, APR, -hour), "not after it was signed");
+        h.no(
+            "bob",
+            grant(
+                &h,
+                APR,
+                time::Duration::hours(24) + time::Duration::seconds(1),
+            ),
+            "more than 24 hours",
+        );
+
+        // Accepted while frozen; the decision waits in the outbox for the reactor.
+        h.ok(
+            "root",
+            TenantFrozen {
+                reason: "incident".into(),
+            },
+        );
+        let g = grant(&h, APR, time::Duration::hours(24));
+        let (record, effect) = h.ok("bob", g.clone());
+        assert_eq!(
+            effect,
+            Some(Effect::RelayApproval {
+                approval_id: APR.into()
+            })
+        );
+        let pending: Vec<(String, ApprovalDecisionRecord)> = h
+            .store
+            .scan(Family::Local, keys::outbox_approval_all())
+            .unwrap();
+        assert_eq!(pending.len(), 1);
+        let d = &pending[0].1;
+        assert!(d.granted);
+        assert_eq!(d.expires_at.as_deref(), Some(g.expires_at.as_str()));
+        assert_eq!(
+            (d.by.as_str(), d.at.as_str()),
+            ("bob", record.time.as_deref().unwrap())
+        );
+        assert_eq!(d.event_id.as_str(), record.id);
+        assert_eq!(d.note.as_deref(), Some("ok once"));
+        assert_eq!(d.call_digest, DIGEST);
+        assert!(
+            h.controls().is_empty(),
+            "a decision is not a gateway control"
+        );
+
+        // One decision per approval id.
+        let reason = h.no(
+            "root",
+            RuntimeApprovalDenied {
+                approval_id: APR.into(),
+                call_digest: DIGEST.into(),
+                reason: "no".into(),
+            },
+            "was already granted by bob at",
+        );
+        assert!(reason.contains(record.time.as_deref().unwrap()), "{reason}");
+        h.no("bob", grant(&h, APR, hour), "already granted");
+
+        // A denial.
+        let other = "apr-ffffffffffffffffffffffffffffffff";
+        h.ok(
+            "bob",
+            RuntimeApprovalDenied {
+                approval_id: other.into(),
+                call_digest: DIGEST.into(),
+                reason: "too much".into(),
+            },
+        );
+        h.no("bob", grant(&h, other, hour), "was already denied by bob");
+    }
+
+    /// One scenario through every new rule, folded twice: the same state bytes.
+    #[test]
+    fn the_same_events_fold_to_the_same_state() {
+        let run = || {
+            let mut h = H::new();
+            h.actor("pat", 40, &[Role::Publisher]);
+            h.publish(1001, RolloutStage::Global);
+            h.publish(1002, RolloutStage::Shadow);
+            h.ok(
+                "pat",
+                RolloutStageChanged {
+                    version: 2,
+                    stage: RolloutStage::Partial,
+                    agents: vec![agent("b"), agent("a")],
+                    percent: Some(25),
+                },
+            );
+            h.ok(
+                "pat",
+                RolloutAborted {
+                    version: 2,
+                    reason: "x".into(),
+                },
+            );
+            h.ok(
+                "pat",
+                AgentBlocked {
+                    agent: agent("planner"),
+                    reason: "x".into(),
+                },
+            );
+            h.ok("pat", DataPlaneFrozen { reason: "x".into() });
+            h.ok(
+                "root",
+                RollbackRequested {
+                    to_version: 1,
+                    reason: "x".into(),
+                    emergency: true,
+                },
+            );
+            let g = grant(&h, APR, time::Duration::hours(1));
+            h.ok("root", g);
+            let local: Vec<(String, serde_json::Value)> =
+                h.store.scan(Family::Local, "outbox/").unwrap();
+            (h.store.state_digest().unwrap(), local)
+        };
+        assert_eq!(run(), run());
     }
 }

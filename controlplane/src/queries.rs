@@ -171,8 +171,13 @@ impl Queries<'_> {
                 })
                 .collect(),
             chain_position: t.chain_position,
-            chain_head: t.chain_head,
+            chain_head: t.chain_head.clone(),
             applied_seq: self.store.applied_seq()?,
+            stable: t.stable(),
+            candidate: t.candidate,
+            blocked_agents: t.blocked_agents,
+            blocked_tools: t.blocked_tools,
+            data_plane_frozen: t.data_plane_frozen,
         })
     }
 

@@ -4,9 +4,9 @@
 
 use crate::store::pad;
 use aegis_core::events::{DocumentFormat, RequiredApprovals, Role, VectorDocument};
-use aegis_core::ids::{ActorId, ChangeId, PolicyName, TenantId};
+use aegis_core::ids::{ActorId, ChangeId, EventId, PolicyName, TenantId};
 use aegis_core::keys::KeyId;
-use aegis_core::query::{FreezeView, KeyView, LiveDocument, LiveView};
+use aegis_core::query::{BlockView, CandidateView, FreezeView, KeyView, LiveDocument, LiveView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +20,21 @@ pub struct TenantRecord {
     pub last_version: u64,
     pub chain_position: u64,
     pub chain_head: String,
+    /// The version every agent outside a partial cohort runs (see [`TenantRecord::stable`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<u64>,
+    /// The version being rolled out (published in shadow, not yet promoted or aborted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateView>,
+    /// Kill switch, by agent id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked_agents: BTreeMap<String, BlockView>,
+    /// Kill switch, by tool id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked_tools: BTreeMap<String, BlockView>,
+    /// The data-plane freeze in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane_frozen: Option<FreezeView>,
 }
 
 impl TenantRecord {
@@ -33,8 +48,64 @@ impl TenantRecord {
             last_version: 0,
             chain_position: 0,
             chain_head,
+            stable: None,
+            candidate: None,
+            blocked_agents: BTreeMap::new(),
+            blocked_tools: BTreeMap::new(),
+            data_plane_frozen: None,
         }
     }
+
+    /// The stable version. A record written before rollouts existed has no `stable` but a
+    /// published version: every version was global then, so the latest one is stable.
+    pub fn stable(&self) -> Option<u64> {
+        self.stable
+            .or((self.last_version > 0 && self.candidate.is_none()).then_some(self.last_version))
+    }
+
+    /// What gateways enforce besides the bundle bytes, to compare before and after an event.
+    pub fn controls_key(&self) -> ControlsKey {
+        (
+            self.stable(),
+            self.candidate.clone(),
+            self.blocked_agents.clone(),
+            self.blocked_tools.clone(),
+            self.data_plane_frozen.clone(),
+        )
+    }
+}
+
+/// [`TenantRecord::controls_key`].
+pub type ControlsKey = (
+    Option<u64>,
+    Option<CandidateView>,
+    BTreeMap<String, BlockView>,
+    BTreeMap<String, BlockView>,
+    Option<FreezeView>,
+);
+
+/// A runtime approval request an approver decided (`runtime_approval_granted` / `_denied`):
+/// one decision per approval id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalDecisionRecord {
+    pub approval_id: String,
+    pub call_digest: String,
+    pub granted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    pub by: ActorId,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub event_id: EventId,
+}
+
+/// An outbox entry: the tenant's gateway controls after the event at chain position `epoch`,
+/// to be signed and published with the event's time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlsOutbox {
+    pub time: String,
+    pub controls: aegis_core::events::TenantControls,
 }
 
 /// An actor of one tenant.
@@ -163,6 +234,10 @@ pub mod keys {
         format!("t/{t}#issuer/")
     }
 
+    pub fn approval(t: &TenantId, approval_id: &str) -> String {
+        format!("t/{t}#approval/{approval_id}")
+    }
+
     // Local family.
     pub fn outbox_checks(t: &TenantId, c: &ChangeId) -> String {
         format!("outbox/checks/{t}#{c}")
@@ -175,6 +250,23 @@ pub mod keys {
     }
     pub fn outbox_bundle_all() -> &'static str {
         "outbox/bundle/"
+    }
+    pub fn outbox_bundle_all_of(t: &TenantId) -> String {
+        format!("outbox/bundle/{t}#")
+    }
+    /// The tenant's gateway controls as of chain position `epoch` ([`super::ControlsOutbox`]).
+    pub fn outbox_controls(t: &TenantId, epoch: u64) -> String {
+        format!("outbox/controls/{t}#{}", pad(epoch))
+    }
+    pub fn outbox_controls_all() -> &'static str {
+        "outbox/controls/"
+    }
+    /// A runtime approval decision to relay ([`super::ApprovalDecisionRecord`]).
+    pub fn outbox_approval(t: &TenantId, approval_id: &str) -> String {
+        format!("outbox/approval/{t}#{approval_id}")
+    }
+    pub fn outbox_approval_all() -> &'static str {
+        "outbox/approval/"
     }
     pub fn announced(t: &TenantId, v: u64) -> String {
         format!("announced/{t}#{}", pad(v))

@@ -8,26 +8,34 @@
 //!   truth for where to resume, and a kill -9 can neither skip nor double-apply an event.
 //! - **Reactor.** Publishes what the fold decided: `checks_completed` events, bundles (object
 //!   store by digest, then `BundlePublished` on `aegis.bundles.<tenant>` with a deterministic
-//!   `Nats-Msg-Id`, skipped when the subject already announces that version), and signed audit
-//!   checkpoints on `aegis.audit.<tenant>` (published with an expected last subject sequence so
-//!   two control planes cannot both extend the checkpoint chain).
+//!   `Nats-Msg-Id`, skipped when the subject already announces that version), the tenant's
+//!   signed `tenant_controls` state on `aegis.bundles.<tenant>.controls` (after the bundles it
+//!   names are announced; only the newest pending epoch, skipped when the subject already holds
+//!   it or a later one), runtime approval decisions relayed as signed `runtime_approval_decided`
+//!   on `aegis.approvals.<tenant>.<approval_id>`, and signed audit checkpoints on
+//!   `aegis.audit.<tenant>` (published with an expected last subject sequence so two control
+//!   planes cannot both extend the checkpoint chain).
 //! - **Query service.** The async-nats `service` API, one endpoint per query op on
 //!   `aegis.query.*.<op>`, in a queue group so several control planes share the load.
 
 use crate::fold::{Applied, Effect, FoldConfig, Folder, InMessage, derived_event_id};
 use crate::queries::Queries;
-use crate::records::{TenantRecord, keys};
+use crate::records::{ApprovalDecisionRecord, ControlsOutbox, TenantRecord, keys};
 use crate::store::{Family, Store, StoreError};
+use aegis_core::approvals::ApprovalMessage;
 use aegis_core::events::chain::ChainEntry;
-use aegis_core::events::{AuditCheckpoint, BundlePublished, Envelope, Event};
+use aegis_core::events::{
+    AuditCheckpoint, BundlePublished, Envelope, Event, RuntimeApprovalDecided,
+};
 use aegis_core::ids::TenantId;
 use aegis_core::query::{EventRecord, QueryError, QueryReply, QueryRequest, VersionView};
 use aegis_nats::topology::{
-    self, AUDIT_STREAM, BUNDLE_OBJECT_STORE, BUNDLES_STREAM, CHANGES_STREAM,
+    self, APPROVALS_STREAM, AUDIT_STREAM, BUNDLE_OBJECT_STORE, BUNDLES_STREAM, CHANGES_STREAM,
 };
 use aegis_nats::{Publish, PublishError};
 use async_nats::jetstream;
 use futures::StreamExt as _;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -292,6 +300,14 @@ async fn reopen(stream: &jetstream::stream::Stream, start: u64) -> Messages {
     }
 }
 
+/// The tenant of an outbox key `<prefix><tenant>#<id>`.
+fn outbox_tenant(key: &str, prefix: &str) -> Option<TenantId> {
+    key.strip_prefix(prefix)?
+        .split('#')
+        .next()
+        .and_then(|t| TenantId::new(t).ok())
+}
+
 fn log_record(tenant: &TenantId, r: &EventRecord) {
     match &r.outcome {
         aegis_core::query::Outcome::Accepted => {
@@ -323,7 +339,10 @@ impl Reactor {
                     last_activity = tokio::time::Instant::now();
                     match effect {
                         Effect::ChainAdvanced => {}
-                        Effect::AnnounceChecks { .. } | Effect::AnnounceBundle { .. } => {
+                        Effect::AnnounceChecks { .. }
+                        | Effect::AnnounceBundle { .. }
+                        | Effect::AnnounceControls { .. }
+                        | Effect::RelayApproval { .. } => {
                             self.drain_outbox().await;
                         }
                     }
@@ -430,6 +449,172 @@ impl Reactor {
                 }
             }
         }
+        // Gateway controls: after the bundles they name are out.
+        let pending: Vec<(String, ControlsOutbox)> = self
+            .store
+            .scan(Family::Local, keys::outbox_controls_all())
+            .unwrap_or_default();
+        let mut by_tenant: BTreeMap<TenantId, Vec<(String, ControlsOutbox)>> = BTreeMap::new();
+        for (key, entry) in pending {
+            match outbox_tenant(&key, keys::outbox_controls_all()) {
+                Some(tenant) => by_tenant.entry(tenant).or_default().push((key, entry)),
+                None => {
+                    let _ = self.store.delete_local(&key);
+                }
+            }
+        }
+        for (tenant, entries) in by_tenant {
+            let bundles_pending = self
+                .store
+                .scan::<u64>(Family::Local, &keys::outbox_bundle_all_of(&tenant))
+                .map(|v| !v.is_empty())
+                .unwrap_or(true);
+            if bundles_pending {
+                continue;
+            }
+            // Only the newest state matters: gateways apply the highest epoch.
+            let Some((_, newest)) = entries.iter().max_by_key(|(_, e)| e.controls.epoch) else {
+                continue;
+            };
+            let epoch = newest.controls.epoch;
+            match self.announce_controls(&tenant, newest).await {
+                Ok(()) => {
+                    for (key, _) in &entries {
+                        let _ = self.store.delete_local(key);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%tenant, epoch, error = %e, "publishing gateway controls failed; will retry")
+                }
+            }
+        }
+        // Runtime approval decisions.
+        let pending: Vec<(String, ApprovalDecisionRecord)> = self
+            .store
+            .scan(Family::Local, keys::outbox_approval_all())
+            .unwrap_or_default();
+        for (key, decision) in pending {
+            let Some(tenant) = outbox_tenant(&key, keys::outbox_approval_all()) else {
+                let _ = self.store.delete_local(&key);
+                continue;
+            };
+            match self.relay_approval(&tenant, &decision).await {
+                Ok(()) => {
+                    let _ = self.store.delete_local(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(%tenant, approval_id = %decision.approval_id, error = %e, "relaying a runtime approval decision failed; will retry")
+                }
+            }
+        }
+    }
+
+    /// Signs and publishes `entry` on `aegis.bundles.<tenant>.controls`, unless the subject
+    /// already holds a state of this control plane's key at this epoch or a later one.
+    async fn announce_controls(
+        &self,
+        tenant: &TenantId,
+        entry: &ControlsOutbox,
+    ) -> Result<(), RunError> {
+        let epoch = entry.controls.epoch;
+        let subject = topology::controls_subject(tenant).map_err(nats_err)?;
+        let last = aegis_nats::last_message(&self.js, BUNDLES_STREAM, &subject)
+            .await
+            .map_err(nats_err)?;
+        let own_key = self.config.fold.signing_key.verifying_key();
+        let last_epoch = last
+            .as_ref()
+            .and_then(|m| aegis_core::events::ReceivedEnvelope::parse(&m.payload).ok())
+            .filter(|r| r.verify(own_key).is_ok())
+            .and_then(|r| match r.envelope.event {
+                Event::TenantControls(c) => Some(c.epoch),
+                _ => None,
+            });
+        if last_epoch.is_some_and(|last| last >= epoch) {
+            return Ok(());
+        }
+        let id = derived_event_id(&["controls", tenant.as_str(), &epoch.to_string()])
+            .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
+        let payload = self.sign(
+            tenant,
+            id,
+            &entry.time,
+            Event::TenantControls(entry.controls.clone()),
+        )?;
+        let publish = Publish::new(subject, payload).msg_id(format!("controls:{tenant}:{epoch}"));
+        aegis_nats::publish(&self.js, publish)
+            .await
+            .map_err(nats_err)?;
+        tracing::info!(%tenant, epoch, "gateway controls published");
+        Ok(())
+    }
+
+    /// Publishes the signed `runtime_approval_decided` on `aegis.approvals.<tenant>.<id>`,
+    /// unless the subject already has a decision or a consumed grant (an earlier run or
+    /// another control plane relayed it).
+    async fn relay_approval(
+        &self,
+        tenant: &TenantId,
+        d: &ApprovalDecisionRecord,
+    ) -> Result<(), RunError> {
+        let subject = topology::approvals_subject(tenant, &d.approval_id).map_err(nats_err)?;
+        let last = aegis_nats::last_message(&self.js, APPROVALS_STREAM, &subject)
+            .await
+            .map_err(nats_err)?;
+        // Only a decision this control plane's key signed counts.
+        let own_key = self.config.fold.signing_key.verifying_key();
+        let done = last
+            .as_ref()
+            .is_some_and(|m| match ApprovalMessage::parse(&m.payload) {
+                Ok(ApprovalMessage::Decided(received, _)) => received.verify(own_key).is_ok(),
+                Ok(ApprovalMessage::Consumed(_)) => true,
+                _ => false,
+            });
+        if done {
+            return Ok(());
+        }
+        let decided = RuntimeApprovalDecided {
+            approval_id: d.approval_id.clone(),
+            call_digest: d.call_digest.clone(),
+            granted: d.granted,
+            expires_at: d.expires_at.clone(),
+            by: d.by.clone(),
+            at: d.at.clone(),
+            note: d.note.clone(),
+            source_event: d.event_id.clone(),
+        };
+        let id = derived_event_id(&["decided", tenant.as_str(), &d.approval_id])
+            .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
+        let payload = self.sign(tenant, id, &d.at, Event::RuntimeApprovalDecided(decided))?;
+        let publish =
+            Publish::new(subject, payload).msg_id(format!("decided:{tenant}:{}", d.approval_id));
+        aegis_nats::publish(&self.js, publish)
+            .await
+            .map_err(nats_err)?;
+        tracing::info!(%tenant, approval_id = %d.approval_id, granted = d.granted, "runtime approval decision relayed");
+        Ok(())
+    }
+
+    /// An envelope signed by the control plane, as bytes.
+    fn sign(
+        &self,
+        tenant: &TenantId,
+        id: aegis_core::ids::EventId,
+        time: &str,
+        event: Event,
+    ) -> Result<Vec<u8>, RunError> {
+        let time = aegis_core::events::envelope::parse_time(time)
+            .map_err(|e| RunError::Fold(e.to_string()))?;
+        let env = Envelope::sign(
+            id,
+            tenant.clone(),
+            self.config.fold.control_plane_actor.clone(),
+            &self.config.fold.signing_key,
+            time,
+            event,
+        )
+        .map_err(|e| RunError::Fold(e.to_string()))?;
+        env.to_bytes().map_err(|e| RunError::Fold(e.to_string()))
     }
 
     async fn announce_bundle(&self, tenant: &TenantId, version: u64) -> Result<(), RunError> {

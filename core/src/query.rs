@@ -5,10 +5,11 @@
 use crate::events::{
     ChecksCompleted, EventType, RequiredApprovals, Role, RolloutStage, chain::ChainEntry,
 };
-use crate::ids::{ActorId, ChangeId, EventId, PolicyName, TenantId};
+use crate::ids::{ActorId, AgentId, ChangeId, EventId, PolicyName, TenantId};
 use crate::keys::KeyId;
 use crate::policy::model::RiskTier;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A question for the control plane about one tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +147,43 @@ pub struct TenantStatus {
     pub chain_head: String,
     /// The last `AEGIS_CHANGES` stream sequence the control plane applied (all tenants).
     pub applied_seq: u64,
+    /// The version every agent outside a partial cohort runs (None before the first publish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<u64>,
+    /// The version being rolled out, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateView>,
+    /// Kill switch: agents every gateway denies, by agent id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked_agents: BTreeMap<String, BlockView>,
+    /// Kill switch: tools every gateway denies, by tool id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked_tools: BTreeMap<String, BlockView>,
+    /// Set while the data plane is frozen (gateways keep the bundles they run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_plane_frozen: Option<FreezeView>,
+}
+
+/// The candidate version of a rollout: its stage and, for `partial`, its cohort.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateView {
+    pub version: u64,
+    /// `shadow` or `partial`.
+    pub stage: RolloutStage,
+    /// For `partial`: agents that run the candidate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentId>,
+    /// For `partial`: percentage of agents (hashed on agent id) that run the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+}
+
+/// Who blocked an agent or tool, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    pub reason: String,
+    pub by: ActorId,
+    pub at: String,
 }
 
 /// Who froze a tenant, when and why.

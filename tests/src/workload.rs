@@ -223,10 +223,13 @@ pub enum Reject {
     NotFrozen,
     BadRollback,
     NoVersion,
+    /// A rollout stage change for a version that is not the candidate (the workload publishes
+    /// globally, so there never is one).
+    NotCandidate,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 26] = [
+    pub const ALL: [Reject; 27] = [
         Reject::NotAnEnvelope,
         Reject::Schema,
         Reject::BadSignature,
@@ -253,6 +256,7 @@ impl Reject {
         Reject::NotFrozen,
         Reject::BadRollback,
         Reject::NoVersion,
+        Reject::NotCandidate,
     ];
 
     /// A phrase of the fold's rejection reason for this kind.
@@ -284,6 +288,7 @@ impl Reject {
             Reject::NotFrozen => "is not frozen",
             Reject::BadRollback => "cannot roll back to version",
             Reject::NoVersion => "has no version",
+            Reject::NotCandidate => "is not the candidate",
         }
     }
 
@@ -331,6 +336,7 @@ pub struct WorkItem {
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // test data; `Event` grew with the issue-5 events
 enum Content {
     Signed {
         actor: ActorId,
@@ -1558,6 +1564,8 @@ impl Workload {
                 if e.version == 0 || e.version > tm.last_version {
                     return Err(Reject::NoVersion);
                 }
+                // Only a candidate's stage changes, and every publish here is global.
+                return Err(Reject::NotCandidate);
             }
             other => panic!("the workload does not generate {}", other.event_type()),
         }
