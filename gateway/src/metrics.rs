@@ -453,7 +453,8 @@ impl Metrics {
                 );
             }
         }
-        let series: [(&str, &str, fn(&RolloutGauges) -> u64); 5] = [
+        type Series = (&'static str, &'static str, fn(&RolloutGauges) -> u64);
+        let series: [Series; 5] = [
             (
                 "aegis_candidate_version",
                 "Version of the rollout candidate per tenant (0: no rollout).",

@@ -155,7 +155,7 @@ enum PendingWork {
 
 /// What [`Watcher::load_ref`] got.
 enum Loaded {
-    Ready(ActiveBundle, Vec<u8>),
+    Ready(Box<ActiveBundle>, Vec<u8>),
     /// Not fetched yet: try again later.
     Retry,
     /// Refused (recorded).
@@ -669,6 +669,19 @@ impl Watcher {
                 candidate = state.candidate.as_ref().map(|c| c.bundle.version),
                 "controls state applied"
             );
+            // Saved first (a few milliseconds): what the gateway enforces survives a crash.
+            let store = self.ctx.store.clone();
+            let t = tenant.clone();
+            let bytes = payload.to_vec();
+            match tokio::task::spawn_blocking(move || store.save_controls(&t, &bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(%tenant, error = %e, "cannot save the controls state; a restart without NATS would not know it")
+                }
+                Err(e) => {
+                    tracing::error!(%tenant, error = %e, "saving the controls state did not complete")
+                }
+            }
             self.slot.set_controls(controls);
             self.ctx.beat.notify_one();
             // A newer state supersedes an announcement still waiting for its bytes.
@@ -682,18 +695,6 @@ impl Watcher {
                 self.pending = None;
             }
             self.controls = Some(state);
-            let store = self.ctx.store.clone();
-            let t = tenant.clone();
-            let bytes = payload.to_vec();
-            match tokio::task::spawn_blocking(move || store.save_controls(&t, &bytes)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(%tenant, error = %e, "cannot save the controls state; a restart without NATS would not know it")
-                }
-                Err(e) => {
-                    tracing::error!(%tenant, error = %e, "saving the controls state did not complete")
-                }
-            }
         }
         self.reconcile(false).await;
     }
@@ -740,7 +741,7 @@ impl Watcher {
         {
             match self.load_ref(named, retry).await {
                 Loaded::Ready(active, bytes) => {
-                    stable = Some(Arc::new(active));
+                    stable = Some(Arc::new(*active));
                     stable_bytes = Some(bytes);
                     changed = true;
                     loaded += 1;
@@ -781,7 +782,7 @@ impl Watcher {
                             changed = true;
                             loaded += 1;
                             candidate_bytes = Some(Some(bytes));
-                            Some(controls::candidate_of(active, named))
+                            Some(controls::candidate_of(*active, named))
                         }
                         Loaded::Retry => {
                             retry_needed = true;
@@ -817,30 +818,8 @@ impl Watcher {
         if !changed {
             return;
         }
+        // Persist first: the stable's bytes (and the mark when it rises), the candidate's bytes.
         let stable_version = stable.as_ref().map(|s| s.version);
-        let candidate_version = candidate.as_ref().map(|c| c.bundle.version);
-        let stage = candidate.as_ref().map(|c| c.stage);
-        let previous = self
-            .slot
-            .install_deployment(Deployment { stable, candidate });
-        self.ctx
-            .metrics
-            .bundles_applied
-            .fetch_add(loaded, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(
-            %tenant,
-            epoch = state.epoch,
-            stable = stable_version,
-            previous_stable = previous.stable.as_ref().map(|s| s.version),
-            candidate = candidate_version,
-            previous_candidate = previous.candidate.as_ref().map(|c| c.bundle.version),
-            stage = ?stage,
-            source = SOURCE_NATS,
-            "rollout state applied"
-        );
-        self.ctx.beat.notify_one();
-
-        // Persist: the stable's bytes (and the mark when it rises), the candidate's bytes.
         let mark = match (stable_version, &stable_bytes) {
             (Some(version), Some(_))
                 if self
@@ -885,6 +864,27 @@ impl Watcher {
                 tracing::error!(%tenant, error = %e, "saving the rollout's bundles did not complete")
             }
         }
+        let candidate_version = candidate.as_ref().map(|c| c.bundle.version);
+        let stage = candidate.as_ref().map(|c| c.stage);
+        let previous = self
+            .slot
+            .install_deployment(Deployment { stable, candidate });
+        self.ctx
+            .metrics
+            .bundles_applied
+            .fetch_add(loaded, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            %tenant,
+            epoch = state.epoch,
+            stable = stable_version,
+            previous_stable = previous.stable.as_ref().map(|s| s.version),
+            candidate = candidate_version,
+            previous_candidate = previous.candidate.as_ref().map(|c| c.bundle.version),
+            stage = ?stage,
+            source = SOURCE_NATS,
+            "rollout state applied"
+        );
+        self.ctx.beat.notify_one();
     }
 
     /// Fetches and verifies a bundle a controls state names.
@@ -919,7 +919,7 @@ impl Watcher {
         match prepared {
             Ok((Ok(mut active), bytes)) => {
                 active.source = SOURCE_NATS;
-                Loaded::Ready(active, bytes)
+                Loaded::Ready(Box::new(active), bytes)
             }
             Ok((Err(refusal), _)) => {
                 self.ctx.refuse(&self.slot, &named.digest, &refusal);
