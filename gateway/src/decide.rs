@@ -716,6 +716,91 @@ fn evaluate_other(bundle: &ActiveBundle, input: &DecideInput, now: i64) -> Decis
     answer
 }
 
+#[cfg(test)]
+mod rollout_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::bundles::{BundleLimits, prepare};
+    use aegis_core::bundle::{BundleSpec, build};
+    use aegis_core::keys::{Keypair, TrustStore};
+    use std::collections::BTreeMap;
+
+    fn bundle(version: u64, rego: &str) -> ActiveBundle {
+        let key = Keypair::from_seed(&[3; 32]);
+        let tenant = TenantId::new("acme").unwrap();
+        let files = BTreeMap::from([
+            ("data.json".to_owned(), br#"{"aegis":{}}"#.to_vec()),
+            ("policy.rego".to_owned(), rego.as_bytes().to_vec()),
+        ]);
+        let spec = BundleSpec {
+            tenant: tenant.clone(),
+            version,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: Some("2099-01-01T00:00:00Z".into()),
+            author: "test".into(),
+            source_change: None,
+        };
+        let built = build(&spec, &files, &key).unwrap();
+        let mut trust = TrustStore::new();
+        trust.trust(key.public_key().clone());
+        let now = time::OffsetDateTime::now_utc();
+        prepare(
+            &tenant,
+            &built.bytes,
+            &built.digest,
+            &trust,
+            None,
+            now,
+            &BundleLimits::default(),
+        )
+        .unwrap()
+    }
+
+    fn input() -> DecideInput {
+        DecideInput {
+            tenant: TenantId::new("acme").unwrap(),
+            agent_id: AgentId::new("finance-agent").unwrap(),
+            call_chain: vec![],
+            tool_id: ToolId::new("payments").unwrap(),
+            action: "get_balance".into(),
+            params: Map::new(),
+            context: Map::new(),
+        }
+    }
+
+    #[test]
+    fn the_other_versions_failure_is_an_evaluation_error_naming_that_version() {
+        let deny = "package aegis\n\ndecide := {\"decision\": \"deny\", \"reasons\": [{\"code\": \"nope\", \"message\": \"no\"}]}\n";
+        let ok = bundle(4, deny);
+        let answer = evaluate_other(&ok, &input(), unix_now());
+        assert_eq!(answer.policy_version, Some(4));
+        assert_eq!(answer.bundle_digest.as_deref(), Some(ok.digest.as_str()));
+
+        let mut expired = bundle(5, deny);
+        expired.expires_unix = Some(0);
+        let answer = evaluate_other(&expired, &input(), unix_now());
+        assert_eq!(answer.decision, DecisionKind::Deny);
+        assert_eq!(
+            answer.reasons[0].code,
+            aegis_core::decision::EVALUATION_ERROR
+        );
+        assert_eq!(
+            answer.policy_version,
+            Some(5),
+            "it names the version that failed"
+        );
+
+        // A result the gateway cannot read is an evaluation error too, still naming it.
+        let broken = bundle(6, "package aegis\n\ndecide := 7\n");
+        let answer = evaluate_other(&broken, &input(), unix_now());
+        assert_eq!(
+            answer.reasons[0].code,
+            aegis_core::decision::EVALUATION_ERROR
+        );
+        assert_eq!(answer.policy_version, Some(6));
+    }
+}
+
 /// What serde's types do not check: the `action` id pattern and the `request_id` length
 /// (`schemas/decide-request.schema.json`).
 fn check_request(request: &DecideRequest) -> Result<(), Refusal> {
