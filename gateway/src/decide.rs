@@ -718,7 +718,12 @@ fn evaluate_other(bundle: &ActiveBundle, input: &DecideInput, now: i64) -> Decis
 
 #[cfg(test)]
 mod rollout_tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
     use super::*;
     use crate::bundles::{BundleLimits, prepare};
     use aegis_core::bundle::{BundleSpec, build};
