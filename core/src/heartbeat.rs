@@ -20,6 +20,10 @@ pub struct Heartbeat {
     /// Rollout stage of the version in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// The rollout candidate's version, while there is one (evaluated in shadow or enforced
+    /// for a partial cohort).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_version: Option<u64>,
     /// Whether the gateway as a whole is ready (every tenant it serves has a bundle).
     pub ready: bool,
     /// Bundles refused since start.

@@ -10,8 +10,13 @@
 //!    the token's reason code; a tenant served without a bundle is 503 `no_bundle`);
 //! 3. the body is a decide request (else 400 `bad_request`), and any tenant / agent / chain it
 //!    names equals the token's (else 401 `identity_mismatch`);
-//! 4. the tenant's bundle in force decides (its evaluator denies on any evaluation error,
-//!    instruction or time limit).
+//! 4. the kill switch: a blocked agent (the caller or any agent of its call chain) is denied
+//!    `agent_blocked`, a blocked tool `tool_blocked`; a tenant whose stored controls state could
+//!    not be verified is denied `controls_unavailable` (see [`Decider::kill_switch`]);
+//! 5. the tenant's bundle in force decides (its evaluator denies on any evaluation error,
+//!    instruction or time limit) — during a staged rollout the enforced version is the
+//!    candidate for a partial cohort and the stable one otherwise, and the other version is
+//!    evaluated too and recorded as the event's `shadow` (see [`Decider::decide_rollout`]).
 //!
 //! The bundle is loaded once per request, so a swap during a request never mixes versions:
 //! the token is checked against, and the call decided by, the same bundle.
@@ -53,6 +58,13 @@ pub mod codes {
     pub const BUNDLE_EXPIRED: &str = "bundle_expired";
     pub const DECISION_LOG_FULL: &str = "decision_log_full";
     pub const INTERNAL: &str = "internal_error";
+    /// Kill switch: the agent (or an agent of its call chain) is blocked.
+    pub const AGENT_BLOCKED: &str = "agent_blocked";
+    /// Kill switch: the tool is blocked.
+    pub const TOOL_BLOCKED: &str = "tool_blocked";
+    /// The stored controls state (kill switch, freeze) could not be verified at start and none
+    /// arrived from NATS yet: every call of the tenant is denied.
+    pub const CONTROLS_UNAVAILABLE: &str = "controls_unavailable";
 }
 
 /// The body of `POST /v1/decide` (`schemas/decide-request.schema.json`).
@@ -191,6 +203,10 @@ struct Facts {
     claimed_agent: Option<AgentId>,
     request: Option<DecideRequest>,
     bundle: Option<Arc<ActiveBundle>>,
+    /// During a rollout: the candidate's stage.
+    rollout_stage: Option<aegis_core::events::RolloutStage>,
+    /// During a rollout: what the version not enforced answered.
+    shadow: Option<decision_log::ShadowResult>,
 }
 
 impl Decider {
@@ -232,6 +248,8 @@ impl Decider {
         facts.request = Some(request.clone());
         check_claims(&request, &identity)?;
 
+        self.kill_switch(&identity, &request)?;
+
         let input = DecideInput {
             tenant: identity.tenant.clone(),
             agent_id: identity.agent.clone(),
@@ -241,7 +259,7 @@ impl Decider {
             params: request.params.clone(),
             context: request.context.clone(),
         };
-        let decision = bundle.evaluator.decide(&input);
+        let decision = self.decide_rollout(&bundle, &input, facts)?;
         Ok(self.enforce_limits(decision, &input))
     }
 
@@ -511,11 +529,16 @@ impl Decider {
             approval_id: approval.map(|a| a.id.clone()),
             latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             rollout_stage: facts
-                .bundle
-                .as_ref()
+                .rollout_stage
                 .filter(|_| decision.policy_version.is_some())
-                .map(|b| b.stage),
-            shadow: None,
+                .or_else(|| {
+                    facts
+                        .bundle
+                        .as_ref()
+                        .filter(|_| decision.policy_version.is_some())
+                        .map(|b| b.stage)
+                }),
+            shadow: facts.shadow.clone(),
             trace_id: Some(meta.trace.context.trace_id_hex()),
             span_id: Some(meta.trace.span.to_hex()),
         }
@@ -546,6 +569,240 @@ impl Decider {
             started_at: meta.received_at,
             elapsed: meta.received.elapsed(),
         }
+    }
+}
+
+/// Kill switch and staged rollout (issue 5). Kept apart from the rest of the decision path:
+/// [`Decider::evaluate`] calls [`Decider::kill_switch`] after authentication and
+/// [`Decider::decide_rollout`] in place of evaluating the stable bundle alone.
+impl Decider {
+    /// Denies calls of a blocked agent (the caller, or any agent of its call chain) or to a
+    /// blocked tool, naming the reason and who blocked it. A tenant whose controls are unknown
+    /// (stored state unverifiable) is denied altogether: a lost kill switch never means allow.
+    fn kill_switch(&self, identity: &Identity, request: &DecideRequest) -> Result<(), Refusal> {
+        let Some(slot) = self.registry.slot(&identity.tenant) else {
+            return Ok(());
+        };
+        let controls = slot.controls();
+        if let Some(why) = &controls.unavailable {
+            return Err(Refusal::new(
+                503,
+                codes::CONTROLS_UNAVAILABLE,
+                format!(
+                    "the kill switch of tenant {} is unknown ({why}): every call is denied until the control plane's controls state arrives",
+                    identity.tenant
+                ),
+            ));
+        }
+        let agents = std::iter::once(&identity.agent).chain(identity.call_chain.iter());
+        for agent in agents {
+            if let Some(block) = controls.blocked_agents.get(agent.as_str()) {
+                let whose = if agent == &identity.agent {
+                    format!("agent {agent} is blocked")
+                } else {
+                    format!(
+                        "agent {agent} in the call chain of {} is blocked",
+                        identity.agent
+                    )
+                };
+                return Err(Refusal::new(
+                    200,
+                    codes::AGENT_BLOCKED,
+                    format!(
+                        "{whose} by {} since {}: {}",
+                        block.by, block.at, block.reason
+                    ),
+                ));
+            }
+        }
+        if let Some(block) = controls.blocked_tools.get(request.tool_id.as_str()) {
+            return Err(Refusal::new(
+                200,
+                codes::TOOL_BLOCKED,
+                format!(
+                    "tool {} is blocked by {} since {}: {}",
+                    request.tool_id, block.by, block.at, block.reason
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the call with the version that decides it, and during a rollout the other
+    /// version too. `stable` is the bundle the token was verified against.
+    ///
+    /// - no candidate: `stable` decides;
+    /// - a `partial` candidate and the agent in its cohort
+    ///   ([`aegis_core::rollout::in_cohort`]): the candidate decides, `stable` is evaluated too;
+    /// - otherwise (`shadow`, or outside the cohort): `stable` decides, the candidate is
+    ///   evaluated too.
+    ///
+    /// The other version's answer goes to the event's `shadow`, the candidate's stage to its
+    /// `rollout_stage`, and a disagreement to `aegis_shadow_disagreements_total`. An error (or
+    /// expiry) of the other version is recorded as an `evaluation_error` there and never
+    /// changes the enforced answer. An expired candidate that would decide denies
+    /// (`bundle_expired`). If the slot was swapped since `stable` was loaded (a race of
+    /// microseconds), `stable` decides alone.
+    fn decide_rollout(
+        &self,
+        stable: &Arc<ActiveBundle>,
+        input: &DecideInput,
+        facts: &mut Facts,
+    ) -> Result<Decision, Refusal> {
+        let candidate = self
+            .registry
+            .slot(&input.tenant)
+            .map(|slot| slot.deployment())
+            .filter(|d| d.stable.as_ref().is_some_and(|s| Arc::ptr_eq(s, stable)))
+            .and_then(|d| d.candidate.clone());
+        let Some(candidate) = candidate else {
+            return Ok(stable.evaluator.decide(input));
+        };
+        facts.rollout_stage = Some(candidate.stage);
+        let now = unix_now();
+        let (enforced, other) = if candidate.enforced_for(&input.agent_id) {
+            (&candidate.bundle, stable)
+        } else {
+            (stable, &candidate.bundle)
+        };
+        let other_answer = evaluate_other(other, input, now);
+        if enforced.expired(now) {
+            facts.shadow = Some(decision_log::ShadowResult::of(&other_answer));
+            return Err(Refusal::new(
+                503,
+                codes::BUNDLE_EXPIRED,
+                format!(
+                    "the candidate bundle for tenant {} (version {}) expired at {}: calls of its cohort are denied until a newer one arrives",
+                    enforced.tenant,
+                    enforced.version,
+                    enforced.manifest.expires_at.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+        let answer = enforced.evaluator.decide(input);
+        if answer.decision != other_answer.decision {
+            self.metrics.shadow_disagreement(input.tenant.as_str());
+        }
+        facts.shadow = Some(decision_log::ShadowResult::of(&other_answer));
+        Ok(answer)
+    }
+}
+
+/// The answer of the version not enforced: its evaluation, or an `evaluation_error` deny (it
+/// expired, or evaluating it failed in any way), always naming that version.
+fn evaluate_other(bundle: &ActiveBundle, input: &DecideInput, now: i64) -> Decision {
+    let mut answer = if bundle.expired(now) {
+        Decision::deny(
+            aegis_core::decision::EVALUATION_ERROR,
+            format!(
+                "version {} expired at {}",
+                bundle.version,
+                bundle.manifest.expires_at.as_deref().unwrap_or("?")
+            ),
+        )
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bundle.evaluator.decide(input)
+        }))
+        .unwrap_or_else(|_| {
+            Decision::deny(
+                aegis_core::decision::EVALUATION_ERROR,
+                format!("evaluating version {} failed", bundle.version),
+            )
+        })
+    };
+    answer.policy_version = Some(bundle.version);
+    answer.bundle_digest = Some(bundle.digest.clone());
+    answer
+}
+
+#[cfg(test)]
+mod rollout_tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+    use super::*;
+    use crate::bundles::{BundleLimits, prepare};
+    use aegis_core::bundle::{BundleSpec, build};
+    use aegis_core::keys::{Keypair, TrustStore};
+    use std::collections::BTreeMap;
+
+    fn bundle(version: u64, rego: &str) -> ActiveBundle {
+        let key = Keypair::from_seed(&[3; 32]);
+        let tenant = TenantId::new("acme").unwrap();
+        let files = BTreeMap::from([
+            ("data.json".to_owned(), br#"{"aegis":{}}"#.to_vec()),
+            ("policy.rego".to_owned(), rego.as_bytes().to_vec()),
+        ]);
+        let spec = BundleSpec {
+            tenant: tenant.clone(),
+            version,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: Some("2099-01-01T00:00:00Z".into()),
+            author: "test".into(),
+            source_change: None,
+        };
+        let built = build(&spec, &files, &key).unwrap();
+        let mut trust = TrustStore::new();
+        trust.trust(key.public_key().clone());
+        let now = time::OffsetDateTime::now_utc();
+        prepare(
+            &tenant,
+            &built.bytes,
+            &built.digest,
+            &trust,
+            None,
+            now,
+            &BundleLimits::default(),
+        )
+        .unwrap()
+    }
+
+    fn input() -> DecideInput {
+        DecideInput {
+            tenant: TenantId::new("acme").unwrap(),
+            agent_id: AgentId::new("finance-agent").unwrap(),
+            call_chain: vec![],
+            tool_id: ToolId::new("payments").unwrap(),
+            action: "get_balance".into(),
+            params: Map::new(),
+            context: Map::new(),
+        }
+    }
+
+    #[test]
+    fn the_other_versions_failure_is_an_evaluation_error_naming_that_version() {
+        let deny = "package aegis\n\ndecide := {\"decision\": \"deny\", \"reasons\": [{\"code\": \"nope\", \"message\": \"no\"}]}\n";
+        let ok = bundle(4, deny);
+        let answer = evaluate_other(&ok, &input(), unix_now());
+        assert_eq!(answer.policy_version, Some(4));
+        assert_eq!(answer.bundle_digest.as_deref(), Some(ok.digest.as_str()));
+
+        let mut expired = bundle(5, deny);
+        expired.expires_unix = Some(0);
+        let answer = evaluate_other(&expired, &input(), unix_now());
+        assert_eq!(answer.decision, DecisionKind::Deny);
+        assert_eq!(
+            answer.reasons[0].code,
+            aegis_core::decision::EVALUATION_ERROR
+        );
+        assert_eq!(
+            answer.policy_version,
+            Some(5),
+            "it names the version that failed"
+        );
+
+        // A result the gateway cannot read is an evaluation error too, still naming it.
+        let broken = bundle(6, "package aegis\n\ndecide := 7\n");
+        let answer = evaluate_other(&broken, &input(), unix_now());
+        assert_eq!(
+            answer.reasons[0].code,
+            aegis_core::decision::EVALUATION_ERROR
+        );
+        assert_eq!(answer.policy_version, Some(6));
     }
 }
 

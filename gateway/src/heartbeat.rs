@@ -113,6 +113,7 @@ pub fn record(
         digest: active.as_ref().map(|a| a.digest.clone()),
         applied_at: active.as_ref().map(|a| a.applied_at.clone()),
         stage: active.as_ref().map(|a| a.stage.to_string()),
+        candidate_version: slot.candidate().map(|c| c.bundle.version),
         ready: registry.ready(),
         rejected: metrics.rejected_for(slot.tenant.as_str()),
         last_rejection,

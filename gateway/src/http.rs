@@ -6,7 +6,7 @@
 //! | `GET /healthz` | 200 while the process serves HTTP |
 //! | `GET /readyz` | 200 when every configured tenant has a verified bundle, else 503 and which lack one |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /v1/status` | versions, digests, stages, refused bundles, shipper counters (JSON) |
+//! | `GET /v1/status` | versions, digests, stages, rollout candidate, kill switch, freeze, refused bundles, shipper counters (JSON) |
 //! | `POST /v1/noop` | only with `--noop-endpoint`: a constant answer through the same stack (benchmark baseline) |
 //!
 //! The handler reads the body into memory (bounded), runs [`Decider::decide`] inline on the
@@ -134,6 +134,21 @@ fn snapshot(app: &App) -> Snapshot {
             .collect(),
         sink: app.decider.sink.stats(),
         ready: app.registry.ready(),
+        rollout: app
+            .registry
+            .slots()
+            .map(|s| {
+                let controls = s.controls();
+                crate::metrics::RolloutGauges {
+                    tenant: s.tenant.to_string(),
+                    candidate_version: s.candidate().map(|c| c.bundle.version),
+                    blocked_agents: controls.blocked_agents.len(),
+                    blocked_tools: controls.blocked_tools.len(),
+                    frozen: controls.data_plane_frozen.is_some(),
+                    controls_epoch: controls.epoch,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -162,6 +177,33 @@ struct TenantStatus {
     source_change: Option<String>,
     token_issuers: usize,
     rejected: Vec<crate::tenants::Rejection>,
+    /// The stable version (what `version`/`digest` above name).
+    stable: Option<BundleStatus>,
+    /// The rollout candidate, if any.
+    candidate: Option<BundleStatus>,
+    blocked_agents: Vec<aegis_core::events::BlockEntry>,
+    blocked_tools: Vec<aegis_core::events::BlockEntry>,
+    data_plane_frozen: Option<aegis_core::events::DataPlaneFreeze>,
+    /// Epoch of the controls state in force (0: none).
+    controls_epoch: u64,
+    /// Why every call is denied (`controls_unavailable`), if the stored controls state could
+    /// not be verified and none arrived yet.
+    controls_unavailable: Option<String>,
+    /// The newest global bundle the data-plane freeze kept out.
+    held_back: Option<crate::tenants::HeldBack>,
+}
+
+/// One bundle of a rollout in `/v1/status`.
+#[derive(Serialize)]
+struct BundleStatus {
+    version: u64,
+    digest: String,
+    stage: String,
+    /// For a partial candidate: the agents named, and the percentage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agents: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    percent: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -180,7 +222,9 @@ async fn status(State(app): State<Arc<App>>) -> Response {
         .registry
         .slots()
         .map(|slot| {
-            let active = slot.active();
+            let deployment = slot.deployment();
+            let active = deployment.stable.clone();
+            let controls = slot.controls();
             TenantStatus {
                 tenant: slot.tenant.to_string(),
                 version: active.as_ref().map(|a| a.version),
@@ -195,6 +239,27 @@ async fn status(State(app): State<Arc<App>>) -> Response {
                     .and_then(|a| a.manifest.source_change.clone()),
                 token_issuers: active.as_ref().map_or(0, |a| a.issuers.len()),
                 rejected: slot.rejections(),
+                stable: active.as_ref().map(|a| BundleStatus {
+                    version: a.version,
+                    digest: a.digest.clone(),
+                    stage: aegis_core::events::RolloutStage::Global.to_string(),
+                    agents: None,
+                    percent: None,
+                }),
+                candidate: deployment.candidate.as_ref().map(|c| BundleStatus {
+                    version: c.bundle.version,
+                    digest: c.bundle.digest.clone(),
+                    stage: c.stage.to_string(),
+                    agents: (c.stage == aegis_core::events::RolloutStage::Partial)
+                        .then(|| c.agents.iter().map(ToString::to_string).collect()),
+                    percent: c.percent,
+                }),
+                blocked_agents: controls.blocked_agents.values().cloned().collect(),
+                blocked_tools: controls.blocked_tools.values().cloned().collect(),
+                data_plane_frozen: controls.data_plane_frozen.clone(),
+                controls_epoch: controls.epoch,
+                controls_unavailable: controls.unavailable.clone(),
+                held_back: slot.held_back(),
             }
         })
         .collect();

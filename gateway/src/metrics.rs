@@ -80,6 +80,25 @@ pub struct Metrics {
     bundles_rejected: Mutex<BTreeMap<(String, String), u64>>,
     pub bundles_applied: AtomicU64,
     refused_unrecordable: AtomicU64,
+    /// `aegis_shadow_disagreements_total{tenant}`: the enforced and the other version of a
+    /// rollout answered differently.
+    shadow_disagreements: std::sync::RwLock<BTreeMap<String, std::sync::Arc<AtomicU64>>>,
+    /// `aegis_bundles_pinned_total{tenant}`: global bundles held back by a data-plane freeze.
+    bundles_pinned: Mutex<BTreeMap<String, u64>>,
+    /// `aegis_controls_rejected_total{tenant, reason}`.
+    controls_rejected: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+/// One tenant's rollout and kill-switch state, as `/metrics` reports it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RolloutGauges {
+    pub tenant: String,
+    /// The candidate version (None: no rollout).
+    pub candidate_version: Option<u64>,
+    pub blocked_agents: usize,
+    pub blocked_tools: usize,
+    pub frozen: bool,
+    pub controls_epoch: u64,
 }
 
 /// The shipper's counters, as `/metrics` and `/v1/status` report them.
@@ -102,6 +121,8 @@ pub struct Snapshot {
     pub bundle_versions: Vec<(String, Option<u64>)>,
     pub sink: SinkStats,
     pub ready: bool,
+    /// Per tenant: candidate, blocks, freeze, controls epoch.
+    pub rollout: Vec<RolloutGauges>,
 }
 
 impl Metrics {
@@ -140,6 +161,58 @@ impl Metrics {
             *map.entry((tenant.to_owned(), reason_code.to_owned()))
                 .or_default() += 1;
         }
+    }
+
+    /// The enforced and the other version of a rollout disagreed on a call of `tenant`.
+    pub fn shadow_disagreement(&self, tenant: &str) {
+        if let Ok(map) = self.shadow_disagreements.read()
+            && let Some(c) = map.get(tenant)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Ok(mut map) = self.shadow_disagreements.write() {
+            map.entry(tenant.to_owned())
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Disagreements counted for `tenant`.
+    pub fn shadow_disagreements_for(&self, tenant: &str) -> u64 {
+        self.shadow_disagreements
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant).map(|c| c.load(Ordering::Relaxed)))
+            .unwrap_or(0)
+    }
+
+    /// A global bundle of `tenant` was held back by the data-plane freeze.
+    pub fn bundle_pinned(&self, tenant: &str) {
+        if let Ok(mut map) = self.bundles_pinned.lock() {
+            *map.entry(tenant.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// A controls state of `tenant` was not applied.
+    pub fn controls_rejected(&self, tenant: &str, reason_code: &str) {
+        if let Ok(mut map) = self.controls_rejected.lock() {
+            *map.entry((tenant.to_owned(), reason_code.to_owned()))
+                .or_default() += 1;
+        }
+    }
+
+    /// Controls states of `tenant` not applied, all reasons.
+    pub fn controls_rejected_for(&self, tenant: &str) -> u64 {
+        self.controls_rejected
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|((t, _), _)| t == tenant)
+                    .map(|(_, n)| *n)
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Total bundles rejected for `tenant`.
@@ -266,6 +339,8 @@ impl Metrics {
             }
         }
 
+        self.render_rollout(&mut out, snap);
+
         let gauges: [(&str, &str, &str, u64); 8] = [
             (
                 "aegis_calls_refused_unrecordable_total",
@@ -328,6 +403,96 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE aegis_ready gauge");
         let _ = writeln!(out, "aegis_ready {}", u8::from(snap.ready));
         out
+    }
+}
+
+impl Metrics {
+    /// The rollout, kill-switch and freeze series.
+    fn render_rollout(&self, out: &mut String, snap: &Snapshot) {
+        let _ = writeln!(
+            out,
+            "# HELP aegis_shadow_disagreements_total Calls on which the enforced and the other version of a rollout answered differently, by tenant."
+        );
+        let _ = writeln!(out, "# TYPE aegis_shadow_disagreements_total counter");
+        if let Ok(map) = self.shadow_disagreements.read() {
+            for (tenant, n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "aegis_shadow_disagreements_total{{tenant=\"{}\"}} {}",
+                    escape(tenant),
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP aegis_bundles_pinned_total Global bundles not applied because the data plane is frozen, by tenant."
+        );
+        let _ = writeln!(out, "# TYPE aegis_bundles_pinned_total counter");
+        if let Ok(map) = self.bundles_pinned.lock() {
+            for (tenant, n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "aegis_bundles_pinned_total{{tenant=\"{}\"}} {n}",
+                    escape(tenant)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP aegis_controls_rejected_total Controls states not applied (unknown or revoked key, bad signature, older epoch), by tenant and reason."
+        );
+        let _ = writeln!(out, "# TYPE aegis_controls_rejected_total counter");
+        if let Ok(map) = self.controls_rejected.lock() {
+            for ((tenant, reason), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "aegis_controls_rejected_total{{tenant=\"{}\",reason=\"{}\"}} {n}",
+                    escape(tenant),
+                    escape(reason)
+                );
+            }
+        }
+        type Series = (&'static str, &'static str, fn(&RolloutGauges) -> u64);
+        let series: [Series; 5] = [
+            (
+                "aegis_candidate_version",
+                "Version of the rollout candidate per tenant (0: no rollout).",
+                |g| g.candidate_version.unwrap_or(0),
+            ),
+            (
+                "aegis_blocked_agents",
+                "Agents blocked by the kill switch, per tenant.",
+                |g| g.blocked_agents as u64,
+            ),
+            (
+                "aegis_blocked_tools",
+                "Tools blocked by the kill switch, per tenant.",
+                |g| g.blocked_tools as u64,
+            ),
+            (
+                "aegis_data_plane_frozen",
+                "1 while the tenant's data plane is frozen.",
+                |g| u64::from(g.frozen),
+            ),
+            (
+                "aegis_controls_epoch",
+                "Epoch of the controls state in force per tenant (0: none).",
+                |g| g.controls_epoch,
+            ),
+        ];
+        for (name, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for g in &snap.rollout {
+                let _ = writeln!(
+                    out,
+                    "{name}{{tenant=\"{}\"}} {}",
+                    escape(&g.tenant),
+                    value(g)
+                );
+            }
+        }
     }
 }
 

@@ -4,14 +4,20 @@
 //! request path loads it without a lock, and a new bundle is swapped in atomically — a request
 //! that already loaded the old one finishes on it. An empty slot means "no verified bundle":
 //! every call for that tenant is denied (`no_bundle`) and `/readyz` says not ready.
+//!
+//! **Rollout and kill switch.** The slot really holds a [`Deployment`]: the stable bundle and,
+//! during a staged rollout, a [`Candidate`] (its stage and cohort). Both are swapped together,
+//! so a request sees one consistent pair. Next to it sit the tenant's [`Controls`] from the
+//! control plane's signed `tenant_controls` state: the blocked agents and tools, the data-plane
+//! freeze and the epoch of that state.
 
 use aegis_core::bundle::Manifest;
 use aegis_core::eval::Evaluator;
-use aegis_core::events::RolloutStage;
-use aegis_core::ids::TenantId;
+use aegis_core::events::{BlockEntry, DataPlaneFreeze, RolloutStage, TenantControls};
+use aegis_core::ids::{AgentId, TenantId};
 use aegis_core::keys::KeyId;
 use aegis_core::token::{IssuerKeys, TrustedIssuer};
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -107,11 +113,88 @@ pub struct Rejection {
 /// Most rejections kept per tenant for `/v1/status`.
 pub const REJECTIONS_KEPT: usize = 16;
 
+/// The candidate version of a staged rollout, as a slot runs it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub bundle: Arc<ActiveBundle>,
+    /// `shadow` or `partial`.
+    pub stage: RolloutStage,
+    /// For `partial`: agents that get the candidate.
+    pub agents: Vec<AgentId>,
+    /// For `partial`: percentage of agents, by [`aegis_core::rollout::in_cohort`].
+    pub percent: Option<u8>,
+}
+
+impl Candidate {
+    /// Whether the candidate decides `agent`'s calls: a `partial` rollout and the agent is in
+    /// its cohort. (In `shadow` nobody gets it.)
+    pub fn enforced_for(&self, agent: &AgentId) -> bool {
+        self.stage == RolloutStage::Partial
+            && aegis_core::rollout::in_cohort(agent, &self.agents, self.percent)
+    }
+}
+
+/// What a slot runs: the stable bundle and, during a rollout, a candidate. Swapped as one.
+#[derive(Debug, Clone, Default)]
+pub struct Deployment {
+    pub stable: Option<Arc<ActiveBundle>>,
+    pub candidate: Option<Candidate>,
+}
+
+/// The tenant's kill switch and data-plane freeze, from the newest applied `tenant_controls`.
+#[derive(Debug, Clone, Default)]
+pub struct Controls {
+    /// Epoch of the applied state (0: none yet).
+    pub epoch: u64,
+    /// Blocked agents by id.
+    pub blocked_agents: BTreeMap<String, BlockEntry>,
+    /// Blocked tools by id.
+    pub blocked_tools: BTreeMap<String, BlockEntry>,
+    pub data_plane_frozen: Option<DataPlaneFreeze>,
+    /// Set when a stored controls state exists but cannot be read or verified: the blocks in
+    /// force are unknown, so every call is denied (`controls_unavailable`) until a verified
+    /// state arrives.
+    pub unavailable: Option<String>,
+}
+
+impl Controls {
+    /// The blocks and freeze of a verified state.
+    pub fn of(state: &TenantControls) -> Controls {
+        Controls {
+            epoch: state.epoch,
+            blocked_agents: state
+                .blocked_agents
+                .iter()
+                .map(|b| (b.id.clone(), b.clone()))
+                .collect(),
+            blocked_tools: state
+                .blocked_tools
+                .iter()
+                .map(|b| (b.id.clone(), b.clone()))
+                .collect(),
+            data_plane_frozen: state.data_plane_frozen.clone(),
+            unavailable: None,
+        }
+    }
+}
+
+/// A global bundle a data-plane freeze kept this gateway from applying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldBack {
+    pub version: u64,
+    pub digest: String,
+    /// Always "pinned by the data-plane freeze".
+    pub reason: String,
+    pub at: String,
+}
+
 /// One tenant's slot.
 #[derive(Debug)]
 pub struct TenantSlot {
     pub tenant: TenantId,
-    active: ArcSwapOption<ActiveBundle>,
+    deployment: ArcSwap<Deployment>,
+    controls: ArcSwap<Controls>,
+    held_back: Mutex<Option<HeldBack>>,
     rejections: Mutex<Vec<Rejection>>,
 }
 
@@ -119,19 +202,72 @@ impl TenantSlot {
     fn new(tenant: TenantId) -> Self {
         Self {
             tenant,
-            active: ArcSwapOption::empty(),
+            deployment: ArcSwap::from_pointee(Deployment::default()),
+            controls: ArcSwap::from_pointee(Controls::default()),
+            held_back: Mutex::new(None),
             rejections: Mutex::new(Vec::new()),
         }
     }
 
-    /// The bundle in force, if any. Lock-free.
+    /// The stable bundle in force, if any. Lock-free.
     pub fn active(&self) -> Option<Arc<ActiveBundle>> {
-        self.active.load_full()
+        self.deployment.load().stable.clone()
     }
 
-    /// Swaps in a new bundle; returns the previous one.
+    /// The stable bundle and the candidate, as one consistent pair. Lock-free.
+    pub fn deployment(&self) -> Arc<Deployment> {
+        self.deployment.load_full()
+    }
+
+    /// The candidate in force, if any.
+    pub fn candidate(&self) -> Option<Candidate> {
+        self.deployment.load().candidate.clone()
+    }
+
+    /// Swaps in a new stable bundle and clears any candidate (a global bundle ends a
+    /// rollout); returns the previous stable bundle.
     pub fn install(&self, bundle: ActiveBundle) -> Option<Arc<ActiveBundle>> {
-        self.active.swap(Some(Arc::new(bundle)))
+        let previous = self.deployment.swap(Arc::new(Deployment {
+            stable: Some(Arc::new(bundle)),
+            candidate: None,
+        }));
+        previous.stable.clone()
+    }
+
+    /// Replaces the stable bundle, keeping the candidate.
+    pub fn replace_stable(&self, bundle: ActiveBundle) {
+        let current = self.deployment();
+        self.deployment.store(Arc::new(Deployment {
+            stable: Some(Arc::new(bundle)),
+            candidate: current.candidate.clone(),
+        }));
+    }
+
+    /// Swaps in a stable bundle and candidate together; returns what ran before.
+    pub fn install_deployment(&self, deployment: Deployment) -> Arc<Deployment> {
+        self.deployment.swap(Arc::new(deployment))
+    }
+
+    /// The kill switch and freeze in force. Lock-free.
+    pub fn controls(&self) -> Arc<Controls> {
+        self.controls.load_full()
+    }
+
+    /// Applies new controls at once.
+    pub fn set_controls(&self, controls: Controls) {
+        self.controls.store(Arc::new(controls));
+    }
+
+    /// The newest global bundle held back by the data-plane freeze, if any.
+    pub fn held_back(&self) -> Option<HeldBack> {
+        self.held_back.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// Records (or, with None, clears) a bundle held back by the freeze.
+    pub fn set_held_back(&self, held: Option<HeldBack>) {
+        if let Ok(mut h) = self.held_back.lock() {
+            *h = held;
+        }
     }
 
     /// Records a refused bundle (newest last, at most [`REJECTIONS_KEPT`]).

@@ -20,14 +20,16 @@ use crate::controlplane::{ControlPlane, Keys, Operator, publish, query, wait_out
 use crate::flow::{self, FINANCE_POLICY, FINANCE_VECTORS, Stored, accept, accepted, announced};
 use crate::gateway::{Gateway, GatewayOptions};
 use aegis_core::events::{
-    BundlePublished, ChangeApproved, ChangeProposed, ChangePublished, Envelope, Event,
-    RolloutStage, TokenIssuerRegistered,
+    BundlePublished, BundleRef, ChangeApproved, ChangeProposed, ChangePublished, Envelope, Event,
+    RolloutStage, TenantControls, TokenIssuerRegistered,
 };
 use aegis_core::ids::{ActorId, AgentId, ChangeId, EventId, TenantId};
 use aegis_core::keys::Keypair;
 use aegis_core::query::{QueryAnswer, QueryRequest, VersionView};
 use aegis_core::token::{self, TokenRequest};
-use aegis_nats::topology::{BUNDLE_OBJECT_STORE, DECISIONS_STREAM, GATEWAYS_KV, bundles_subject};
+use aegis_nats::topology::{
+    BUNDLE_OBJECT_STORE, DECISIONS_STREAM, GATEWAYS_KV, bundles_subject, controls_subject,
+};
 use async_nats::jetstream;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -327,6 +329,18 @@ impl Stack {
     /// [`Stack::publish_change_for`], also returning when JetStream acknowledged the
     /// `change_published` event (the moment the publish is on record).
     pub fn publish_change_timed(&mut self, tenant: &str, document: &str) -> (u64, Instant) {
+        self.publish_change_staged(tenant, document, RolloutStage::Global)
+    }
+
+    /// [`Stack::publish_change_timed`] with the stage the change is published at (`shadow`
+    /// or `partial`: a candidate version, which gateways do not enforce until the tenant's
+    /// controls state names it).
+    pub fn publish_change_staged(
+        &mut self,
+        tenant: &str,
+        document: &str,
+        stage: RolloutStage,
+    ) -> (u64, Instant) {
         let setup = &self.tenants[tenant];
         let id = setup.tenant.clone();
         let [alice, bob, carol, pat] = setup.actors.clone();
@@ -351,7 +365,7 @@ impl Stack {
             }
             let env = pat.sign(ChangePublished {
                 change_id: change.clone(),
-                stage: RolloutStage::Global,
+                stage,
             });
             publish(js, &env, None).await.unwrap();
             let acked = Instant::now();
@@ -470,6 +484,50 @@ impl Stack {
             aegis_nats::publish(&self.js, publish).await.unwrap();
         });
         digest
+    }
+
+    /// `tenant`'s version `version` as a controls state names it.
+    pub fn bundle_ref(&self, tenant: &str, version: u64) -> BundleRef {
+        let v = self
+            .history(tenant)
+            .into_iter()
+            .find(|v| v.version == version)
+            .unwrap_or_else(|| panic!("{tenant} has no version {version}"));
+        BundleRef {
+            version,
+            digest: v.digest,
+            size: v.size,
+        }
+    }
+
+    /// Publishes `state` as `tenant`'s signed `tenant_controls` on
+    /// `aegis.bundles.<tenant>.controls`, signed by the control plane's key — the message the
+    /// control plane publishes after every change to rollout, kill switch or freeze. (Each
+    /// with a fresh `Nats-Msg-Id`, so a replayed epoch is a new message.)
+    pub fn publish_controls(&self, tenant: &str, state: &TenantControls) {
+        self.publish_controls_signed(tenant, state, &self.keys.control_plane);
+    }
+
+    /// [`Stack::publish_controls`] signed by any key.
+    pub fn publish_controls_signed(&self, tenant: &str, state: &TenantControls, key: &Keypair) {
+        let tenant = TenantId::new(tenant).unwrap();
+        self.rt.block_on(async {
+            let env = Envelope::sign(
+                EventId::random().unwrap(),
+                tenant.clone(),
+                ActorId::new("controlplane").unwrap(),
+                key,
+                time::OffsetDateTime::now_utc(),
+                Event::TenantControls(state.clone()),
+            )
+            .unwrap();
+            let publish = aegis_nats::Publish::new(
+                controls_subject(&tenant).unwrap(),
+                env.to_bytes().unwrap(),
+            )
+            .msg_id(env.id.to_string());
+            aegis_nats::publish(&self.js, publish).await.unwrap();
+        });
     }
 
     /// The heartbeat `gateway` last wrote for `tenant` into KV `aegis-gateways`.

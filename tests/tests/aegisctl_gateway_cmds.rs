@@ -252,6 +252,7 @@ impl<'a> Beat<'a> {
             digest: self.version.map(|v| format!("sha256:{:064x}", v)),
             applied_at: Some(format_time(now).unwrap()),
             stage: self.version.map(|_| "global".into()),
+            candidate_version: None,
             ready: self.version.is_some(),
             rejected: self.rejected,
             last_rejection: self.last_rejection.map(str::to_owned),

@@ -12,7 +12,10 @@
 
 use aegis_core::bundle::{BuiltBundle, BundleSpec, build};
 use aegis_core::decision_log::BundleRejected;
-use aegis_core::events::{BundlePublished, Envelope, Event, RolloutStage, RolloutStageChanged};
+use aegis_core::events::{
+    BundlePublished, BundleRef, Envelope, Event, RolloutCandidate, RolloutStage,
+    RolloutStageChanged, TenantControls,
+};
 use aegis_core::heartbeat::Heartbeat;
 use aegis_core::ids::{ActorId, EventId, TenantId};
 use aegis_core::keys::{Keypair, TrustStore};
@@ -24,7 +27,7 @@ use aegis_gateway::heartbeat::{self, HeartbeatConfig};
 use aegis_gateway::metrics::Metrics;
 use aegis_gateway::tenants::{Registry, TenantSlot};
 use aegis_nats::Publish;
-use aegis_nats::topology::{BUNDLE_OBJECT_STORE, GATEWAYS_KV, bundles_subject};
+use aegis_nats::topology::{BUNDLE_OBJECT_STORE, GATEWAYS_KV, bundles_subject, controls_subject};
 use aegis_tests::NatsServer;
 use aegis_tests::bundles::retar;
 use async_nats::jetstream;
@@ -219,6 +222,18 @@ async fn announce_event(js: &jetstream::Context, key: &Keypair, event: Event) {
 
 /// Announces `bytes` as `version` under `digest`.
 async fn announce(js: &jetstream::Context, key: &Keypair, version: u64, digest: &str, size: u64) {
+    announce_staged(js, key, version, digest, size, RolloutStage::Global).await;
+}
+
+/// [`announce`] at a rollout stage.
+async fn announce_staged(
+    js: &jetstream::Context,
+    key: &Keypair,
+    version: u64,
+    digest: &str,
+    size: u64,
+    stage: RolloutStage,
+) {
     let event = BundlePublished {
         version,
         digest: digest.to_owned(),
@@ -226,10 +241,34 @@ async fn announce(js: &jetstream::Context, key: &Keypair, version: u64, digest: 
         created_at: "2026-01-01T00:00:00.000Z".into(),
         change_id: None,
         rollback_of: None,
-        stage: RolloutStage::Global,
+        stage,
         signer: key.key_id().clone(),
     };
     announce_event(js, key, Event::BundlePublished(event)).await;
+}
+
+/// Publishes a signed `tenant_controls` state on `aegis.bundles.acme.controls`.
+async fn publish_controls(js: &jetstream::Context, key: &Keypair, state: TenantControls) {
+    let env = Envelope::sign(
+        EventId::random().unwrap(),
+        acme(),
+        ActorId::new("controlplane").unwrap(),
+        key,
+        time::OffsetDateTime::now_utc(),
+        Event::TenantControls(state),
+    )
+    .unwrap();
+    let publish = Publish::new(controls_subject(&acme()).unwrap(), env.to_bytes().unwrap())
+        .msg_id(env.id.to_string());
+    aegis_nats::publish(js, publish).await.unwrap();
+}
+
+fn bundle_ref(b: &BuiltBundle) -> BundleRef {
+    BundleRef {
+        version: b.manifest.version,
+        digest: b.digest.clone(),
+        size: b.bytes.len() as u64,
+    }
 }
 
 /// Stores and announces `bytes` as `version`, signed by the control plane.
@@ -681,4 +720,111 @@ async fn the_heartbeat_reports_the_bundle_in_force_in_kv() {
     assert!(last.starts_with("v2 expired: "), "{last}");
     abort(handles);
     beat.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_states_bring_candidates_drop_bad_ones_and_outlive_a_corrupt_store() {
+    let server = NatsServer::start().unwrap();
+    let js = connect(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gw::new(dir.path(), trust_of(&cp_key()));
+    gw.restore();
+    let handles = gw.watch(&js);
+    let slot = gw.slot();
+    let v1 = bundle(1);
+    publish_bundle(&js, &v1).await;
+    gw.serving(1).await;
+
+    // v2 announced as a shadow candidate: not enforced; the controls state brings it.
+    let v2 = bundle(2);
+    let digest = store_object(&js, &v2.bytes).await;
+    announce_staged(
+        &js,
+        &cp_key(),
+        2,
+        &digest,
+        v2.bytes.len() as u64,
+        RolloutStage::Shadow,
+    )
+    .await;
+    let named = |c: &BuiltBundle, stage| RolloutCandidate {
+        bundle: bundle_ref(c),
+        stage,
+        agents: vec![],
+        percent: Some(10),
+    };
+    let state = |epoch, candidate| TenantControls {
+        epoch,
+        stable: Some(bundle_ref(&v1)),
+        candidate,
+        blocked_agents: vec![],
+        blocked_tools: vec![],
+        data_plane_frozen: None,
+    };
+    publish_controls(
+        &js,
+        &cp_key(),
+        state(5, Some(named(&v2, RolloutStage::Partial))),
+    )
+    .await;
+    let c = eventually("the candidate", || slot.candidate()).await;
+    assert_eq!(
+        (c.bundle.version, c.stage, c.percent),
+        (2, RolloutStage::Partial, Some(10))
+    );
+    assert_eq!(slot.active().unwrap().version, 1);
+    assert_eq!(
+        gw.ctx
+            .store
+            .load_mark(&acme())
+            .unwrap()
+            .unwrap()
+            .high_water
+            .version,
+        1,
+        "a candidate does not raise the mark"
+    );
+    assert_eq!(
+        gw.ctx.store.load_candidate(&acme()).unwrap().unwrap(),
+        v2.bytes
+    );
+
+    // A candidate that does not verify (expired) is refused and dropped; the stable stays.
+    let v3 = expired_bundle(3);
+    store_object(&js, &v3.bytes).await;
+    publish_controls(
+        &js,
+        &cp_key(),
+        state(6, Some(named(&v3, RolloutStage::Shadow))),
+    )
+    .await;
+    gw.refused(reason::EXPIRED, Some(1)).await;
+    eventually("the candidate dropped", || {
+        slot.candidate().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(slot.controls().epoch, 6);
+    abort(handles);
+    drop(gw);
+
+    // The stored state is damaged while the gateway is down: the bundle is still served but
+    // every call is denied until a verified state arrives from NATS.
+    let store = LocalStore::open(dir.path()).unwrap();
+    let path = store.tenant_dir(&acme()).join("controls.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let i = bytes.iter().position(|b| *b == b'6').unwrap();
+    bytes[i] = b'9';
+    std::fs::write(&path, &bytes).unwrap();
+    let gw = Gw::new(dir.path(), trust_of(&cp_key()));
+    assert!(matches!(gw.restore(), Restored::Served { version: 1, .. }));
+    let slot = gw.slot();
+    assert!(slot.controls().unavailable.is_some());
+    let handles = gw.watch(&js);
+    eventually("the verified state from NATS", || {
+        let c = slot.controls();
+        (c.unavailable.is_none() && c.epoch == 6).then_some(())
+    })
+    .await;
+    assert_eq!(slot.active().unwrap().version, 1);
+    abort(handles);
 }

@@ -720,6 +720,7 @@ mod tests {
             digest: version.map(|v| format!("sha256:{v}")),
             applied_at: None,
             stage: None,
+            candidate_version: None,
             ready: version.is_some(),
             rejected: 0,
             last_rejection: None,

@@ -5,6 +5,8 @@
 //! ```text
 //! <data_dir>/bundles/<tenant>/bundle.tar.gz     the bytes of the bundle in force (as fetched)
 //! <data_dir>/bundles/<tenant>/high_water.json   {"version":7,"digest":"sha256:…","stage":"global"}
+//! <data_dir>/bundles/<tenant>/controls.json      the last applied tenant_controls, as signed
+//! <data_dir>/bundles/<tenant>/candidate.tar.gz   the bytes of the rollout candidate in force
 //! ```
 //!
 //! `<tenant>` is the tenant id with `:`, `@` and `/` written as `%3A`, `%40`, `%2F` (ids cannot
@@ -37,6 +39,11 @@ pub const BUNDLES_DIR: &str = "bundles";
 pub const BUNDLE_FILE: &str = "bundle.tar.gz";
 /// The high-water mark.
 pub const HIGH_WATER_FILE: &str = "high_water.json";
+/// The last applied `tenant_controls` envelope, byte for byte as the control plane signed it
+/// (verified again when read back).
+pub const CONTROLS_FILE: &str = "controls.json";
+/// The rollout candidate in force.
+pub const CANDIDATE_FILE: &str = "candidate.tar.gz";
 
 /// Why local state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +136,51 @@ impl LocalStore {
         }
     }
 
+    /// Reads the stored `tenant_controls` envelope (unverified), if any.
+    pub fn load_controls(&self, tenant: &TenantId) -> Result<Option<Vec<u8>>, LocalStoreError> {
+        read_optional(&self.tenant_dir(tenant).join(CONTROLS_FILE))
+    }
+
+    /// Stores the signed `tenant_controls` envelope just applied.
+    pub fn save_controls(&self, tenant: &TenantId, envelope: &[u8]) -> Result<(), LocalStoreError> {
+        let dir = self.ensure_tenant_dir(tenant)?;
+        write_atomic(&dir, CONTROLS_FILE, envelope)
+    }
+
+    /// Reads the stored candidate bundle, if any.
+    pub fn load_candidate(&self, tenant: &TenantId) -> Result<Option<Vec<u8>>, LocalStoreError> {
+        read_optional(&self.tenant_dir(tenant).join(CANDIDATE_FILE))
+    }
+
+    /// Stores the candidate's bytes, or removes the stored candidate (None).
+    pub fn save_candidate(
+        &self,
+        tenant: &TenantId,
+        bytes: Option<&[u8]>,
+    ) -> Result<(), LocalStoreError> {
+        let dir = self.ensure_tenant_dir(tenant)?;
+        match bytes {
+            Some(bytes) => write_atomic(&dir, CANDIDATE_FILE, bytes),
+            None => {
+                let path = dir.join(CANDIDATE_FILE);
+                match fs::remove_file(&path) {
+                    Ok(()) => File::open(&dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io_err(&dir)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io_err(&path)(e)),
+                }
+            }
+        }
+    }
+
+    /// Stores only the stable bundle's bytes, leaving the mark (a stable below the mark, which
+    /// a signed controls state named).
+    pub fn save_bundle(&self, tenant: &TenantId, bytes: &[u8]) -> Result<(), LocalStoreError> {
+        let dir = self.ensure_tenant_dir(tenant)?;
+        write_atomic(&dir, BUNDLE_FILE, bytes)
+    }
+
     /// Reads only the high-water mark.
     pub fn load_mark(&self, tenant: &TenantId) -> Result<Option<StoredMark>, LocalStoreError> {
         let path = self.mark_path(tenant);
@@ -210,6 +262,14 @@ pub fn dir_name(tenant: &TenantId) -> String {
         }
     }
     out
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, LocalStoreError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
 }
 
 fn is_digest(s: &str) -> bool {

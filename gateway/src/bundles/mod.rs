@@ -20,6 +20,7 @@
 //! one that verifies.
 
 pub mod apply;
+pub mod controls;
 pub mod local_store;
 pub mod watcher;
 
@@ -164,7 +165,29 @@ pub enum Restored {
 /// - bundle unreadable or refused (tampered, expired, below the mark, key revoked since) →
 ///   the slot stays empty and the refusal is recorded like any other;
 /// - no bundle → the slot stays empty.
+///
+/// Before the bundle, the stored `tenant_controls` state is verified and its blocks and freeze
+/// applied ([`controls::restore_controls`]); a stored bundle that state names as its stable
+/// version is verified without the high-water mark, and the candidate it names is served too
+/// when its bytes are stored and verify ([`controls::restore_candidate`]).
 pub fn restore(slot: &TenantSlot, ctx: &BundleContext, now: OffsetDateTime) -> Restored {
+    // The kill switch and freeze first: they hold before anything is served.
+    let controls = controls::restore_controls(slot, ctx);
+    let restored = restore_stable(slot, ctx, now, controls.as_ref());
+    if let (Some(state), Restored::Served { .. }) = (&controls, &restored) {
+        controls::restore_candidate(slot, ctx, state, now);
+    }
+    restored
+}
+
+/// The stable half of [`restore`]. A stored bundle that the verified controls state names as
+/// its stable version is checked without the high-water mark (the state vouches for it).
+fn restore_stable(
+    slot: &TenantSlot,
+    ctx: &BundleContext,
+    now: OffsetDateTime,
+    controls: Option<&aegis_core::events::TenantControls>,
+) -> Restored {
     let tenant = &slot.tenant;
     let state = ctx.store.load(tenant);
     let mark = match state.mark {
@@ -194,15 +217,22 @@ pub fn restore(slot: &TenantSlot, ctx: &BundleContext, now: OffsetDateTime) -> R
     };
     let digest = bundle_digest(&bytes);
     let high_water = mark.as_ref().map(|m| &m.high_water);
-    match prepare(
-        tenant,
-        &bytes,
-        &digest,
-        &ctx.trust,
-        high_water,
-        now,
-        &ctx.limits,
-    ) {
+    let vouched = controls
+        .and_then(|c| c.stable.as_ref())
+        .filter(|r| r.digest == digest);
+    let prepared = match vouched {
+        Some(named) => controls::prepare_ref(tenant, &bytes, named, ctx, now),
+        None => prepare(
+            tenant,
+            &bytes,
+            &digest,
+            &ctx.trust,
+            high_water,
+            now,
+            &ctx.limits,
+        ),
+    };
+    match prepared {
         Ok(mut active) => {
             active.source = SOURCE_LOCAL;
             active.stage = mark
@@ -212,9 +242,11 @@ pub fn restore(slot: &TenantSlot, ctx: &BundleContext, now: OffsetDateTime) -> R
             let (version, digest) = (active.version, active.digest.clone());
             let stage = active.stage;
             slot.install(active);
-            let mark_ok = mark
-                .as_ref()
-                .is_some_and(|m| m.high_water.version == version && m.high_water.digest == digest);
+            // Never lowered: a vouched stable may sit below the mark.
+            let mark_ok = mark.as_ref().is_some_and(|m| {
+                (m.high_water.version == version && m.high_water.digest == digest)
+                    || m.high_water.version > version
+            });
             if !mark_ok {
                 let repaired = StoredMark {
                     high_water: HighWater {

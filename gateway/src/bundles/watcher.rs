@@ -1,10 +1,12 @@
-//! One task per tenant that follows `aegis.bundles.<tenant>` and keeps the tenant's slot on the
-//! newest bundle that verifies.
+//! One task per tenant that follows `aegis.bundles.<tenant>` and `aegis.bundles.<tenant>.controls`
+//! and keeps the tenant's slot on the newest bundles that verify, with the newest kill switch,
+//! freeze and rollout state.
 //!
-//! **Consuming.** An ordered push consumer on `AEGIS_BUNDLES` filtered to the tenant's subject
-//! starts with `DeliverPolicy::LastPerSubject` (the newest announcement, then live). The
-//! stream sequence of every handled message is remembered; whenever the consumer fails, ends,
-//! or stays silent while the stream holds a newer message for the subject (checked every
+//! **Consuming.** One ordered push consumer on `AEGIS_BUNDLES` filtered to both subjects (so
+//! announcements and controls states are handled in the order the control plane published
+//! them) starts with `DeliverPolicy::LastPerSubject` (the newest message of each, then live).
+//! The stream sequence of every handled message is remembered; whenever the consumer fails,
+//! ends, or stays silent while the stream holds a newer message for either subject (checked every
 //! [`WatcherOptions::stall_check`] with a direct get — a consumer that silently lost its
 //! server-side state after a NATS restart), it is recreated from the next sequence, retried
 //! with backoff until NATS answers. The task never exits on errors; abort its handle to stop.
@@ -14,6 +16,22 @@
 //! messages and envelopes for another tenant are logged and skipped; a `bundle_published`
 //! whose signature fails is refused (`bad_signature`, `unknown_key`, `revoked_key`).
 //!
+//! - `tenant_controls` (see [`super::controls`]): verified like an announcement (unknown or
+//!   revoked key, bad signature → ignored with a warning and
+//!   `aegis_controls_rejected_total{reason}`), applied only if its `epoch` is above the last
+//!   applied one (an equal epoch only re-fetches what it names and is not yet loaded). Its
+//!   blocks and freeze apply at once and the signed envelope is saved in the local store.
+//!   Then, unless the data plane is frozen and the tenant already has a bundle, the slot is
+//!   made to run the named `stable` and `candidate`: each fetched by digest if it is not the
+//!   one loaded, verified with [`super::controls::prepare_ref`] (every rule but the high-water
+//!   mark: the signed state vouches for a stable below it, e.g. after an abort), and both
+//!   swapped in together. A stable that fails keeps the one in force; a candidate that fails is
+//!   dropped; both refusals are recorded like bundle refusals; a fetch failure is retried every
+//!   [`WatcherOptions::refetch_every`].
+//! - `bundle_published` with stage `shadow` or `partial`: not applied (the controls state
+//!   brings candidates). With stage `global`, while the data plane is frozen and a bundle is in
+//!   force: held back ("pinned by the data-plane freeze": `/v1/status` `held_back`,
+//!   `aegis_bundles_pinned_total`, a warning). Otherwise:
 //! - `bundle_published`: skipped when that version with that digest is already in force. An
 //!   announced version below the high-water mark (or equal with another digest) is refused as
 //!   `version_not_above` without fetching. Otherwise the bytes are fetched from object store
@@ -24,7 +42,8 @@
 //!   through [`prepare`] on a blocking thread. Applied: the slot is swapped atomically
 //!   (requests in flight finish on the old bundle), the bundle then the mark are saved to the
 //!   [`LocalStore`](super::LocalStore), `aegis_bundles_applied_total` goes up, `bundle applied`
-//!   is logged with tenant, version, digest and elapsed time, and the heartbeat beats. Refused:
+//!   is logged with tenant, version, digest and elapsed time, and the heartbeat beats. A
+//!   global bundle ends any rollout: the candidate is cleared. Refused:
 //!   see [`BundleContext::refuse`]; the bundle in force stays.
 //! - `rollout_stage_changed` for the version in force: the slot is re-installed with the new
 //!   stage (same evaluator) and the stage saved with the mark. Other versions and other event
@@ -34,11 +53,14 @@
 //! after a restart the gateway falls back to what the disk holds.
 
 use super::apply::{BundleRefusal, SOURCE_NATS, prepare, reason};
+use super::controls::{self, ControlsRefusal, controls_reason};
 use super::{BundleContext, StoredMark, with_stage};
-use crate::tenants::{Registry, TenantSlot};
+use crate::tenants::{ActiveBundle, Controls, Deployment, HeldBack, Registry, TenantSlot};
 use aegis_core::bundle::HighWater;
-use aegis_core::events::{BundlePublished, Event, ReceivedEnvelope, RolloutStageChanged};
-use aegis_core::keys::TrustError;
+use aegis_core::events::{
+    BundlePublished, BundleRef, Event, ReceivedEnvelope, RolloutStage, RolloutStageChanged,
+    TenantControls,
+};
 use aegis_nats::topology::{self, BUNDLE_OBJECT_STORE, BUNDLES_STREAM};
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
@@ -103,9 +125,11 @@ pub fn spawn(
     options: WatcherOptions,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        match topology::bundles_subject(&slot.tenant) {
-            Ok(subject) => {
-                let watcher = Watcher::new(js, slot, ctx, options, subject);
+        let subjects = topology::bundles_subject(&slot.tenant)
+            .and_then(|b| topology::controls_subject(&slot.tenant).map(|c| (b, c)));
+        match subjects {
+            Ok((subject, controls_subject)) => {
+                let watcher = Watcher::new(js, slot, ctx, options, subject, controls_subject);
                 watcher.run().await;
             }
             Err(e) => {
@@ -116,11 +140,30 @@ pub fn spawn(
     })
 }
 
-/// An announcement whose bytes could not be fetched yet.
+/// Work waiting for bytes that could not be fetched yet.
 struct Pending {
-    announcement: BundlePublished,
+    work: PendingWork,
     next_try: Instant,
 }
+
+enum PendingWork {
+    /// A global announcement.
+    Announcement(BundlePublished),
+    /// The bundles the applied controls state names.
+    Controls,
+}
+
+/// What [`Watcher::load_ref`] got.
+enum Loaded {
+    Ready(Box<ActiveBundle>, Vec<u8>),
+    /// Not fetched yet: try again later.
+    Retry,
+    /// Refused (recorded).
+    Refused,
+}
+
+/// What `/v1/status` and the logs say of a bundle the freeze kept out.
+pub const PINNED: &str = "pinned by the data-plane freeze";
 
 enum FetchFailure {
     TooLarge(String),
@@ -133,10 +176,13 @@ struct Watcher {
     ctx: BundleContext,
     options: WatcherOptions,
     subject: String,
+    controls_subject: String,
     high_water: Option<HighWater>,
     /// Stream sequence of the last message handled (0: none yet).
     last_seq: u64,
     pending: Option<Pending>,
+    /// The newest controls state applied (restored from the local store at start).
+    controls: Option<TenantControls>,
 }
 
 type Messages = consumer::push::Ordered;
@@ -148,6 +194,7 @@ impl Watcher {
         ctx: BundleContext,
         options: WatcherOptions,
         subject: String,
+        controls_subject: String,
     ) -> Self {
         // The mark: the higher of the one on disk and the bundle in force.
         let on_disk = match ctx.store.load_mark(&slot.tenant) {
@@ -165,20 +212,29 @@ impl Watcher {
             (Some(d), Some(f)) => Some(if f.version >= d.version { f } else { d }),
             (d, f) => d.or(f),
         };
+        // The state restored at start (verified there); read again, it verifies the same.
+        let controls = match ctx.store.load_controls(&slot.tenant) {
+            Ok(Some(bytes)) if slot.controls().unavailable.is_none() => {
+                controls::verify(&slot.tenant, &ctx.trust, &bytes).ok()
+            }
+            _ => None,
+        };
         Self {
             js,
             slot,
             ctx,
             options,
             subject,
+            controls_subject,
             high_water,
             last_seq: 0,
             pending: None,
+            controls,
         }
     }
 
     async fn run(mut self) {
-        tracing::info!(tenant = %self.slot.tenant, subject = %self.subject, high_water = self.high_water.as_ref().map(|h| h.version), "bundle watcher starting");
+        tracing::info!(tenant = %self.slot.tenant, subject = %self.subject, controls_subject = %self.controls_subject, high_water = self.high_water.as_ref().map(|h| h.version), controls_epoch = self.slot.controls().epoch, "bundle watcher starting");
         loop {
             let mut messages = self.open().await;
             loop {
@@ -215,8 +271,10 @@ impl Watcher {
                         }
                     }
                     () = sleep_until(retry_at), if retry_at.is_some() => {
-                        if let Some(p) = self.pending.take() {
-                            self.on_published(p.announcement, true).await;
+                        match self.pending.take().map(|p| p.work) {
+                            Some(PendingWork::Announcement(b)) => self.on_published(b, true).await,
+                            Some(PendingWork::Controls) => self.reconcile(true).await,
+                            None => {}
                         }
                     }
                 }
@@ -249,7 +307,7 @@ impl Watcher {
         };
         let config = consumer::push::OrderedConfig {
             deliver_subject: self.js.client().new_inbox(),
-            filter_subject: self.subject.clone(),
+            filter_subjects: vec![self.subject.clone(), self.controls_subject.clone()],
             deliver_policy,
             description: Some(format!("aegis gateway {} bundle watcher", self.ctx.gateway)),
             ..Default::default()
@@ -262,16 +320,19 @@ impl Watcher {
         consumer.messages().await.map_err(|e| e.to_string())
     }
 
-    /// Whether the stream holds a message for the subject that this watcher has not handled.
+    /// Whether the stream holds a message for either subject that this watcher has not
+    /// handled.
     async fn stalled(&self) -> bool {
-        match aegis_nats::last_message(&self.js, BUNDLES_STREAM, &self.subject).await {
-            Ok(Some(m)) => m.sequence > self.last_seq,
-            Ok(None) => false,
-            Err(e) => {
-                tracing::debug!(tenant = %self.slot.tenant, error = %e, "cannot read the subject's last sequence");
-                false
+        for subject in [&self.subject, &self.controls_subject] {
+            match aegis_nats::last_message(&self.js, BUNDLES_STREAM, subject).await {
+                Ok(Some(m)) if m.sequence > self.last_seq => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(tenant = %self.slot.tenant, %subject, error = %e, "cannot read the subject's last sequence");
+                }
             }
         }
+        false
     }
 
     async fn handle(&mut self, payload: &[u8]) {
@@ -296,30 +357,17 @@ impl Watcher {
             tracing::warn!(%tenant, seq = self.last_seq, envelope_tenant = %env.tenant, "announcement for another tenant on this tenant's subject; ignored");
             return;
         }
-        let checked = match self.ctx.trust.lookup(&env.key_id) {
-            Ok(key) => received.verify(key).map_err(|e| {
-                (
-                    reason::BAD_SIGNATURE,
-                    format!("the announcement's signature does not verify: {e}"),
-                )
-            }),
-            Err(TrustError::RevokedKey { key_id }) => Err((
-                reason::REVOKED_KEY,
-                format!("the announcement is signed by key {key_id}, which has been revoked"),
-            )),
-            Err(_) => Err((
-                reason::UNKNOWN_KEY,
-                format!(
-                    "the announcement is signed by key {}, which is not trusted",
-                    env.key_id
-                ),
-            )),
-        };
+        let checked = controls::check_signature(&received, &self.ctx.trust)
+            .map_err(|(code, why)| (code, format!("the announcement is {why}")));
         if let Err((code, why)) = checked {
             match &env.event {
                 Event::BundlePublished(b) => {
                     let refusal = BundleRefusal::new(code, Some(b.version), why);
                     self.ctx.refuse(&self.slot, &b.digest, &refusal);
+                }
+                Event::TenantControls(c) => {
+                    let why = format!("epoch {}: {why}", c.epoch);
+                    self.refuse_controls(&ControlsRefusal { code, reason: why });
                 }
                 other => {
                     tracing::warn!(%tenant, seq = self.last_seq, event = %other.event_type(), reason_code = code, reason = %why, "unverified message on the bundle subject; ignored");
@@ -330,6 +378,7 @@ impl Watcher {
         match &env.event {
             Event::BundlePublished(b) => self.on_published(b.clone(), false).await,
             Event::RolloutStageChanged(r) => self.on_stage(r).await,
+            Event::TenantControls(c) => self.on_controls(c.clone(), payload).await,
             other => {
                 tracing::debug!(%tenant, event = %other.event_type(), "not a bundle event; ignored");
             }
@@ -340,12 +389,32 @@ impl Watcher {
     /// tried again (its refusal was already recorded).
     async fn on_published(&mut self, b: BundlePublished, retry: bool) {
         let tenant = self.slot.tenant.clone();
+        if b.stage != RolloutStage::Global {
+            tracing::info!(%tenant, version = b.version, stage = %b.stage, "candidate version announced; the controls state says who runs it");
+            return;
+        }
         if let Some(active) = self.slot.active()
             && active.version == b.version
             && active.digest == b.digest
         {
             tracing::debug!(%tenant, version = b.version, "announced bundle already in force");
             self.pending = None;
+            return;
+        }
+        if let Some(freeze) = &self.slot.controls().data_plane_frozen
+            && let Some(active) = self.slot.active()
+        {
+            self.hold_back(&b, &active, freeze);
+            return;
+        }
+        if let Some(hw) = &self.high_water
+            && b.version == hw.version
+            && b.digest == hw.digest
+            && self.slot.active().is_some()
+        {
+            // The mark's own bundle, while another one (a stable the controls state named
+            // after it, e.g. after an abort) is in force: an announcement the state supersedes.
+            tracing::info!(%tenant, version = b.version, "announcement older than the controls state in force; ignored");
             return;
         }
         if let Some(hw) = &self.high_water
@@ -368,7 +437,7 @@ impl Watcher {
         self.pending = None;
 
         let started = Instant::now();
-        let bytes = match self.fetch(&b).await {
+        let bytes = match self.fetch(&b.digest, b.size).await {
             Ok(bytes) => bytes,
             Err(FetchFailure::TooLarge(why)) => {
                 let refusal = BundleRefusal::new(reason::TOO_LARGE, Some(b.version), why);
@@ -383,7 +452,7 @@ impl Watcher {
                     self.ctx.refuse(&self.slot, &b.digest, &refusal);
                 }
                 self.pending = Some(Pending {
-                    announcement: b,
+                    work: PendingWork::Announcement(b),
                     next_try: Instant::now() + self.options.refetch_every,
                 });
                 return;
@@ -453,8 +522,12 @@ impl Watcher {
             },
             stage: b.stage,
         };
+        let had_candidate = self.slot.candidate().is_some();
         let previous = self.slot.install(active).map(|p| p.version);
         self.high_water = Some(mark.high_water.clone());
+        if had_candidate {
+            tracing::info!(%tenant, version, "a global bundle ends the rollout: candidate cleared");
+        }
         self.ctx
             .metrics
             .bundles_applied
@@ -473,7 +546,11 @@ impl Watcher {
 
         let store = self.ctx.store.clone();
         let t = tenant.clone();
-        let saved = tokio::task::spawn_blocking(move || store.save(&t, &bytes, &mark)).await;
+        let saved = tokio::task::spawn_blocking(move || {
+            store.save(&t, &bytes, &mark)?;
+            store.save_candidate(&t, None)
+        })
+        .await;
         match saved {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -497,7 +574,7 @@ impl Watcher {
         if active.stage == r.stage {
             return;
         }
-        self.slot.install(with_stage(&active, r.stage));
+        self.slot.replace_stable(with_stage(&active, r.stage));
         tracing::info!(%tenant, version = r.version, from = %active.stage, to = %r.stage, "rollout stage changed");
         self.ctx.beat.notify_one();
         let mark = StoredMark {
@@ -521,13 +598,351 @@ impl Watcher {
         }
     }
 
-    /// The announced bundle's bytes, with retries.
-    async fn fetch(&self, b: &BundlePublished) -> Result<Vec<u8>, FetchFailure> {
+    /// A global announcement the data-plane freeze keeps out: recorded, not applied.
+    fn hold_back(
+        &self,
+        b: &BundlePublished,
+        active: &ActiveBundle,
+        freeze: &aegis_core::events::DataPlaneFreeze,
+    ) {
+        let tenant = &self.slot.tenant;
+        tracing::warn!(
+            %tenant,
+            version = b.version,
+            digest = %b.digest,
+            kept_version = active.version,
+            frozen_by = %freeze.by,
+            frozen_at = %freeze.at,
+            "bundle pinned by the data-plane freeze; not applied"
+        );
+        let now = time::OffsetDateTime::now_utc();
+        self.slot.set_held_back(Some(HeldBack {
+            version: b.version,
+            digest: b.digest.clone(),
+            reason: PINNED.to_owned(),
+            at: aegis_core::events::envelope::format_time(now).unwrap_or_else(|_| now.to_string()),
+        }));
+        self.ctx.metrics.bundle_pinned(tenant.as_str());
+        self.ctx.beat.notify_one();
+    }
+
+    /// A controls state not applied: a warning and `aegis_controls_rejected_total`.
+    fn refuse_controls(&self, refusal: &ControlsRefusal) {
+        tracing::warn!(
+            tenant = %self.slot.tenant,
+            seq = self.last_seq,
+            reason_code = refusal.code,
+            reason = %refusal.reason,
+            epoch_in_force = self.slot.controls().epoch,
+            "controls state ignored"
+        );
+        self.ctx
+            .metrics
+            .controls_rejected(self.slot.tenant.as_str(), refusal.code);
+    }
+
+    /// Applies a verified controls state: blocks and freeze at once, then the bundles it names.
+    async fn on_controls(&mut self, state: TenantControls, payload: &[u8]) {
+        let tenant = self.slot.tenant.clone();
+        let current = self.slot.controls();
+        let known = current.unavailable.is_none();
+        if known && state.epoch < current.epoch {
+            self.refuse_controls(&ControlsRefusal {
+                code: controls_reason::STALE_EPOCH,
+                reason: format!(
+                    "epoch {} is below the applied epoch {} (an older state replayed)",
+                    state.epoch, current.epoch
+                ),
+            });
+            return;
+        }
+        if !known || state.epoch > current.epoch || self.controls.is_none() {
+            let controls = Controls::of(&state);
+            tracing::info!(
+                %tenant,
+                epoch = state.epoch,
+                previous_epoch = current.epoch,
+                blocked_agents = controls.blocked_agents.len(),
+                blocked_tools = controls.blocked_tools.len(),
+                frozen = controls.data_plane_frozen.is_some(),
+                stable = state.stable.as_ref().map(|s| s.version),
+                candidate = state.candidate.as_ref().map(|c| c.bundle.version),
+                "controls state applied"
+            );
+            // Saved first (a few milliseconds): what the gateway enforces survives a crash.
+            let store = self.ctx.store.clone();
+            let t = tenant.clone();
+            let bytes = payload.to_vec();
+            match tokio::task::spawn_blocking(move || store.save_controls(&t, &bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(%tenant, error = %e, "cannot save the controls state; a restart without NATS would not know it")
+                }
+                Err(e) => {
+                    tracing::error!(%tenant, error = %e, "saving the controls state did not complete")
+                }
+            }
+            self.slot.set_controls(controls);
+            self.ctx.beat.notify_one();
+            // A newer state supersedes an announcement still waiting for its bytes.
+            if matches!(
+                self.pending,
+                Some(Pending {
+                    work: PendingWork::Announcement(_),
+                    ..
+                })
+            ) {
+                self.pending = None;
+            }
+            self.controls = Some(state);
+        }
+        self.reconcile(false).await;
+    }
+
+    /// Makes the slot run the stable and candidate the applied controls state names (unless
+    /// the data plane is frozen and a bundle is in force). `retry`: a pending fetch tried
+    /// again (its refusal was already recorded).
+    async fn reconcile(&mut self, retry: bool) {
+        let Some(state) = self.controls.clone() else {
+            return;
+        };
+        let tenant = self.slot.tenant.clone();
+        let current = self.slot.deployment();
+        if let (Some(_), Some(stable)) = (&state.data_plane_frozen, &current.stable) {
+            let named = state.stable.as_ref().map(|s| s.version);
+            if named != Some(stable.version)
+                || state.candidate.as_ref().map(|c| &c.bundle.digest)
+                    != current.candidate.as_ref().map(|c| &c.bundle.digest)
+            {
+                tracing::info!(%tenant, stable = stable.version, named_stable = named, "data plane frozen: keeping the bundles in force");
+            }
+            if matches!(
+                self.pending,
+                Some(Pending {
+                    work: PendingWork::Controls,
+                    ..
+                })
+            ) {
+                self.pending = None;
+            }
+            return;
+        }
+        if state.data_plane_frozen.is_none() {
+            self.slot.set_held_back(None);
+        }
+        let mut changed = false;
+        let mut retry_needed = false;
+        let mut loaded = 0u64;
+
+        let mut stable = current.stable.clone();
+        let mut stable_bytes = None;
+        if let Some(named) = &state.stable
+            && stable.as_ref().map(|s| s.digest.as_str()) != Some(named.digest.as_str())
+        {
+            match self.load_ref(named, retry).await {
+                Loaded::Ready(active, bytes) => {
+                    stable = Some(Arc::new(*active));
+                    stable_bytes = Some(bytes);
+                    changed = true;
+                    loaded += 1;
+                }
+                Loaded::Retry => retry_needed = true,
+                Loaded::Refused => {}
+            }
+        }
+
+        // Some(None): remove the stored candidate; Some(Some(bytes)): store these.
+        let mut candidate_bytes: Option<Option<Vec<u8>>> = None;
+        let candidate = match &state.candidate {
+            None => {
+                if current.candidate.is_some() {
+                    changed = true;
+                    candidate_bytes = Some(None);
+                }
+                None
+            }
+            Some(named) => match current
+                .candidate
+                .as_ref()
+                .filter(|c| c.bundle.digest == named.bundle.digest)
+            {
+                Some(c) => {
+                    let next = controls::candidate_from(c.bundle.clone(), named);
+                    if next.stage != c.stage || next.agents != c.agents || next.percent != c.percent
+                    {
+                        changed = true;
+                    }
+                    Some(next)
+                }
+                None => {
+                    let dropped = current.candidate.is_some();
+                    match self.load_ref(&named.bundle, retry).await {
+                        Loaded::Ready(mut active, bytes) => {
+                            active.stage = named.stage;
+                            changed = true;
+                            loaded += 1;
+                            candidate_bytes = Some(Some(bytes));
+                            Some(controls::candidate_of(*active, named))
+                        }
+                        Loaded::Retry => {
+                            retry_needed = true;
+                            changed |= dropped;
+                            None
+                        }
+                        Loaded::Refused => {
+                            if dropped {
+                                changed = true;
+                                candidate_bytes = Some(None);
+                            }
+                            None
+                        }
+                    }
+                }
+            },
+        };
+
+        if retry_needed {
+            self.pending = Some(Pending {
+                work: PendingWork::Controls,
+                next_try: Instant::now() + self.options.refetch_every,
+            });
+        } else if matches!(
+            self.pending,
+            Some(Pending {
+                work: PendingWork::Controls,
+                ..
+            })
+        ) {
+            self.pending = None;
+        }
+        if !changed {
+            return;
+        }
+        // Persist first: the stable's bytes (and the mark when it rises), the candidate's bytes.
+        let stable_version = stable.as_ref().map(|s| s.version);
+        let mark = match (stable_version, &stable_bytes) {
+            (Some(version), Some(_))
+                if self
+                    .high_water
+                    .as_ref()
+                    .is_none_or(|hw| version > hw.version) =>
+            {
+                state.stable.as_ref().map(|named| StoredMark {
+                    high_water: HighWater {
+                        version,
+                        digest: named.digest.clone(),
+                    },
+                    stage: RolloutStage::Global,
+                })
+            }
+            _ => None,
+        };
+        if let Some(m) = &mark {
+            self.high_water = Some(m.high_water.clone());
+        }
+        let store = self.ctx.store.clone();
+        let t = tenant.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Some(bytes) = &stable_bytes {
+                match &mark {
+                    Some(mark) => store.save(&t, bytes, mark)?,
+                    None => store.save_bundle(&t, bytes)?,
+                }
+            }
+            match &candidate_bytes {
+                Some(bytes) => store.save_candidate(&t, bytes.as_deref()),
+                None => Ok(()),
+            }
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(%tenant, error = %e, "cannot save the rollout's bundles; a restart would fall back to what the disk holds")
+            }
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "saving the rollout's bundles did not complete")
+            }
+        }
+        let candidate_version = candidate.as_ref().map(|c| c.bundle.version);
+        let stage = candidate.as_ref().map(|c| c.stage);
+        let previous = self
+            .slot
+            .install_deployment(Deployment { stable, candidate });
+        self.ctx
+            .metrics
+            .bundles_applied
+            .fetch_add(loaded, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            %tenant,
+            epoch = state.epoch,
+            stable = stable_version,
+            previous_stable = previous.stable.as_ref().map(|s| s.version),
+            candidate = candidate_version,
+            previous_candidate = previous.candidate.as_ref().map(|c| c.bundle.version),
+            stage = ?stage,
+            source = SOURCE_NATS,
+            "rollout state applied"
+        );
+        self.ctx.beat.notify_one();
+    }
+
+    /// Fetches and verifies a bundle a controls state names.
+    async fn load_ref(&self, named: &BundleRef, retry: bool) -> Loaded {
+        let tenant = self.slot.tenant.clone();
+        let bytes = match self.fetch(&named.digest, named.size).await {
+            Ok(bytes) => bytes,
+            Err(FetchFailure::TooLarge(why)) => {
+                let refusal = BundleRefusal::new(reason::TOO_LARGE, Some(named.version), why);
+                self.ctx.refuse(&self.slot, &named.digest, &refusal);
+                return Loaded::Refused;
+            }
+            Err(FetchFailure::Failed(why)) => {
+                if retry {
+                    tracing::info!(%tenant, version = named.version, digest = %named.digest, error = %why, "bundle still cannot be fetched; will try again");
+                } else {
+                    let refusal =
+                        BundleRefusal::new(reason::FETCH_FAILED, Some(named.version), why);
+                    self.ctx.refuse(&self.slot, &named.digest, &refusal);
+                }
+                return Loaded::Retry;
+            }
+        };
+        let ctx = self.ctx.clone();
+        let n = named.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let now = time::OffsetDateTime::now_utc();
+            let result = controls::prepare_ref(&tenant, &bytes, &n, &ctx, now);
+            (result, bytes)
+        })
+        .await;
+        match prepared {
+            Ok((Ok(mut active), bytes)) => {
+                active.source = SOURCE_NATS;
+                Loaded::Ready(Box::new(active), bytes)
+            }
+            Ok((Err(refusal), _)) => {
+                self.ctx.refuse(&self.slot, &named.digest, &refusal);
+                Loaded::Refused
+            }
+            Err(e) => {
+                let refusal = BundleRefusal::new(
+                    reason::COMPILE_FAILED,
+                    Some(named.version),
+                    format!("verification did not complete: {e}"),
+                );
+                self.ctx.refuse(&self.slot, &named.digest, &refusal);
+                Loaded::Refused
+            }
+        }
+    }
+
+    /// The bytes of the bundle stored under `digest`, with retries.
+    async fn fetch(&self, digest: &str, size: u64) -> Result<Vec<u8>, FetchFailure> {
         let max = self.ctx.limits.size.max_compressed_bytes;
-        if b.size > max {
+        if size > max {
             return Err(FetchFailure::TooLarge(format!(
-                "announced size {} bytes is over the {max}-byte limit for compressed bundles",
-                b.size
+                "announced size {size} bytes is over the {max}-byte limit for compressed bundles"
             )));
         }
         let attempts = self.options.fetch_attempts.max(1);
@@ -535,22 +950,21 @@ impl Watcher {
         let mut last = String::new();
         for attempt in 1..=attempts {
             let once =
-                tokio::time::timeout(self.options.fetch_timeout, self.fetch_once(&b.digest, max));
+                tokio::time::timeout(self.options.fetch_timeout, self.fetch_once(digest, max));
             match once.await {
                 Ok(Ok(bytes)) => return Ok(bytes),
                 Ok(Err(FetchFailure::TooLarge(why))) => return Err(FetchFailure::TooLarge(why)),
                 Ok(Err(FetchFailure::Failed(why))) => last = why,
                 Err(_) => last = format!("no answer within {:?}", self.options.fetch_timeout),
             }
-            tracing::debug!(tenant = %self.slot.tenant, digest = %b.digest, attempt, error = %last, "bundle fetch failed");
+            tracing::debug!(tenant = %self.slot.tenant, digest, attempt, error = %last, "bundle fetch failed");
             if attempt < attempts {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(self.options.fetch_backoff_max);
             }
         }
         Err(FetchFailure::Failed(format!(
-            "cannot fetch {} from object store {BUNDLE_OBJECT_STORE} after {attempts} tries: {last}",
-            b.digest
+            "cannot fetch {digest} from object store {BUNDLE_OBJECT_STORE} after {attempts} tries: {last}"
         )))
     }
 
