@@ -1,0 +1,379 @@
+//! Posting approval requests to a Slack-compatible incoming webhook.
+//!
+//! The body is `{"text": <fallback>, "blocks": [...]}` (Slack Block Kit; Mattermost and most
+//! chat tools accept the same): a header, a section with fields (tenant, agent, chain,
+//! tool/action, approval id, expiry), the parameters after the policy's log masking, why
+//! approval is needed, and a context line with the `aegisctl` commands that decide it.
+//!
+//! Posts run on a background task fed by a bounded queue: a full queue drops the message and
+//! counts it; each post has a timeout and is retried a couple of times on connection errors,
+//! timeouts, 429 and 5xx. The webhook is advisory — the request on `AEGIS_APPROVALS` is what
+//! approvers act on — so a failed post never changes an answer.
+//!
+//! Plain `http://` only (hyper-util's client, no TLS stack, as the OTLP exporter): to reach a
+//! `https://` chat service, run a local relay or egress proxy.
+
+use super::{ApprovalStats, ApprovalsConfig, ApprovalsError};
+use aegis_core::approvals::ApprovalRequested;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, USER_AGENT};
+use hyper::{Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const USER_AGENT_VALUE: &str = concat!("aegis-gateway/", env!("CARGO_PKG_VERSION"));
+/// Longest parameter listing put into a message (Slack's section text limit is 3,000).
+const MAX_PARAMS_CHARS: usize = 2_000;
+/// Slack's limit on a header's text.
+const MAX_HEADER_CHARS: usize = 150;
+
+/// The queue into the poster.
+#[derive(Debug, Clone)]
+pub struct WebhookHandle {
+    url: String,
+    queue: mpsc::Sender<ApprovalRequested>,
+    stats: Arc<ApprovalStats>,
+}
+
+impl WebhookHandle {
+    /// Checks the URL and starts the poster (needs a tokio runtime).
+    pub fn start(
+        url: &str,
+        config: &ApprovalsConfig,
+        stats: Arc<ApprovalStats>,
+    ) -> Result<WebhookHandle, ApprovalsError> {
+        let refuse = |reason: String| ApprovalsError::Webhook {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: Uri = url.parse().map_err(|e| refuse(format!("not a URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(refuse(
+                    "https is not supported: the gateway posts plain http (point it at a local relay or egress proxy that speaks TLS)".to_owned(),
+                ));
+            }
+            _ => return Err(refuse("the URL must start with http://".to_owned())),
+        }
+        if uri.host().is_none() {
+            return Err(refuse("the URL names no host".to_owned()));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.webhook_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let (queue, mut rx) = mpsc::channel::<ApprovalRequested>(config.queue_capacity.max(1));
+        let poster = Poster {
+            client,
+            uri,
+            timeout: config.webhook_timeout,
+            tries: config.webhook_tries.max(1),
+        };
+        let task_stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(requested) = rx.recv().await {
+                if poster.post(&requested).await {
+                    ApprovalStats::inc(&task_stats.webhook_ok);
+                } else {
+                    ApprovalStats::inc(&task_stats.webhook_failed);
+                }
+            }
+        });
+        Ok(WebhookHandle {
+            url: url.to_owned(),
+            queue,
+            stats,
+        })
+    }
+
+    /// The configured URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Queues a message; never blocks (a full queue drops it, counted and logged).
+    pub fn submit(&self, requested: ApprovalRequested) {
+        if let Err(e) = self.queue.try_send(requested) {
+            ApprovalStats::inc(&self.stats.webhook_queue_full);
+            let id = match &e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => {
+                    r.approval_id.clone()
+                }
+            };
+            tracing::warn!(approval_id = %id, "approval webhook queue full: message dropped");
+        }
+    }
+}
+
+struct Poster {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    timeout: Duration,
+    tries: u32,
+}
+
+enum Posted {
+    Ok,
+    Retry(String),
+    Final(String),
+}
+
+impl Poster {
+    async fn post(&self, requested: &ApprovalRequested) -> bool {
+        let body = match serde_json::to_vec(&slack_message(requested)) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(approval_id = %requested.approval_id, error = %e, "cannot encode the webhook message");
+                return false;
+            }
+        };
+        let mut backoff = Duration::from_millis(500);
+        for attempt in 1..=self.tries {
+            let why = match self.post_once(body.clone()).await {
+                Posted::Ok => {
+                    tracing::info!(approval_id = %requested.approval_id, "approval request posted to the webhook");
+                    return true;
+                }
+                Posted::Final(why) => {
+                    tracing::warn!(approval_id = %requested.approval_id, why, "the approval webhook refused the message");
+                    return false;
+                }
+                Posted::Retry(why) => why,
+            };
+            if attempt == self.tries {
+                tracing::warn!(approval_id = %requested.approval_id, why, attempts = self.tries, "posting to the approval webhook failed");
+                return false;
+            }
+            tracing::debug!(approval_id = %requested.approval_id, why, attempt, "posting to the approval webhook failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        false
+    }
+
+    async fn post_once(&self, body: Bytes) -> Posted {
+        let request = match Request::post(self.uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .body(Full::new(body))
+        {
+            Ok(r) => r,
+            Err(e) => return Posted::Final(e.to_string()),
+        };
+        let exchange = async {
+            let response = match self.client.request(request).await {
+                Ok(r) => r,
+                Err(e) => return Posted::Retry(e.to_string()),
+            };
+            let status = response.status();
+            let text = Limited::new(response.into_body(), 4096)
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            if status.is_success() {
+                Posted::Ok
+            } else if status.as_u16() == 429 || status.is_server_error() {
+                Posted::Retry(format!("HTTP {status}: {text}"))
+            } else {
+                Posted::Final(format!("HTTP {status}: {text}"))
+            }
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(posted) => posted,
+            Err(_) => Posted::Retry(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
+    }
+}
+
+/// `&`, `<` and `>` are control characters in Slack's mrkdwn and plain text.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// The command that grants `requested`.
+pub fn grant_command(requested: &ApprovalRequested) -> String {
+    format!(
+        "aegisctl approvals grant {} --tenant {}",
+        requested.approval_id, requested.tenant
+    )
+}
+
+/// The Slack-compatible message for one approval request.
+pub fn slack_message(r: &ApprovalRequested) -> Value {
+    let chain = if r.call_chain.is_empty() {
+        "(direct)".to_owned()
+    } else {
+        r.call_chain
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(" → ")
+    };
+    let call = format!("{}/{}", r.tool_id, r.action);
+    let params = serde_json::to_string_pretty(&r.params).unwrap_or_else(|_| "{}".to_owned());
+    let why: Vec<String> = r
+        .reasons
+        .iter()
+        .map(|reason| format!("• `{}` {}", escape(&reason.code), escape(&reason.message)))
+        .collect();
+    let why_plain: Vec<&str> = r.reasons.iter().map(|x| x.message.as_str()).collect();
+    let grant = grant_command(r);
+    let deny = format!(
+        "aegisctl approvals deny {} --tenant {}",
+        r.approval_id, r.tenant
+    );
+    let field = |label: &str, value: &str| {
+        json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", escape(value))})
+    };
+    let text = format!(
+        "Approval needed ({}): {} calls {} — {}. Approval {} expires {}. Grant it with: {}",
+        r.tenant,
+        r.agent_id,
+        call,
+        why_plain.join("; "),
+        r.approval_id,
+        r.expires_at,
+        grant
+    );
+    json!({
+        "text": escape(&text),
+        "blocks": [
+            {
+                "type": "header",
+                "text": {
+                    "type": "plain_text",
+                    "text": truncate(&format!("Approval needed: {} → {call}", r.agent_id), MAX_HEADER_CHARS),
+                }
+            },
+            {
+                "type": "section",
+                "fields": [
+                    field("Tenant", r.tenant.as_str()),
+                    field("Agent", r.agent_id.as_str()),
+                    field("Chain", &chain),
+                    field("Tool/action", &call),
+                    field("Approval id", &r.approval_id),
+                    field("Expires", &r.expires_at),
+                ]
+            },
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": format!("*Params* (masked)\n```{}```", escape(&truncate(&params, MAX_PARAMS_CHARS))),
+                }
+            },
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": format!("*Why*\n{}", why.join("\n"))}
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": format!("Grant: `{}` · deny: `{}` · policy {} rule {} v{} · decision {}",
+                            escape(&grant),
+                            escape(&deny),
+                            escape(r.policy.as_deref().unwrap_or("-")),
+                            escape(r.rule.as_deref().unwrap_or("-")),
+                            r.policy_version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                            r.decision_id),
+                    }
+                ]
+            }
+        ]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use aegis_core::decision::Reason;
+
+    #[test]
+    fn the_message_has_a_fallback_and_blocks_naming_the_grant_command() {
+        let mut params = serde_json::Map::new();
+        params.insert("amount".into(), 6000.into());
+        params.insert("account_number".into(), "[MASKED]".into());
+        let r = ApprovalRequested {
+            kind: aegis_core::approvals::REQUESTED.into(),
+            approval_id: format!("apr-{}", "a".repeat(32)),
+            tenant: "acme".parse().unwrap(),
+            gateway: "gw1".into(),
+            decision_id: format!("dec-{}", "b".repeat(32)),
+            agent_id: "finance-agent".parse().unwrap(),
+            call_chain: vec!["treasury-ui".parse().unwrap(), "planner".parse().unwrap()],
+            tool_id: "payments".parse().unwrap(),
+            action: "create_payment".into(),
+            params,
+            masked_params: vec!["account_number".into()],
+            call_digest: format!("sha256:{}", "c".repeat(64)),
+            reasons: vec![Reason {
+                code: "amount_over_limit".into(),
+                message: "amount > 5000 <needs> approval".into(),
+                policy: Some("finance-agent".into()),
+                rule: Some("payments".into()),
+            }],
+            policy: Some("finance-agent".into()),
+            rule: Some("payments".into()),
+            policy_version: Some(3),
+            requested_at: "2026-11-26T10:00:00.000Z".into(),
+            expires_at: "2026-11-26T10:15:00.000Z".into(),
+        };
+        let m = slack_message(&r);
+        let text = m["text"].as_str().unwrap();
+        assert!(text.contains(&r.approval_id), "{text}");
+        assert!(
+            text.contains("aegisctl approvals grant apr-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa --tenant acme"),
+            "{text}"
+        );
+        let blocks = m["blocks"].as_array().unwrap();
+        assert_eq!(blocks[0]["type"], "header");
+        let all = m.to_string();
+        assert!(all.contains("[MASKED]") && all.contains("6000"), "{all}");
+        assert!(all.contains("&lt;needs&gt;"), "mrkdwn is escaped: {all}");
+        assert!(all.contains("treasury-ui → planner"), "{all}");
+        assert!(text.contains("&lt;needs&gt;"), "the fallback is escaped too: {text}");
+    }
+
+    #[test]
+    fn only_plain_http_urls_are_accepted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stats = Arc::new(ApprovalStats::default());
+            let config = ApprovalsConfig::default();
+            assert!(WebhookHandle::start("http://127.0.0.1:9/hook", &config, stats.clone()).is_ok());
+            for bad in ["https://hooks.example.com/x", "ftp://x/y", "not a url", "/path"] {
+                assert!(
+                    WebhookHandle::start(bad, &config, stats.clone()).is_err(),
+                    "{bad}"
+                );
+            }
+        });
+    }
+}
