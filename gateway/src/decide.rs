@@ -620,9 +620,11 @@ impl Decider {
         let Some(approvals) = &self.approvals else {
             return;
         };
-        let (Some(a), Some(identity), Some(request)) =
-            (approval.as_ref(), facts.identity.as_ref(), facts.request.as_ref())
-        else {
+        let (Some(a), Some(identity), Some(request)) = (
+            approval.as_ref(),
+            facts.identity.as_ref(),
+            facts.request.as_ref(),
+        ) else {
             return;
         };
         let (params, masked_params) = mask_params(&request.params, &decision.obligations.log_mask);
@@ -643,10 +645,9 @@ impl Decider {
             policy: decision.policy.clone(),
             rule: decision.rule.clone(),
             policy_version: decision.policy_version,
-            requested_at: aegis_core::events::envelope::format_time(
-                time::OffsetDateTime::now_utc(),
-            )
-            .unwrap_or_default(),
+            requested_at:
+                aegis_core::events::envelope::format_time(time::OffsetDateTime::now_utc())
+                    .unwrap_or_default(),
             expires_at: a.expires_at.clone().unwrap_or_default(),
         };
         if approvals.submit(requested).is_err() {
@@ -679,8 +680,8 @@ impl Decider {
     /// Checks the approval a retry names and, for a valid grant, consumes it (once, across
     /// all gateways). Never fails: every error is a deny.
     async fn approval_retry(&self, decision: Decision, facts: &mut Facts) -> Decision {
-        use aegis_core::approvals::reason;
         use crate::approvals::Checked;
+        use aegis_core::approvals::reason;
         let (Some(identity), Some(request)) = (facts.identity.clone(), facts.request.clone())
         else {
             return decision;
@@ -725,7 +726,10 @@ impl Decider {
             &decision,
             DecisionKind::Allow,
             reason::APPROVAL_GRANTED,
-            format!("approved by {}{note}: approval {id}, used by this call", grant.by),
+            format!(
+                "approved by {}{note}: approval {id}, used by this call",
+                grant.by
+            ),
         );
         // The approved call counts against the rule's rate limits and budgets like any allowed
         // call; over a limit it is denied and the grant stays unused.
@@ -1204,18 +1208,29 @@ mod tests {
             out.response.reasons
         );
         let approval = out.response.approval.clone().unwrap();
-        assert_eq!((approval.id.as_str(), approval.status.as_str()), (id.as_str(), "unavailable"));
+        assert_eq!(
+            (approval.id.as_str(), approval.status.as_str()),
+            (id.as_str(), "unavailable")
+        );
         let event = last_event(&f);
         assert_eq!(event.approval_id.as_deref(), Some(id.as_str()));
         assert_eq!(event.reasons[0].code, "approval_unavailable");
         // Malformed ids are bad requests.
-        for bad in ["apr-123", "APR-0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a", "apr-0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A"] {
+        for bad in [
+            "apr-123",
+            "APR-0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a",
+            "apr-0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A",
+        ] {
             let body = pay(6000).replace(
                 r#""request_id":"r1""#,
                 &format!(r#""request_id":"r1","approval_id":"{bad}""#),
             );
             let out = call(&f, Some(&t), &body);
-            assert_eq!((out.status, out.response.reasons[0].code.as_str()), (400, "bad_request"), "{bad}");
+            assert_eq!(
+                (out.status, out.response.reasons[0].code.as_str()),
+                (400, "bad_request"),
+                "{bad}"
+            );
         }
     }
 

@@ -202,9 +202,9 @@ impl Approvals {
                     Ok(key) => received
                         .verify(key)
                         .map_err(|e| format!("its signature does not verify: {e}")),
-                    Err(TrustError::RevokedKey { key_id }) => {
-                        Err(format!("it is signed by key {key_id}, which has been revoked"))
-                    }
+                    Err(TrustError::RevokedKey { key_id }) => Err(format!(
+                        "it is signed by key {key_id}, which has been revoked"
+                    )),
                     Err(_) => Err(format!(
                         "it is signed by key {}, which this gateway does not trust",
                         env.key_id

@@ -242,9 +242,7 @@ pub fn slack_message(r: &ApprovalRequested) -> Value {
         "aegisctl approvals deny {} --tenant {}",
         r.approval_id, r.tenant
     );
-    let field = |label: &str, value: &str| {
-        json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", escape(value))})
-    };
+    let field = |label: &str, value: &str| json!({"type": "mrkdwn", "text": format!("*{label}*\n{}", escape(value))});
     let text = format!(
         "Approval needed ({}): {} calls {} — {}. Approval {} expires {}. Grant it with: {}",
         r.tenant,
@@ -346,7 +344,9 @@ mod tests {
         let text = m["text"].as_str().unwrap();
         assert!(text.contains(&r.approval_id), "{text}");
         assert!(
-            text.contains("aegisctl approvals grant apr-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa --tenant acme"),
+            text.contains(
+                "aegisctl approvals grant apr-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa --tenant acme"
+            ),
             "{text}"
         );
         let blocks = m["blocks"].as_array().unwrap();
@@ -355,7 +355,10 @@ mod tests {
         assert!(all.contains("[MASKED]") && all.contains("6000"), "{all}");
         assert!(all.contains("&lt;needs&gt;"), "mrkdwn is escaped: {all}");
         assert!(all.contains("treasury-ui → planner"), "{all}");
-        assert!(text.contains("&lt;needs&gt;"), "the fallback is escaped too: {text}");
+        assert!(
+            text.contains("&lt;needs&gt;"),
+            "the fallback is escaped too: {text}"
+        );
     }
 
     #[test]
@@ -367,8 +370,15 @@ mod tests {
         rt.block_on(async {
             let stats = Arc::new(ApprovalStats::default());
             let config = ApprovalsConfig::default();
-            assert!(WebhookHandle::start("http://127.0.0.1:9/hook", &config, stats.clone()).is_ok());
-            for bad in ["https://hooks.example.com/x", "ftp://x/y", "not a url", "/path"] {
+            assert!(
+                WebhookHandle::start("http://127.0.0.1:9/hook", &config, stats.clone()).is_ok()
+            );
+            for bad in [
+                "https://hooks.example.com/x",
+                "ftp://x/y",
+                "not a url",
+                "/path",
+            ] {
                 assert!(
                     WebhookHandle::start(bad, &config, stats.clone()).is_err(),
                     "{bad}"
