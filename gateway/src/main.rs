@@ -99,7 +99,7 @@ struct RunArgs {
     /// OTLP/HTTP endpoint for decision spans, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT)
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
-    /// POST approval requests to this Slack-compatible incoming webhook (plain http://)
+    /// POST approval requests to this Slack-compatible incoming webhook (https:// or http://)
     #[arg(long, env = "AEGIS_APPROVAL_WEBHOOK")]
     approval_webhook: Option<String>,
     /// How long an approval request stays open for a decision, seconds

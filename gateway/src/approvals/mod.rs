@@ -42,7 +42,7 @@ pub enum ApprovalsError {
 /// How approvals behave.
 #[derive(Debug, Clone)]
 pub struct ApprovalsConfig {
-    /// Where approval requests are posted as Slack-compatible messages (plain `http://`).
+    /// Where approval requests are posted as Slack-compatible messages (`https://` or `http://`).
     pub webhook: Option<String>,
     /// Requests waiting to be published (and, separately, posted), at most.
     pub queue_capacity: usize,

@@ -10,8 +10,9 @@
 //! timeouts, 429 and 5xx. The webhook is advisory — the request on `AEGIS_APPROVALS` is what
 //! approvers act on — so a failed post never changes an answer.
 //!
-//! Plain `http://` only (hyper-util's client, no TLS stack, as the OTLP exporter): to reach a
-//! `https://` chat service, run a local relay or egress proxy.
+//! `http://` URLs go through hyper-util's pooled client (as the OTLP exporter); `https://` URLs
+//! (Slack's `https://hooks.slack.com/services/…`) through rustls with the system's root
+//! certificates, one connection per post (approval requests are rare).
 
 use super::{ApprovalStats, ApprovalsConfig, ApprovalsError};
 use aegis_core::approvals::ApprovalRequested;
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 
 const USER_AGENT_VALUE: &str = concat!("aegis-gateway/", env!("CARGO_PKG_VERSION"));
 /// Longest parameter listing put into a message (Slack's section text limit is 3,000).
@@ -53,15 +55,15 @@ impl WebhookHandle {
             reason,
         };
         let uri: Uri = url.parse().map_err(|e| refuse(format!("not a URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let tls = match uri.scheme_str() {
+            Some("http") => None,
+            Some("https") => Some(tls_connector().map_err(refuse)?),
+            _ => {
                 return Err(refuse(
-                    "https is not supported: the gateway posts plain http (point it at a local relay or egress proxy that speaks TLS)".to_owned(),
+                    "the URL must start with http:// or https://".to_owned(),
                 ));
             }
-            _ => return Err(refuse("the URL must start with http://".to_owned())),
-        }
+        };
         if uri.host().is_none() {
             return Err(refuse("the URL names no host".to_owned()));
         }
@@ -73,6 +75,7 @@ impl WebhookHandle {
         let (queue, mut rx) = mpsc::channel::<ApprovalRequested>(config.queue_capacity.max(1));
         let poster = Poster {
             client,
+            tls,
             uri,
             timeout: config.webhook_timeout,
             tries: config.webhook_tries.max(1),
@@ -115,6 +118,8 @@ impl WebhookHandle {
 
 struct Poster {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// For `https` URLs.
+    tls: Option<TlsConnector>,
     uri: Uri,
     timeout: Duration,
     tries: u32,
@@ -169,9 +174,17 @@ impl Poster {
             Err(e) => return Posted::Final(e.to_string()),
         };
         let exchange = async {
-            let response = match self.client.request(request).await {
+            let sent = match &self.tls {
+                None => self
+                    .client
+                    .request(request)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(tls) => send_tls(tls, &self.uri, request).await,
+            };
+            let response = match sent {
                 Ok(r) => r,
-                Err(e) => return Posted::Retry(e.to_string()),
+                Err(e) => return Posted::Retry(e),
             };
             let status = response.status();
             let text = Limited::new(response.into_body(), 4096)
@@ -192,6 +205,63 @@ impl Poster {
             Err(_) => Posted::Retry(format!("no answer within {} ms", self.timeout.as_millis())),
         }
     }
+}
+
+/// A TLS client trusting the system's root certificates.
+fn tls_connector() -> Result<TlsConnector, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "no usable root certificates found on this system for https ({} errors)",
+            found.errors.len()
+        ));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// One request over a fresh TLS connection (HTTP/1.1, origin-form target, `Host` set).
+async fn send_tls(
+    tls: &TlsConnector,
+    uri: &Uri,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let host = uri.host().ok_or("the URL names no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let (mut parts, body) = request.into_parts();
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = target.parse().map_err(|e| format!("{target}: {e}"))?;
+    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+    parts.headers.insert(
+        hyper::header::HOST,
+        hyper::header::HeaderValue::from_str(&authority).map_err(|e| e.to_string())?,
+    );
+    sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// `&`, `<` and `>` are control characters in Slack's mrkdwn and plain text.
@@ -362,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_accepted() {
+    fn only_http_and_https_urls_are_accepted() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -373,12 +443,13 @@ mod tests {
             assert!(
                 WebhookHandle::start("http://127.0.0.1:9/hook", &config, stats.clone()).is_ok()
             );
-            for bad in [
-                "https://hooks.example.com/x",
-                "ftp://x/y",
-                "not a url",
-                "/path",
-            ] {
+            // https needs the system's root certificates.
+            if let Err(e) =
+                WebhookHandle::start("https://hooks.example.com/x", &config, stats.clone())
+            {
+                assert!(e.to_string().contains("root certificates"), "{e}");
+            }
+            for bad in ["ftp://x/y", "not a url", "/path"] {
                 assert!(
                     WebhookHandle::start(bad, &config, stats.clone()).is_err(),
                     "{bad}"
