@@ -380,12 +380,11 @@ mod tests {
     use super::*;
     use aegis_core::decision::Reason;
 
-    #[test]
-    fn the_message_has_a_fallback_and_blocks_naming_the_grant_command() {
+    fn request() -> ApprovalRequested {
         let mut params = serde_json::Map::new();
         params.insert("amount".into(), 6000.into());
         params.insert("account_number".into(), "[MASKED]".into());
-        let r = ApprovalRequested {
+        ApprovalRequested {
             kind: aegis_core::approvals::REQUESTED.into(),
             approval_id: format!("apr-{}", "a".repeat(32)),
             tenant: "acme".parse().unwrap(),
@@ -409,7 +408,12 @@ mod tests {
             policy_version: Some(3),
             requested_at: "2026-11-26T10:00:00.000Z".into(),
             expires_at: "2026-11-26T10:15:00.000Z".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_message_has_a_fallback_and_blocks_naming_the_grant_command() {
+        let r = request();
         let m = slack_message(&r);
         let text = m["text"].as_str().unwrap();
         assert!(text.contains(&r.approval_id), "{text}");
@@ -456,5 +460,97 @@ mod tests {
                 );
             }
         });
+    }
+
+    /// Answers each post with the next status of `script` (then 200); returns the URL and the
+    /// bodies received.
+    async fn receiver(script: Vec<u16>) -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = bodies.clone();
+        let script = Arc::new(std::sync::Mutex::new(script.into_iter()));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (store, script) = (store.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0;
+                        loop {
+                            let mut header = String::new();
+                            reader.read_line(&mut header).await.unwrap();
+                            let header = header.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = header.split_once(':')
+                                && k.eq_ignore_ascii_case("content-length")
+                            {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).await.unwrap();
+                        store
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        let status = script.lock().unwrap().next().unwrap_or(200);
+                        let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok");
+                        reader.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (url, bodies)
+    }
+
+    async fn wait_for(stats: &ApprovalStats, done: impl Fn(&ApprovalStats) -> bool) {
+        for _ in 0..3000 {
+            if done(stats) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the poster never got there: {stats:?}");
+    }
+
+    #[tokio::test]
+    async fn posts_are_retried_on_5xx_and_given_up_on_4xx() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let config = ApprovalsConfig {
+            webhook_tries: 3,
+            ..ApprovalsConfig::default()
+        };
+        // 503 then 200: one message, delivered on the second try.
+        let (url, bodies) = receiver(vec![503]).await;
+        let stats = Arc::new(ApprovalStats::default());
+        let hook = WebhookHandle::start(&url, &config, stats.clone()).unwrap();
+        hook.submit(request());
+        wait_for(&stats, |s| s.webhook_ok.load(Relaxed) == 1).await;
+        assert_eq!(bodies.lock().unwrap().len(), 2);
+        assert_eq!(stats.webhook_failed.load(Relaxed), 0);
+        assert!(bodies.lock().unwrap()[1]["blocks"].is_array());
+
+        // 400: refused, not retried.
+        let (url, bodies) = receiver(vec![400]).await;
+        let stats = Arc::new(ApprovalStats::default());
+        let hook = WebhookHandle::start(&url, &config, stats.clone()).unwrap();
+        hook.submit(request());
+        wait_for(&stats, |s| s.webhook_failed.load(Relaxed) == 1).await;
+        assert_eq!(bodies.lock().unwrap().len(), 1);
+
+        // Nobody listening: every try fails, counted once.
+        let stats = Arc::new(ApprovalStats::default());
+        let hook = WebhookHandle::start("http://127.0.0.1:9/hook", &config, stats.clone()).unwrap();
+        hook.submit(request());
+        wait_for(&stats, |s| s.webhook_failed.load(Relaxed) == 1).await;
+        assert_eq!(stats.webhook_ok.load(Relaxed), 0);
     }
 }
