@@ -203,23 +203,42 @@ struct Facts {
     approval: Option<ApprovalRef>,
 }
 
+/// A call decided up to its answer, or a retry whose approval is still to be checked.
+/// (Returned once per call and moved straight on: not worth a heap allocation.)
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Answered(Outcome),
+    ApprovalRetry(Decision, Facts),
+}
+
 impl Decider {
     /// Decides one call. Never fails.
     /// `body` is the request body, or why it could not be read (e.g. over the size limit).
+    /// A retry with an approval id is denied `approval_unavailable` here: checking it needs
+    /// NATS, which only [`Decider::decide_async`] (the HTTP path) awaits.
     pub fn decide(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
+        match self.prepare(meta, body) {
+            Prepared::Answered(outcome) => outcome,
+            Prepared::ApprovalRetry(decision, mut facts) => {
+                let decision = self.approval_unchecked(decision, &mut facts);
+                self.record(meta, 200, decision, facts)
+            }
+        }
+    }
+
+    /// Everything up to the answer; stops early only for an approval retry.
+    fn prepare(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Prepared {
         if !self.sink.accepting() {
             self.metrics.refused_unrecordable();
-            return self.unrecorded_refusal(meta);
+            return Prepared::Answered(self.unrecorded_refusal(meta));
         }
         let mut facts = Facts::default();
         let result = self.evaluate(meta, body, &mut facts);
-        // Approval retries need NATS: only [`Decider::decide_async`] can check them.
-        let result = match result {
-            Ok(decision) if is_approval_retry(&decision, &facts) => {
-                Ok(self.approval_unchecked(decision, &mut facts))
-            }
-            other => other,
-        };
+        if let Ok(decision) = &result
+            && is_approval_retry(decision, &facts)
+        {
+            return Prepared::ApprovalRetry(decision.clone(), facts);
+        }
         let (status, decision) = match result {
             Ok(decision) => (200, decision),
             Err(refusal) => (
@@ -227,7 +246,7 @@ impl Decider {
                 Decision::deny(refusal.code, refusal.message),
             ),
         };
-        self.record(meta, status, decision, facts)
+        Prepared::Answered(self.record(meta, status, decision, facts))
     }
 
     fn evaluate(
@@ -572,26 +591,13 @@ impl Decider {
     /// `AEGIS_APPROVALS`, and may consume a grant. Every other call takes exactly the path of
     /// [`Decider::decide`], without awaiting anything.
     pub async fn decide_async(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
-        if !self.sink.accepting() {
-            self.metrics.refused_unrecordable();
-            return self.unrecorded_refusal(meta);
-        }
-        let mut facts = Facts::default();
-        let result = self.evaluate(meta, body, &mut facts);
-        let result = match result {
-            Ok(decision) if is_approval_retry(&decision, &facts) => {
-                Ok(self.approval_retry(decision, &mut facts).await)
+        match self.prepare(meta, body) {
+            Prepared::Answered(outcome) => outcome,
+            Prepared::ApprovalRetry(decision, mut facts) => {
+                let decision = self.approval_retry(decision, &mut facts).await;
+                self.record(meta, 200, decision, facts)
             }
-            other => other,
-        };
-        let (status, decision) = match result {
-            Ok(decision) => (200, decision),
-            Err(refusal) => (
-                refusal.status,
-                Decision::deny(refusal.code, refusal.message),
-            ),
-        };
-        self.record(meta, status, decision, facts)
+        }
     }
 
     /// A new approval for an `approval_needed` answer: pending until the configured TTL.
