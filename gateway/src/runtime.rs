@@ -223,12 +223,12 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
 
     // Runtime approvals: requests and webhook posts in the background; grants are checked
     // against the same trust store as bundle announcements (the control plane's key).
-    let approvals = crate::approvals::Approvals::start(
+    let approvals = Arc::new(crate::approvals::Approvals::start(
         config.gateway_id.clone(),
         js.clone(),
         trust.clone(),
         &config.approvals,
-    )?;
+    )?);
     if let Some(url) = &config.approvals.webhook {
         tracing::info!(url, "posting approval requests to the webhook");
     }
@@ -246,7 +246,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         metrics: metrics.clone(),
         sink,
         limits: crate::limits::Limiter::new(),
-        approvals: Some(Arc::new(approvals)),
+        approvals: Some(approvals.clone()),
     };
     let app = Arc::new(App {
         decider,
@@ -280,7 +280,8 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         .with_graceful_shutdown(shutdown_signal())
         .await;
 
-    tracing::info!("shutting down: flushing decision events");
+    tracing::info!("shutting down: flushing approval requests and decision events");
+    approvals.shutdown(Duration::from_secs(3)).await;
     for w in &watchers {
         w.abort();
     }

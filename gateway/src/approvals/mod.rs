@@ -164,6 +164,8 @@ pub struct Approvals {
     js: jetstream::Context,
     trust: Arc<TrustStore>,
     requests: mpsc::Sender<ApprovalRequested>,
+    closing: Arc<tokio::sync::Notify>,
+    publisher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     webhook: Option<webhook::WebhookHandle>,
     check_timeout: Duration,
     pub stats: Arc<ApprovalStats>,
@@ -197,7 +199,7 @@ impl Approvals {
             Some(url) => Some(webhook::WebhookHandle::start(url, config, stats.clone())?),
             None => None,
         };
-        let requests = request::spawn_publisher(
+        let publisher = request::spawn_publisher(
             js.clone(),
             config.queue_capacity.max(1),
             config.publish_tries.max(1),
@@ -207,7 +209,9 @@ impl Approvals {
             gateway_id,
             js,
             trust,
-            requests,
+            requests: publisher.queue,
+            closing: publisher.closing,
+            publisher: std::sync::Mutex::new(Some(publisher.task)),
             webhook,
             check_timeout: config.check_timeout,
             stats,
@@ -228,6 +232,24 @@ impl Approvals {
             webhook.submit(requested);
         }
         Ok(())
+    }
+
+    /// At shutdown (after the HTTP server stopped): publishes the requests still queued,
+    /// waiting at most `deadline`; what is left is logged (those approvals cannot be granted:
+    /// the agents' retries get `approval_unknown`).
+    pub async fn shutdown(&self, deadline: Duration) {
+        let task = self.publisher.lock().ok().and_then(|mut t| t.take());
+        let Some(task) = task else {
+            return;
+        };
+        let queued = self.requests.max_capacity() - self.requests.capacity();
+        self.closing.notify_one();
+        if tokio::time::timeout(deadline, task).await.is_err() {
+            tracing::warn!(
+                queued,
+                "approval requests still queued at shutdown were not published"
+            );
+        }
     }
 
     /// The gateway id written into consumption records.

@@ -4,14 +4,16 @@
 //! `aegis.approvals.<tenant>.<approval_id>` with `Nats-Msg-Id` = the approval id (so a retry
 //! after a lost ack is not stored twice), retrying with backoff; a request that still cannot be
 //! published is logged and counted (`aegis_approval_requests_total{outcome="failed"}`) — the
-//! agent's retry then finds nothing and is denied `approval_unknown`.
+//! agent's retry then finds nothing and is denied `approval_unknown`. At shutdown the task
+//! publishes what is still queued, within a deadline ([`super::Approvals::shutdown`]).
 
 use super::ApprovalStats;
 use aegis_core::approvals::ApprovalRequested;
 use async_nats::jetstream;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 
 /// First pause between tries; doubled each time, at most [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -19,24 +21,56 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Bound on one publish (send + ack).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts the publisher; returns its queue.
+/// The running publisher.
+#[derive(Debug)]
+pub struct Publisher {
+    pub queue: mpsc::Sender<ApprovalRequested>,
+    /// Notified once at shutdown: publish what is queued, then stop.
+    pub closing: Arc<Notify>,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the publisher.
 pub fn spawn_publisher(
     js: jetstream::Context,
     capacity: usize,
     tries: u32,
     stats: Arc<ApprovalStats>,
-) -> mpsc::Sender<ApprovalRequested> {
-    let (tx, mut rx) = mpsc::channel::<ApprovalRequested>(capacity);
-    tokio::spawn(async move {
-        while let Some(requested) = rx.recv().await {
-            if publish_one(&js, &requested, tries).await {
-                ApprovalStats::inc(&stats.requests_published);
-            } else {
-                ApprovalStats::inc(&stats.requests_failed);
+) -> Publisher {
+    let (queue, mut rx) = mpsc::channel::<ApprovalRequested>(capacity);
+    let closing = Arc::new(Notify::new());
+    let close = closing.clone();
+    let task = tokio::spawn(async move {
+        let publish = |requested: ApprovalRequested| {
+            let (js, stats) = (js.clone(), stats.clone());
+            async move {
+                if publish_one(&js, &requested, tries).await {
+                    ApprovalStats::inc(&stats.requests_published);
+                } else {
+                    ApprovalStats::inc(&stats.requests_failed);
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(requested) => publish(requested).await,
+                    None => return,
+                },
+                () = close.notified() => {
+                    while let Ok(requested) = rx.try_recv() {
+                        publish(requested).await;
+                    }
+                    return;
+                }
             }
         }
     });
-    tx
+    Publisher {
+        queue,
+        closing,
+        task,
+    }
 }
 
 async fn publish_one(js: &jetstream::Context, requested: &ApprovalRequested, tries: u32) -> bool {
