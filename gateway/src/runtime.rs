@@ -9,7 +9,8 @@
 //! 4. **Watchers** (one per tenant) and **the heartbeat** run in the background.
 //! 5. **HTTP** listens; the bound address is written to `<data>/gateway.addr`.
 //!
-//! SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, then flush the shipper (what
+//! SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, publish queued approval
+//! requests (at most 3 s), then flush the shipper (what
 //! cannot reach NATS within the deadline stays in the spool for the next start) and the span
 //! exporter.
 
