@@ -22,6 +22,11 @@ pub const DECISION_EVENT: &str = include_str!("../../schemas/decision-event.sche
 pub const BUNDLE_REJECTED_EVENT: &str =
     include_str!("../../schemas/bundle-rejected-event.schema.json");
 
+/// `schemas/approval-requested.schema.json`.
+pub const APPROVAL_REQUESTED: &str = include_str!("../../schemas/approval-requested.schema.json");
+/// `schemas/approval-consumed.schema.json`.
+pub const APPROVAL_CONSUMED: &str = include_str!("../../schemas/approval-consumed.schema.json");
+
 fn compile(text: &str) -> Option<jsonschema::Validator> {
     let schema: serde_json::Value = serde_json::from_str(text).ok()?;
     jsonschema::validator_for(&schema).ok()
@@ -75,6 +80,18 @@ pub fn bundle_rejected_validator() -> Option<&'static jsonschema::Validator> {
     V.get_or_init(|| compile(BUNDLE_REJECTED_EVENT)).as_ref()
 }
 
+/// The compiled approval-requested schema (a gateway's request on an approval subject).
+pub fn approval_requested_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(APPROVAL_REQUESTED)).as_ref()
+}
+
+/// The compiled approval-consumed schema (a gateway used a grant).
+pub fn approval_consumed_validator() -> Option<&'static jsonschema::Validator> {
+    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    V.get_or_init(|| compile(APPROVAL_CONSUMED)).as_ref()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +106,7 @@ mod tests {
         assert!(decide_request_validator().is_some());
         assert!(decide_response_validator().is_some());
         assert!(bundle_rejected_validator().is_some());
+        assert!(approval_requested_validator().is_some());
+        assert!(approval_consumed_validator().is_some());
     }
 }

@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub eval_limits: EvalLimits,
     /// How long an `approval_needed` answer's approval stays open.
     pub approval_ttl: Duration,
+    /// Runtime approvals: the webhook, queues and timeouts.
+    pub approvals: crate::approvals::ApprovalsConfig,
     pub nats: aegis_nats::ConnectOptions,
     pub heartbeat_interval: Duration,
     pub max_spool_bytes: u64,
@@ -76,6 +78,7 @@ impl GatewayConfig {
             token_leeway_seconds: 30,
             eval_limits: EvalLimits::default(),
             approval_ttl: Duration::from_secs(15 * 60),
+            approvals: crate::approvals::ApprovalsConfig::default(),
             nats: aegis_nats::ConnectOptions::default(),
             heartbeat_interval: Duration::from_secs(5),
             max_spool_bytes: 1 << 30,

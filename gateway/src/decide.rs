@@ -85,6 +85,9 @@ pub struct DecideRequest {
     pub agent_id: Option<String>,
     #[serde(default)]
     pub call_chain: Option<Vec<String>>,
+    /// A retry of a call that needed approval: the `approval.id` of that answer.
+    #[serde(default)]
+    pub approval_id: Option<String>,
 }
 
 /// The approval an `approval_needed` answer waits for.
@@ -167,6 +170,9 @@ pub struct Decider {
     pub sink: Arc<dyn EventSink>,
     /// Rate-limit and budget counters of this gateway.
     pub limits: crate::limits::Limiter,
+    /// Runtime approvals (requests, webhook, grants); `None`: approval requests are answered
+    /// but not published, and retries with an approval id are denied `approval_unavailable`.
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
 }
 
 impl std::fmt::Debug for Decider {
@@ -207,18 +213,48 @@ struct Facts {
     rollout_stage: Option<aegis_core::events::RolloutStage>,
     /// During a rollout: what the version not enforced answered.
     shadow: Option<decision_log::ShadowResult>,
+    /// The decision id, when it had to be known before recording (consuming a grant).
+    decision_id: Option<String>,
+    /// The approval a retry named, with what became of it.
+    approval: Option<ApprovalRef>,
+}
+
+/// A call decided up to its answer, or a retry whose approval is still to be checked.
+/// (Returned once per call and moved straight on: not worth a heap allocation.)
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Answered(Outcome),
+    ApprovalRetry(Decision, Facts),
 }
 
 impl Decider {
     /// Decides one call. Never fails.
     /// `body` is the request body, or why it could not be read (e.g. over the size limit).
+    /// A retry with an approval id is denied `approval_unavailable` here: checking it needs
+    /// NATS, which only [`Decider::decide_async`] (the HTTP path) awaits.
     pub fn decide(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
+        match self.prepare(meta, body) {
+            Prepared::Answered(outcome) => outcome,
+            Prepared::ApprovalRetry(decision, mut facts) => {
+                let decision = self.approval_unchecked(decision, &mut facts);
+                self.record(meta, 200, decision, facts)
+            }
+        }
+    }
+
+    /// Everything up to the answer; stops early only for an approval retry.
+    fn prepare(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Prepared {
         if !self.sink.accepting() {
             self.metrics.refused_unrecordable();
-            return self.unrecorded_refusal(meta);
+            return Prepared::Answered(self.unrecorded_refusal(meta));
         }
         let mut facts = Facts::default();
         let result = self.evaluate(meta, body, &mut facts);
+        if let Ok(decision) = &result
+            && is_approval_retry(decision, &facts)
+        {
+            return Prepared::ApprovalRetry(decision.clone(), facts);
+        }
         let (status, decision) = match result {
             Ok(decision) => (200, decision),
             Err(refusal) => (
@@ -226,7 +262,7 @@ impl Decider {
                 Decision::deny(refusal.code, refusal.message),
             ),
         };
-        self.record(meta, status, decision, facts)
+        Prepared::Answered(self.record(meta, status, decision, facts))
     }
 
     fn evaluate(
@@ -382,16 +418,14 @@ impl Decider {
         mut decision: Decision,
         facts: Facts,
     ) -> Outcome {
-        let id = new_id("dec");
-        let approval = (decision.decision == DecisionKind::ApprovalNeeded).then(|| ApprovalRef {
-            id: new_id("apr"),
-            status: "pending".to_owned(),
-            expires_at: time::OffsetDateTime::now_utc()
-                .checked_add(
-                    time::Duration::try_from(self.approval_ttl).unwrap_or(time::Duration::ZERO),
-                )
-                .and_then(|t| aegis_core::events::envelope::format_time(t).ok()),
+        let id = facts.decision_id.clone().unwrap_or_else(|| new_id("dec"));
+        let retried = facts.approval.is_some();
+        let mut approval = facts.approval.clone().or_else(|| {
+            (decision.decision == DecisionKind::ApprovalNeeded).then(|| self.new_approval())
         });
+        if !retried && decision.decision == DecisionKind::ApprovalNeeded {
+            self.request_approval(&id, &mut decision, &mut approval, &facts);
+        }
         let tenant = facts
             .tenant
             .clone()
@@ -460,7 +494,7 @@ impl Decider {
             } else {
                 None
             },
-            approval: if decision.decision == DecisionKind::ApprovalNeeded {
+            approval: if retried || decision.decision == DecisionKind::ApprovalNeeded {
                 approval
             } else {
                 None
@@ -806,6 +840,282 @@ mod rollout_tests {
     }
 }
 
+/// Runtime approvals on the decision path (see [`crate::approvals`]): publishing a request
+/// when a call needs approval, and checking a retry that carries an approval id.
+impl Decider {
+    /// [`Decider::decide`], also checking runtime approvals: a call retried with an
+    /// `approval_id` that the policy (still) answers `approval_needed` is checked against
+    /// `AEGIS_APPROVALS`, and may consume a grant. Every other call takes exactly the path of
+    /// [`Decider::decide`], without awaiting anything.
+    pub async fn decide_async(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
+        match self.prepare(meta, body) {
+            Prepared::Answered(outcome) => outcome,
+            Prepared::ApprovalRetry(decision, mut facts) => {
+                let decision = self.approval_retry(decision, &mut facts).await;
+                self.record(meta, 200, decision, facts)
+            }
+        }
+    }
+
+    /// A new approval for an `approval_needed` answer: pending until the configured TTL.
+    fn new_approval(&self) -> ApprovalRef {
+        ApprovalRef {
+            id: new_id("apr"),
+            status: "pending".to_owned(),
+            expires_at: time::OffsetDateTime::now_utc()
+                .checked_add(
+                    time::Duration::try_from(self.approval_ttl).unwrap_or(time::Duration::ZERO),
+                )
+                .and_then(|t| aegis_core::events::envelope::format_time(t).ok()),
+        }
+    }
+
+    /// Hands the approval request of a fresh `approval_needed` answer to the publisher (and
+    /// webhook). When it cannot be queued the call is denied `approval_unavailable`: nobody
+    /// would ever see the request, so it could never be granted.
+    fn request_approval(
+        &self,
+        decision_id: &str,
+        decision: &mut Decision,
+        approval: &mut Option<ApprovalRef>,
+        facts: &Facts,
+    ) {
+        let Some(approvals) = &self.approvals else {
+            return;
+        };
+        let (Some(a), Some(identity), Some(request)) = (
+            approval.as_ref(),
+            facts.identity.as_ref(),
+            facts.request.as_ref(),
+        ) else {
+            return;
+        };
+        let (params, masked_params) = mask_params(&request.params, &decision.obligations.log_mask);
+        let requested = aegis_core::approvals::ApprovalRequested {
+            kind: aegis_core::approvals::REQUESTED.to_owned(),
+            approval_id: a.id.clone(),
+            tenant: identity.tenant.clone(),
+            gateway: self.gateway_id.clone(),
+            decision_id: decision_id.to_owned(),
+            agent_id: identity.agent.clone(),
+            call_chain: identity.call_chain.clone(),
+            tool_id: request.tool_id.clone(),
+            action: request.action.clone(),
+            params,
+            masked_params,
+            call_digest: request_digest(identity, request),
+            reasons: decision.reasons.clone(),
+            policy: decision.policy.clone(),
+            rule: decision.rule.clone(),
+            policy_version: decision.policy_version,
+            requested_at:
+                aegis_core::events::envelope::format_time(time::OffsetDateTime::now_utc())
+                    .unwrap_or_default(),
+            expires_at: a.expires_at.clone().unwrap_or_default(),
+        };
+        if approvals.submit(requested).is_err() {
+            *decision = approval_answer(
+                decision,
+                DecisionKind::Deny,
+                aegis_core::approvals::reason::APPROVAL_UNAVAILABLE,
+                "the call needs approval, but the gateway cannot file the approval request right now (its queue is full); denied — try again later".to_owned(),
+            );
+            *approval = None;
+        }
+    }
+
+    /// A retry seen by the synchronous path, which cannot reach NATS: fail closed.
+    fn approval_unchecked(&self, decision: Decision, facts: &mut Facts) -> Decision {
+        let id = facts
+            .request
+            .as_ref()
+            .and_then(|r| r.approval_id.clone())
+            .unwrap_or_default();
+        let refused = crate::approvals::Checked::Refused {
+            code: aegis_core::approvals::reason::APPROVAL_UNAVAILABLE,
+            status: "unavailable",
+            message: format!("approval {id} cannot be checked on this path; denied"),
+            expires_at: None,
+        };
+        refuse_approval(decision, facts, id, refused)
+    }
+
+    /// Checks the approval a retry names and, for a valid grant, consumes it (once, across
+    /// all gateways). Never fails: every error is a deny.
+    async fn approval_retry(&self, decision: Decision, facts: &mut Facts) -> Decision {
+        use crate::approvals::Checked;
+        use aegis_core::approvals::reason;
+        let (Some(identity), Some(request)) = (facts.identity.clone(), facts.request.clone())
+        else {
+            return decision;
+        };
+        let Some(id) = request.approval_id.clone() else {
+            return decision;
+        };
+        let Some(approvals) = self.approvals.clone() else {
+            return self.approval_unchecked(decision, facts);
+        };
+        let digest = request_digest(&identity, &request);
+        let grant = match approvals.check(&identity.tenant, &id, &digest).await {
+            Checked::Grant(grant) => grant,
+            Checked::Pending { expires_at } => {
+                facts.approval = Some(ApprovalRef {
+                    id: id.clone(),
+                    status: "pending".to_owned(),
+                    expires_at: Some(expires_at.clone()),
+                });
+                let mut reasons = vec![Reason {
+                    code: reason::APPROVAL_PENDING.to_owned(),
+                    message: format!(
+                        "approval {id} has not been decided yet (it lapses at {expires_at}); retry once it is granted"
+                    ),
+                    policy: decision.policy.clone(),
+                    rule: decision.rule.clone(),
+                }];
+                reasons.extend(decision.reasons.iter().cloned());
+                return Decision {
+                    reasons,
+                    ..decision
+                };
+            }
+            refused => return refuse_approval(decision, facts, id, refused),
+        };
+        let note = grant
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let allowed = approval_answer(
+            &decision,
+            DecisionKind::Allow,
+            reason::APPROVAL_GRANTED,
+            format!(
+                "approved by {}{note}: approval {id}, used by this call",
+                grant.by
+            ),
+        );
+        // The approved call counts against the rule's rate limits and budgets like any allowed
+        // call; over a limit it is denied and the grant stays unused.
+        let input = DecideInput {
+            tenant: identity.tenant.clone(),
+            agent_id: identity.agent.clone(),
+            call_chain: identity.call_chain.clone(),
+            tool_id: request.tool_id.clone(),
+            action: request.action.clone(),
+            params: request.params.clone(),
+            context: request.context.clone(),
+        };
+        let limited = self.enforce_limits(allowed, &input);
+        let granted = ApprovalRef {
+            id: id.clone(),
+            status: "granted".to_owned(),
+            expires_at: Some(grant.expires_at.clone()),
+        };
+        if !limited.decision.permits() {
+            facts.approval = Some(granted);
+            return limited;
+        }
+        let decision_id = new_id("dec");
+        facts.decision_id = Some(decision_id.clone());
+        match approvals
+            .consume(&identity.tenant, &id, &digest, &grant, &decision_id)
+            .await
+        {
+            Ok(()) => {
+                facts.approval = Some(ApprovalRef {
+                    status: "consumed".to_owned(),
+                    ..granted
+                });
+                limited
+            }
+            Err(refused) => refuse_approval(decision, facts, id, refused),
+        }
+    }
+}
+
+/// Whether the call is a retry the approval check applies to: it carries an approval id and
+/// the policy's answer is `approval_needed` (an allow, sanitize or deny ignores the id).
+fn is_approval_retry(decision: &Decision, facts: &Facts) -> bool {
+    decision.decision == DecisionKind::ApprovalNeeded
+        && facts
+            .request
+            .as_ref()
+            .is_some_and(|r| r.approval_id.is_some())
+}
+
+/// [`aegis_core::approvals::call_digest`] of the verified identity and the requested call.
+fn request_digest(identity: &Identity, request: &DecideRequest) -> String {
+    aegis_core::approvals::call_digest(&aegis_core::approvals::CallIdentity {
+        tenant: &identity.tenant,
+        agent_id: &identity.agent,
+        call_chain: &identity.call_chain,
+        tool_id: &request.tool_id,
+        action: &request.action,
+        params: &request.params,
+    })
+}
+
+/// The policy's `approval_needed` decision turned into `kind` with one approval reason first
+/// (the policy's reasons follow, except on an allow).
+fn approval_answer(
+    decision: &Decision,
+    kind: DecisionKind,
+    code: &str,
+    message: String,
+) -> Decision {
+    let mut reasons = vec![Reason {
+        code: code.to_owned(),
+        message,
+        policy: decision.policy.clone(),
+        rule: decision.rule.clone(),
+    }];
+    if kind != DecisionKind::Allow {
+        reasons.extend(decision.reasons.iter().cloned());
+    }
+    Decision {
+        decision: kind,
+        reasons,
+        params: None,
+        ..decision.clone()
+    }
+}
+
+/// A retry refused: a deny with the approval's reason code, recording which approval it named.
+fn refuse_approval(
+    decision: Decision,
+    facts: &mut Facts,
+    id: String,
+    refused: crate::approvals::Checked,
+) -> Decision {
+    let (code, status, message, expires_at) = match refused {
+        crate::approvals::Checked::Refused {
+            code,
+            status,
+            message,
+            expires_at,
+        } => (code, status, message, expires_at),
+        other => (
+            aegis_core::approvals::reason::APPROVAL_UNAVAILABLE,
+            "unavailable",
+            format!("unexpected approval state {other:?}; denied"),
+            None,
+        ),
+    };
+    facts.approval = Some(ApprovalRef {
+        id,
+        status: status.to_owned(),
+        expires_at,
+    });
+    approval_answer(&decision, DecisionKind::Deny, code, message)
+}
+
+/// `apr-` and 32 lowercase hex digits.
+pub fn is_approval_id(id: &str) -> bool {
+    id.strip_prefix("apr-").is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// What serde's types do not check: the `action` id pattern and the `request_id` length
 /// (`schemas/decide-request.schema.json`).
 fn check_request(request: &DecideRequest) -> Result<(), Refusal> {
@@ -823,6 +1133,15 @@ fn check_request(request: &DecideRequest) -> Result<(), Refusal> {
             400,
             codes::BAD_REQUEST,
             "request body: request_id must be 1 to 256 characters",
+        ));
+    }
+    if let Some(id) = &request.approval_id
+        && !is_approval_id(id)
+    {
+        return Err(Refusal::new(
+            400,
+            codes::BAD_REQUEST,
+            "request body: approval_id must be `apr-` and 32 lowercase hex digits",
         ));
     }
     Ok(())
@@ -1009,6 +1328,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             sink: sink.clone(),
             limits: crate::limits::Limiter::new(),
+            approvals: None,
         };
         Fixture {
             decider,
@@ -1117,6 +1437,72 @@ mod tests {
             assert_eq!(event.request_id.as_deref(), Some("r1"));
             assert_eq!(event.approval_id, out.response.approval.map(|a| a.id));
         }
+    }
+
+    #[test]
+    fn an_approval_id_is_checked_only_when_the_call_needs_approval() {
+        let f = fixture(true);
+        let t = token(&f, "acme", "finance-agent", &["planner"], 300);
+        let id = format!("apr-{}", "0a".repeat(16));
+        let retry = |amount: u64| {
+            pay(amount).replace(
+                r#""request_id":"r1""#,
+                &format!(r#""request_id":"r1","approval_id":"{id}""#),
+            )
+        };
+        // Allowed and denied calls ignore the id (a deny is never overridden).
+        let out = call(&f, Some(&t), &retry(3000));
+        assert_eq!(out.response.decision, DecisionKind::Allow);
+        assert!(out.response.approval.is_none());
+        let out = call(&f, Some(&t), &retry(50_000));
+        assert_eq!(out.response.decision, DecisionKind::Deny);
+        assert_ne!(out.response.reasons[0].code, "approval_unavailable");
+        // A call that needs approval, with nothing to check grants against: denied.
+        let out = call(&f, Some(&t), &retry(6000));
+        assert_eq!(
+            (out.status, out.response.decision),
+            (200, DecisionKind::Deny)
+        );
+        assert_eq!(out.response.reasons[0].code, "approval_unavailable");
+        assert_eq!(
+            out.response.reasons.len(),
+            2,
+            "the policy's reason follows: {:?}",
+            out.response.reasons
+        );
+        let approval = out.response.approval.clone().unwrap();
+        assert_eq!(
+            (approval.id.as_str(), approval.status.as_str()),
+            (id.as_str(), "unavailable")
+        );
+        let event = last_event(&f);
+        assert_eq!(event.approval_id.as_deref(), Some(id.as_str()));
+        assert_eq!(event.reasons[0].code, "approval_unavailable");
+        // Malformed ids are bad requests.
+        for bad in [
+            "apr-123",
+            "APR-0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a",
+            "apr-0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A",
+        ] {
+            let body = pay(6000).replace(
+                r#""request_id":"r1""#,
+                &format!(r#""request_id":"r1","approval_id":"{bad}""#),
+            );
+            let out = call(&f, Some(&t), &body);
+            assert_eq!(
+                (out.status, out.response.reasons[0].code.as_str()),
+                (400, "bad_request"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn approval_ids_are_apr_and_32_lowercase_hex() {
+        assert!(is_approval_id(&new_id("apr")));
+        assert!(!is_approval_id(&new_id("dec")));
+        assert!(!is_approval_id("apr-"));
+        assert!(!is_approval_id(&format!("apr-{}g", "0".repeat(31))));
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! | `GET /v1/status` | versions, digests, stages, rollout candidate, kill switch, freeze, refused bundles, shipper counters (JSON) |
 //! | `POST /v1/noop` | only with `--noop-endpoint`: a constant answer through the same stack (benchmark baseline) |
 //!
-//! The handler reads the body into memory (bounded), runs [`Decider::decide`] inline on the
+//! The handler reads the body into memory (bounded), runs [`Decider::decide_async`] on the
 //! worker thread (evaluation is CPU-bound and sub-millisecond; the evaluator keeps one VM per
-//! thread), and answers. Nothing on this path awaits NATS or the disk.
+//! thread), and answers. Nothing on this path awaits NATS or the disk — except a retry with an
+//! `approval_id` that still needs approval, which reads (and may consume) the grant on
+//! `AEGIS_APPROVALS`, bounded by a timeout.
 
 use crate::decide::{CallMeta, DecideResponse, Decider, Outcome, TraceIds};
 use crate::metrics::Snapshot;
@@ -81,8 +83,12 @@ async fn decide(
         received_at,
     };
     let outcome = match &body {
-        Ok(bytes) => app.decider.decide(meta, Ok(bytes)),
-        Err(rejection) => app.decider.decide(meta, Err(rejection.body_text())),
+        Ok(bytes) => app.decider.decide_async(meta, Ok(bytes)).await,
+        Err(rejection) => {
+            app.decider
+                .decide_async(meta, Err(rejection.body_text()))
+                .await
+        }
     };
     if let Some(hook) = &app.on_decision {
         hook(&outcome);
@@ -153,7 +159,10 @@ fn snapshot(app: &App) -> Snapshot {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.decider.metrics.render(&snapshot(&app));
+    let mut text = app.decider.metrics.render(&snapshot(&app));
+    if let Some(approvals) = &app.decider.approvals {
+        approvals.stats.render(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,

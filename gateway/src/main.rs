@@ -99,6 +99,15 @@ struct RunArgs {
     /// OTLP/HTTP endpoint for decision spans, e.g. http://127.0.0.1:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT)
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// POST approval requests to this Slack-compatible incoming webhook (https:// or http://)
+    #[arg(long, env = "AEGIS_APPROVAL_WEBHOOK")]
+    approval_webhook: Option<String>,
+    /// How long an approval request stays open for a decision, seconds
+    #[arg(long, default_value_t = 15 * 60)]
+    approval_ttl_secs: u64,
+    /// Bound on checking (and consuming) a grant when a call is retried with an approval id, milliseconds
+    #[arg(long, default_value_t = 2000)]
+    approval_check_timeout_ms: u64,
     /// Log format on stderr
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -156,6 +165,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.eval_limits.time_limit = Duration::from_millis(args.eval_timeout_ms);
     config.otlp_endpoint = args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty());
     config.noop_endpoint = args.noop_endpoint;
+    config.approval_ttl = Duration::from_secs(args.approval_ttl_secs.max(1));
+    config.approvals.webhook = args
+        .approval_webhook
+        .clone()
+        .filter(|w| !w.trim().is_empty());
+    config.approvals.check_timeout = Duration::from_millis(args.approval_check_timeout_ms.max(1));
 
     let json = matches!(args.log_format, LogFormat::Json);
     runtime::init_logging(json)?;

@@ -9,7 +9,8 @@
 //! 4. **Watchers** (one per tenant) and **the heartbeat** run in the background.
 //! 5. **HTTP** listens; the bound address is written to `<data>/gateway.addr`.
 //!
-//! SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, then flush the shipper (what
+//! SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, publish queued approval
+//! requests (at most 3 s), then flush the shipper (what
 //! cannot reach NATS within the deadline stays in the spool for the next start) and the span
 //! exporter.
 
@@ -49,6 +50,8 @@ pub enum RuntimeError {
     Nats(String),
     #[error("decision shipper: {0}")]
     Shipper(String),
+    #[error("approvals: {0}")]
+    Approvals(#[from] crate::approvals::ApprovalsError),
     #[error("telemetry: {0}")]
     Telemetry(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -123,10 +126,11 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         LocalStore::open(&config.data_dir).map_err(|e| RuntimeError::Store(e.to_string()))?;
     let beat = Arc::new(Notify::new());
     let (rejected_tx, rejected_rx) = mpsc::unbounded_channel::<BundleRejected>();
+    let trust = Arc::new(trust);
     let ctx = BundleContext {
         gateway: config.gateway_id.clone(),
         site: config.site.clone(),
-        trust: Arc::new(trust),
+        trust: trust.clone(),
         store: Arc::new(store),
         metrics: metrics.clone(),
         limits: BundleLimits {
@@ -218,6 +222,18 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         None => None,
     };
 
+    // Runtime approvals: requests and webhook posts in the background; grants are checked
+    // against the same trust store as bundle announcements (the control plane's key).
+    let approvals = Arc::new(crate::approvals::Approvals::start(
+        config.gateway_id.clone(),
+        js.clone(),
+        trust.clone(),
+        &config.approvals,
+    )?);
+    if let Some(url) = &config.approvals.webhook {
+        tracing::info!(url, "posting approval requests to the webhook");
+    }
+
     // 5. HTTP.
     let sink: Arc<dyn EventSink> = Arc::new(ShipperSink(shipper.clone()));
     let decider = Decider {
@@ -231,6 +247,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         metrics: metrics.clone(),
         sink,
         limits: crate::limits::Limiter::new(),
+        approvals: Some(approvals.clone()),
     };
     let app = Arc::new(App {
         decider,
@@ -264,7 +281,8 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         .with_graceful_shutdown(shutdown_signal())
         .await;
 
-    tracing::info!("shutting down: flushing decision events");
+    tracing::info!("shutting down: flushing approval requests and decision events");
+    approvals.shutdown(Duration::from_secs(3)).await;
     for w in &watchers {
         w.abort();
     }
