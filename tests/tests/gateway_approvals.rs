@@ -148,7 +148,7 @@ fn wait_requested(stack: &Stack, approval_id: &str) -> (Value, ApprovalRequested
     let ApprovalMessage::Requested(requested) = parsed else {
         panic!("not a request: {value:#}");
     };
-    (value, requested)
+    (value, *requested)
 }
 
 /// Publishes a decision on `approval_id` as the control plane relays it, signed by `key`.
