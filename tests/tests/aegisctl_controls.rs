@@ -179,7 +179,7 @@ fn request(id: &str, amount: u64, requested_in: i64, expires_in: i64) -> Approva
         masked_params: vec![],
         call_digest: digest,
         reasons: vec![Reason {
-            code: "approval_required".into(),
+            code: "amount_requires_approval".into(),
             message: format!("amount {amount} is above 5000"),
             policy: Some("finance-agent".into()),
             rule: Some("payments".into()),
@@ -398,7 +398,7 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
             "finance-agent via planner",
             "payments/create_payment",
             &format!("amount={}", r.params["amount"]),
-            "approval_required",
+            "amount_requires_approval",
             "pending",
             &r.requested_at,
             &r.expires_at,
@@ -547,7 +547,7 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
         "tool:      payments",
         "action:    create_payment",
         r#"params:    {"amount":6000,"currency":"USD"}"#,
-        "reason:    approval_required: amount 6000 is above 5000",
+        "reason:    amount_requires_approval: amount 6000 is above 5000",
         "granting once, until ",
     ] {
         assert!(

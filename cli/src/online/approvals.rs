@@ -579,14 +579,16 @@ pub fn write_request(a: &Approval, tenant: &TenantId, out: &mut dyn Write) -> st
     for reason in &r.reasons {
         writeln!(out, "reason:    {}: {}", reason.code, reason.message)?;
     }
-    let policy = [
-        r.policy.as_ref().map(|p| format!("policy {p}")),
+    let rule = [
         r.rule.as_ref().map(|x| format!("rule {x}")),
         r.policy_version.map(|v| format!("version {v}")),
     ];
-    let policy: Vec<String> = policy.into_iter().flatten().collect();
-    if !policy.is_empty() {
-        writeln!(out, "decided by: {}", policy.join(", "))?;
+    let rule: Vec<String> = rule.into_iter().flatten().collect();
+    match (&r.policy, rule.is_empty()) {
+        (Some(p), true) => writeln!(out, "policy:    {p}")?,
+        (Some(p), false) => writeln!(out, "policy:    {p} ({})", rule.join(", "))?,
+        (None, false) => writeln!(out, "policy:    ({})", rule.join(", "))?,
+        (None, true) => {}
     }
     writeln!(out, "gateway:   {} (decision {})", r.gateway, r.decision_id)?;
     writeln!(out, "requested: {}", r.requested_at)?;
@@ -765,13 +767,16 @@ async fn wait_relayed(client: &Client, approval_id: &str, event_id: &str) -> Res
 /// `--ttl`.
 pub async fn grant(client: &Client, args: &GrantArgs, out: &mut dyn Write) -> CliResult {
     let now = OffsetDateTime::now_utc();
-    let (approval, request) = pending_request(client, &args.approval_id, now).await?;
+    if args.ttl.is_zero() {
+        return Err(CliError::invalid("--ttl must be longer than 0"));
+    }
     let ttl = time::Duration::try_from(args.ttl)
         .map_err(|_| CliError::invalid(format!("--ttl {:?} is too long", args.ttl)))?;
     let expires_at = now
         .checked_add(ttl)
         .ok_or_else(|| CliError::invalid(format!("--ttl {:?} is too long", args.ttl)))
         .and_then(|t| format_time(t).map_err(|e| CliError::invalid(format!("--ttl: {e}"))))?;
+    let (approval, request) = pending_request(client, &args.approval_id, now).await?;
     if !args.json {
         write_request(&approval, client.tenant(), out)?;
         writeln!(out, "granting once, until {expires_at}")?;
@@ -1041,7 +1046,7 @@ mod tests {
             "action:    create_payment",
             r#"params:    {"amount":6000,"currency":"USD"}"#,
             "reason:    approval_threshold: amount 6000 is above 5000",
-            "policy finance-agent, rule payments, version 3",
+            "policy:    finance-agent (rule payments, version 3)",
             "gateway:   gw1 (decision dec-apr-1)",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");

@@ -258,7 +258,7 @@ fn cohort_cell(v: &RolloutVersion, derived: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use aegis_core::events::RequiredApprovals;
     use aegis_core::ids::ActorId;
