@@ -7,6 +7,8 @@
 //!   in the table and as JSON lines; `approvals grant` / `deny` publish a signed event carrying
 //!   the request's call digest on `aegis.changes.acme.approval.<id>`, refuse an id that is
 //!   unknown or no longer pending, and the operator may not write on the approval subjects;
+//! - `rollout status` as the operator shows the control plane's signed `tenant_controls` (put on
+//!   `aegis.bundles.acme.controls` by the test): stable, candidate with its cohort, blocks;
 //! - rollout, kill switch, data-plane freeze and emergency rollback (the binary, as a publisher
 //!   or the root admin): each lands on `aegis.changes.acme.control` as a signed event with the
 //!   exact payload; `rollout status` shows the stable version and the candidate.
@@ -29,9 +31,10 @@ use aegis_core::approvals::{
 use aegis_core::decision::Reason;
 use aegis_core::events::envelope::{format_time, parse_time};
 use aegis_core::events::{
-    AgentBlocked, AgentUnblocked, ChangeApproved, ChangePublished, DataPlaneFrozen,
-    DataPlaneUnfrozen, Envelope, Event, ReceivedEnvelope, Role, RollbackRequested, RolloutAborted,
-    RolloutStage, RolloutStageChanged, RuntimeApprovalDecided, ToolBlocked, ToolUnblocked,
+    AgentBlocked, AgentUnblocked, BlockEntry, BundleRef, ChangeApproved, ChangePublished,
+    DataPlaneFrozen, DataPlaneUnfrozen, Envelope, Event, ReceivedEnvelope, Role, RollbackRequested,
+    RolloutAborted, RolloutCandidate, RolloutStage, RolloutStageChanged, RuntimeApprovalDecided,
+    TenantControls, ToolBlocked, ToolUnblocked,
 };
 use aegis_core::ids::{ActorId, AgentId, ChangeId, EventId, TenantId, ToolId};
 use aegis_core::keys::Keypair;
@@ -468,6 +471,69 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
     let run = aegisctl(&["approvals", "list", "--all", "--json"], &env);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout.lines().count(), 7, "{run:?}");
+
+    // `rollout status` as the operator: the control plane's signed tenant_controls state, with
+    // the cohort, the kill switch and the data-plane freeze.
+    let bundle = |version: u64| BundleRef {
+        version,
+        digest: format!("sha256:{:064x}", version),
+        size: 100,
+    };
+    let controls = TenantControls {
+        epoch: 7,
+        stable: Some(bundle(3)),
+        candidate: Some(RolloutCandidate {
+            bundle: bundle(4),
+            stage: RolloutStage::Partial,
+            agents: vec![AgentId::new("planner").unwrap()],
+            percent: Some(10),
+        }),
+        blocked_agents: vec![BlockEntry {
+            id: "planner".into(),
+            reason: "INC-7".into(),
+            by: ActorId::new("carol").unwrap(),
+            at: time_in(-5),
+        }],
+        blocked_tools: vec![],
+        data_plane_frozen: None,
+    };
+    let controls_env = Envelope::sign(
+        EventId::random().unwrap(),
+        acme(),
+        ActorId::new("control-plane").unwrap(),
+        &keys.control_plane,
+        OffsetDateTime::now_utc(),
+        Event::TenantControls(controls),
+    )
+    .unwrap();
+    publish(
+        &cp_js,
+        Publish::new(
+            topology::controls_subject(&acme()).unwrap(),
+            controls_env.to_bytes().unwrap(),
+        )
+        .msg_id("controls:acme:7"),
+    )
+    .await
+    .unwrap();
+    let run = aegisctl(&["rollout", "status", "--json"], &env);
+    assert_eq!(run.code, 0, "{run:?}");
+    let view: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(view["source"]["kind"], "tenant_controls", "{view}");
+    assert_eq!(view["source"]["epoch"], 7, "{view}");
+    assert_eq!(view["stable"]["version"], 3, "{view}");
+    assert_eq!(view["candidate"]["version"], 4, "{view}");
+    assert_eq!(view["candidate"]["agents"], serde_json::json!(["planner"]));
+    assert_eq!(view["candidate"]["percent"], 10, "{view}");
+    assert_eq!(view["blocked_agents"][0]["id"], "planner", "{view}");
+    let run = aegisctl(&["rollout", "status"], &env);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("agents planner + 10% of agents")
+            && run.stdout.contains("blocked agents:\n  planner by carol"),
+        "{}",
+        run.stdout
+    );
 
     // Granting an id nobody asked for, or one that is no longer pending: refused, exit 1,
     // nothing published.

@@ -8,14 +8,24 @@
 //! Each is one signed change event (`rollout_stage_changed`, `rollout_aborted`) that goes
 //! through the control plane's RBAC (publisher or admin) and is refused while the tenant is
 //! frozen.
+//!
+//! `rollout status` shows the control plane's last signed `tenant_controls` state (what
+//! gateways apply: stable and candidate versions with the cohort, the kill switch, the
+//! data-plane freeze), read with a direct get of `aegis.bundles.<tenant>.controls`; before the
+//! control plane publishes one it derives the versions from the history ([`rollout_view`]).
 
 use super::render::Table;
 use super::{Client, submit};
 use crate::exit::{CliResult, Exit};
 use crate::output::write_json;
-use aegis_core::events::{Event, RolloutAborted, RolloutStage, RolloutStageChanged};
+use aegis_core::events::{
+    BlockEntry, DataPlaneFreeze, Event, ReceivedEnvelope, RolloutAborted, RolloutStage,
+    RolloutStageChanged, TenantControls,
+};
 use aegis_core::ids::{AgentId, TenantId};
+use aegis_core::keys::KeyId;
 use aegis_core::query::{TenantStatus, VersionView};
+use aegis_nats::topology::{self, BUNDLES_STREAM};
 use serde::Serialize;
 use std::io::{self, Write};
 
@@ -136,16 +146,71 @@ pub struct RolloutVersion {
     pub percent: Option<u8>,
 }
 
-/// The tenant's rollout as `rollout status` shows it.
+/// Where a [`RolloutView`] comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ViewSource {
+    /// The control plane's last `tenant_controls` on `aegis.bundles.<tenant>.controls`: what
+    /// gateways apply. Read as stored; gateways check its signature.
+    TenantControls { epoch: u64, signed_by: KeyId },
+    /// The version history (no `tenant_controls` published yet): the cohort is unknown and an
+    /// aborted candidate still shows; blocks and the data-plane freeze are not known.
+    History,
+}
+
+/// The tenant's rollout as `rollout status` shows it, with the kill switch and the data-plane
+/// freeze when the source has them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RolloutView {
     pub tenant: TenantId,
     /// What every agent outside a cohort runs. None before the first global version.
     pub stable: Option<RolloutVersion>,
     pub candidate: Option<RolloutVersion>,
-    /// Whether the view comes from the history alone (see [`rollout_view`]): then the cohort
-    /// is unknown and an aborted candidate still shows.
-    pub derived_from_history: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_agents: Vec<BlockEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_tools: Vec<BlockEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_plane_frozen: Option<DataPlaneFreeze>,
+    pub source: ViewSource,
+    /// Why the `tenant_controls` message could not be used, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl RolloutView {
+    /// The view of a `tenant_controls` state.
+    pub fn from_controls(
+        tenant: TenantId,
+        controls: &TenantControls,
+        signed_by: KeyId,
+    ) -> RolloutView {
+        RolloutView {
+            tenant,
+            stable: controls.stable.as_ref().map(|b| RolloutVersion {
+                version: b.version,
+                digest: b.digest.clone(),
+                stage: RolloutStage::Global,
+                agents: Vec::new(),
+                percent: None,
+            }),
+            candidate: controls.candidate.as_ref().map(|c| RolloutVersion {
+                version: c.bundle.version,
+                digest: c.bundle.digest.clone(),
+                stage: c.stage,
+                agents: c.agents.clone(),
+                percent: c.percent,
+            }),
+            blocked_agents: controls.blocked_agents.clone(),
+            blocked_tools: controls.blocked_tools.clone(),
+            data_plane_frozen: controls.data_plane_frozen.clone(),
+            source: ViewSource::TenantControls {
+                epoch: controls.epoch,
+                signed_by,
+            },
+            note: None,
+        }
+    }
 }
 
 fn from_version(v: &VersionView) -> RolloutVersion {
@@ -158,14 +223,13 @@ fn from_version(v: &VersionView) -> RolloutVersion {
     }
 }
 
-/// The tenant's stable version and candidate.
+/// The tenant's stable version and candidate from the version history alone, for a control
+/// plane that publishes no `tenant_controls` yet: the stable version is the newest `global`
+/// one, the candidate the newest `shadow`/`partial` version above it — without its cohort, and
+/// still shown after `rollout abort`.
 ///
-/// EXTEND (issue 5): the control plane's status query is getting the rollout (stable version,
-/// candidate with stage and cohort) in `core/src/query.rs`. Until it is there this derives it
-/// from the history: the stable version is the newest `global` one, the candidate the newest
-/// `shadow`/`partial` version above it — without its cohort, and still shown after
-/// `rollout abort`. Once `TenantStatus` carries the rollout, read it from `status` here and set
-/// `derived_from_history: false`.
+/// EXTEND (issue 5): the control plane's status query is getting the rollout in
+/// `core/src/query.rs`; once `TenantStatus` carries it, read it from `status` here instead.
 pub fn rollout_view(status: &TenantStatus, history: &[VersionView]) -> RolloutView {
     let stable = history
         .iter()
@@ -180,15 +244,59 @@ pub fn rollout_view(status: &TenantStatus, history: &[VersionView]) -> RolloutVi
         tenant: status.tenant.clone(),
         stable: stable.map(from_version),
         candidate: candidate.map(from_version),
-        derived_from_history: true,
+        blocked_agents: Vec::new(),
+        blocked_tools: Vec::new(),
+        data_plane_frozen: None,
+        source: ViewSource::History,
+        note: None,
     }
 }
 
-/// `rollout status`: the stable version and the candidate.
+/// The last `tenant_controls` of `tenant` (a direct get of `aegis.bundles.<tenant>.controls`),
+/// with the key that signed it: Ok(None) when there is none, Err(why) when it cannot be used.
+pub async fn read_controls(client: &Client) -> Result<Option<(TenantControls, KeyId)>, String> {
+    let tenant = client.tenant();
+    let subject = topology::controls_subject(tenant).map_err(|e| e.to_string())?;
+    let last = aegis_nats::last_message(client.jetstream(), BUNDLES_STREAM, &subject)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    let received = ReceivedEnvelope::parse(&last.payload)
+        .map_err(|e| format!("the last message on {subject} is not a readable envelope: {e}"))?;
+    let env = received.envelope;
+    if &env.tenant != tenant {
+        return Err(format!(
+            "the last message on {subject} is for tenant {}",
+            env.tenant
+        ));
+    }
+    match env.event {
+        Event::TenantControls(c) => Ok(Some((c, env.key_id))),
+        other => Err(format!(
+            "the last message on {subject} is a {}, not tenant_controls",
+            other.event_type()
+        )),
+    }
+}
+
+/// `rollout status`: the stable version and the candidate, from the control plane's last
+/// `tenant_controls` (with the blocks and the data-plane freeze in force), else derived from the
+/// history.
 pub async fn status(client: &Client, args: &StatusArgs, out: &mut dyn Write) -> CliResult {
-    let status = client.status().await?;
-    let history = client.history().await?;
-    let view = rollout_view(&status, &history);
+    let view = match read_controls(client).await {
+        Ok(Some((controls, key))) => {
+            RolloutView::from_controls(client.tenant().clone(), &controls, key)
+        }
+        other => {
+            let status = client.status().await?;
+            let history = client.history().await?;
+            let mut view = rollout_view(&status, &history);
+            view.note = other.err();
+            view
+        }
+    };
     if args.json {
         write_json(out, &view)?;
     } else {
@@ -199,7 +307,15 @@ pub async fn status(client: &Client, args: &StatusArgs, out: &mut dyn Write) -> 
 
 /// What `rollout status` prints.
 pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(out, "tenant: {}", view.tenant)?;
+    let derived = view.source == ViewSource::History;
+    match &view.source {
+        ViewSource::TenantControls { epoch, signed_by } => writeln!(
+            out,
+            "tenant: {} (tenant_controls epoch {epoch}, signed by {signed_by})",
+            view.tenant
+        )?,
+        ViewSource::History => writeln!(out, "tenant: {}", view.tenant)?,
+    }
     let mut table = Table::new(&["role", "version", "stage", "cohort", "digest"]);
     for (role, v) in [("stable", &view.stable), ("candidate", &view.candidate)] {
         match v {
@@ -207,7 +323,7 @@ pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
                 role.to_owned(),
                 v.version.to_string(),
                 v.stage.to_string(),
-                cohort_cell(v, view.derived_from_history),
+                cohort_cell(v, derived),
                 v.digest.clone(),
             ]),
             None => table.row(vec![
@@ -224,12 +340,37 @@ pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
         }
     }
     table.write(out)?;
-    if view.derived_from_history {
+    if derived {
         writeln!(
             out,
-            "(derived from the version history: the cohort is not shown, and an aborted \
-             candidate still appears)"
+            "(derived from the version history: the cohort is not shown, an aborted candidate \
+             still appears, blocks and the data-plane freeze are not known)"
         )?;
+        if let Some(note) = &view.note {
+            writeln!(out, "note: {note}")?;
+        }
+        return Ok(());
+    }
+    match &view.data_plane_frozen {
+        Some(f) => writeln!(
+            out,
+            "data plane: FROZEN by {} at {}: {}",
+            f.by, f.at, f.reason
+        )?,
+        None => writeln!(out, "data plane: not frozen")?,
+    }
+    for (what, entries) in [
+        ("agents", &view.blocked_agents),
+        ("tools", &view.blocked_tools),
+    ] {
+        if entries.is_empty() {
+            writeln!(out, "blocked {what}: none")?;
+            continue;
+        }
+        writeln!(out, "blocked {what}:")?;
+        for e in entries {
+            writeln!(out, "  {} by {} at {}: {}", e.id, e.by, e.at, e.reason)?;
+        }
     }
     Ok(())
 }
@@ -327,6 +468,57 @@ mod tests {
         let view = rollout_view(&status(), &[version(1, RolloutStage::Shadow)]);
         assert!(view.stable.is_none());
         assert_eq!(view.candidate.unwrap().version, 1);
+    }
+
+    #[test]
+    fn tenant_controls_give_the_cohort_blocks_and_the_data_plane_freeze() {
+        use aegis_core::events::{BundleRef, RolloutCandidate};
+        let bundle = |version: u64| BundleRef {
+            version,
+            digest: format!("sha256:{version}"),
+            size: 1,
+        };
+        let controls = TenantControls {
+            epoch: 42,
+            stable: Some(bundle(3)),
+            candidate: Some(RolloutCandidate {
+                bundle: bundle(4),
+                stage: RolloutStage::Partial,
+                agents: vec![AgentId::new("planner").unwrap()],
+                percent: Some(10),
+            }),
+            blocked_agents: vec![BlockEntry {
+                id: "planner".into(),
+                reason: "INC-7".into(),
+                by: ActorId::new("carol").unwrap(),
+                at: "2026-11-26T10:00:00.000Z".into(),
+            }],
+            blocked_tools: vec![],
+            data_plane_frozen: Some(DataPlaneFreeze {
+                reason: "hold".into(),
+                by: ActorId::new("carol").unwrap(),
+                at: "2026-11-26T10:01:00.000Z".into(),
+            }),
+        };
+        let key = KeyId::new(format!("ed25519:{}", "b".repeat(16))).unwrap();
+        let view = RolloutView::from_controls(TenantId::new("acme").unwrap(), &controls, key);
+        let mut out = Vec::new();
+        write_view(&view, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for needle in [
+            "tenant: acme (tenant_controls epoch 42, signed by ed25519:bbbbbbbbbbbbbbbb)",
+            "stable     3        global   everyone",
+            "candidate  4        partial  agents planner + 10% of agents",
+            "data plane: FROZEN by carol at 2026-11-26T10:01:00.000Z: hold",
+            "blocked agents:\n  planner by carol at 2026-11-26T10:00:00.000Z: INC-7",
+            "blocked tools: none",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["source"]["kind"], "tenant_controls");
+        assert_eq!(json["candidate"]["percent"], 10);
+        assert_eq!(json["blocked_agents"][0]["id"], "planner");
     }
 
     #[test]
