@@ -8,7 +8,7 @@
 //!   the request's call digest on `aegis.changes.acme.approval.<id>`, refuse an id that is
 //!   unknown or no longer pending, and the operator may not write on the approval subjects;
 //! - `rollout status` as the operator shows the control plane's signed `tenant_controls` (put on
-//!   `aegis.bundles.acme.controls` by the test): stable, candidate with its cohort, blocks;
+//!   `aegis.bundles.globex.controls` by the test): stable, candidate with its cohort, blocks;
 //! - rollout, kill switch, data-plane freeze and emergency rollback (the binary, as a publisher
 //!   or the root admin): each lands on `aegis.changes.acme.control` as a signed event with the
 //!   exact payload; `rollout status` shows the stable version and the candidate.
@@ -472,8 +472,10 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout.lines().count(), 7, "{run:?}");
 
-    // `rollout status` as the operator: the control plane's signed tenant_controls state, with
-    // the cohort, the kill switch and the data-plane freeze.
+    // `rollout status` as an operator: the control plane's signed tenant_controls state, with
+    // the cohort, the kill switch and the data-plane freeze. (Tenant globex, which this control
+    // plane knows nothing about, so that only the test writes its controls subject.)
+    let globex = TenantId::new("globex").unwrap();
     let bundle = |version: u64| BundleRef {
         version,
         digest: format!("sha256:{:064x}", version),
@@ -499,7 +501,7 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
     };
     let controls_env = Envelope::sign(
         EventId::random().unwrap(),
-        acme(),
+        globex.clone(),
         ActorId::new("control-plane").unwrap(),
         &keys.control_plane,
         OffsetDateTime::now_utc(),
@@ -509,14 +511,21 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
     publish(
         &cp_js,
         Publish::new(
-            topology::controls_subject(&acme()).unwrap(),
+            topology::controls_subject(&globex).unwrap(),
             controls_env.to_bytes().unwrap(),
         )
-        .msg_id("controls:acme:7"),
+        .msg_id("controls:globex:7"),
     )
     .await
     .unwrap();
-    let run = aegisctl(&["rollout", "status", "--json"], &env);
+    let globex_password = password("globex-operator");
+    let globex_env: Vec<(&str, &str)> = vec![
+        ("AEGIS_NATS_URL", env[0].1),
+        ("AEGIS_NATS_USER", "globex-operator"),
+        ("AEGIS_NATS_PASSWORD", &globex_password),
+        ("AEGIS_TENANT", "globex"),
+    ];
+    let run = aegisctl(&["rollout", "status", "--json"], &globex_env);
     assert_eq!(run.code, 0, "{run:?}");
     let view: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(view["source"]["kind"], "tenant_controls", "{view}");
@@ -526,7 +535,7 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
     assert_eq!(view["candidate"]["agents"], serde_json::json!(["planner"]));
     assert_eq!(view["candidate"]["percent"], 10, "{view}");
     assert_eq!(view["blocked_agents"][0]["id"], "planner", "{view}");
-    let run = aegisctl(&["rollout", "status"], &env);
+    let run = aegisctl(&["rollout", "status"], &globex_env);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stdout.contains("agents planner + 10% of agents")
