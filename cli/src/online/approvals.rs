@@ -179,7 +179,8 @@ impl Approval {
                 if self.request.is_some() {
                     return Err("a second request; ignored".to_owned());
                 }
-                self.request = Some(r);
+                // (Cloned out through a reference: newer cores box the request.)
+                self.request = Some(ApprovalRequested::clone(&r));
             }
             ApprovalMessage::Decided(envelope, d) => {
                 let env = &envelope.envelope;
