@@ -5,8 +5,8 @@ use aegis_core::bundle::HighWater;
 use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegisctl::exit::{CliError, CliResult, EXIT_CODES_HELP, Exit};
 use aegisctl::online::{
-    self, Client, CommandArgs, ConnectArgs, OnlineArgs, actors, audit, changes, gateways, issuers,
-    propose, publish, status, tail, tenant,
+    self, Client, CommandArgs, ConnectArgs, OnlineArgs, actors, approvals, audit, block, changes,
+    gateways, issuers, propose, publish, rollout, status, tail, tenant,
 };
 use aegisctl::{bundle, diff, eval, init, keys, lint, test, token, up};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -180,7 +180,7 @@ enum Command {
     },
     /// Publish a new version with the content of an older one
     #[command(
-        after_help = "Example:\n  aegisctl rollback --to 3 --reason 'v4 blocks refunds' --actor carol --key keys/carol.key.json"
+        after_help = "Examples:\n  aegisctl rollback --to 3 --reason 'v4 blocks refunds' --actor carol --key keys/carol.key.json\n  aegisctl rollback --to 3 --reason 'INC-7: v4 denies all refunds' --emergency --actor admin --key keys/admin.key.json\n\n--emergency is for incidents: it needs the admin role, goes through a tenant freeze, is\nrecorded as an emergency (history shows it), and leaves the tenant frozen afterwards so\nnothing else is published until `aegisctl unfreeze`. Waits until the version is announced."
     )]
     Rollback {
         #[command(flatten)]
@@ -188,20 +188,39 @@ enum Command {
         #[command(flatten)]
         online: OnlineArgs,
     },
-    /// Block every publish, rollback and rollout for the tenant
+    /// Block every publish, rollback and rollout for the tenant; with --data-plane, pin every
+    /// gateway to the bundles it runs now
+    #[command(
+        after_help = "Examples:\n  aegisctl freeze --reason 'incident 42'\n  aegisctl freeze --data-plane --reason 'incident 42: hold every gateway where it is'\n\nThe tenant freeze (tenant_frozen) stops changes at the control plane; the data-plane\nfreeze (data_plane_frozen) keeps gateways on their current stable and candidate bundles\nwhatever is published, until `unfreeze --data-plane`. Blocks still apply. Publisher or admin."
+    )]
     Freeze {
         #[command(flatten)]
         args: publish::FreezeArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
-    /// Lift a freeze
+    /// Lift a freeze (with --data-plane: the data-plane freeze)
+    #[command(
+        after_help = "Examples:\n  aegisctl unfreeze --reason 'resolved'\n  aegisctl unfreeze --data-plane"
+    )]
     Unfreeze {
         #[command(flatten)]
         args: publish::UnfreezeArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
+    /// Staged rollout of a published version: shadow, partial (a cohort), global, abort, status
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Kill switch: every gateway denies the agent or tool at once, without a policy change
+    #[command(subcommand)]
+    Block(BlockCommand),
+    /// Lift a block
+    #[command(subcommand)]
+    Unblock(UnblockCommand),
+    /// Runtime approval requests from gateways (approval_needed): list, grant, deny
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// The tenant at a glance: freeze, latest version, open changes, live policies, audit chain
     Status {
         #[command(flatten)]
@@ -238,6 +257,132 @@ enum Command {
         args: tail::TailArgs,
         #[command(flatten)]
         connect: ConnectArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCommand {
+    /// Gateways keep enforcing the stable version and evaluate V too, recording both results
+    #[command(
+        after_help = "Example:\n  aegisctl rollout shadow --version 5 --actor carol --key keys/carol.key.json\n\nrollout_stage_changed; publisher or admin; refused while the tenant is frozen."
+    )]
+    Shadow {
+        #[command(flatten)]
+        args: rollout::StageArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Enforce V for a cohort (listed agents and/or a percentage hashed on the agent id), the
+    /// stable version for everyone else
+    #[command(
+        after_help = "Examples:\n  aegisctl rollout partial --version 5 --agents planner,finance-agent\n  aegisctl rollout partial --version 5 --percent 10\n\nAn agent listed in --agents, or in the --percent bucket, gets V. Give at least one."
+    )]
+    Partial {
+        #[command(flatten)]
+        args: rollout::PartialArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Make V the stable version for every agent
+    #[command(after_help = "Example:\n  aegisctl rollout global --version 5")]
+    Global {
+        #[command(flatten)]
+        args: rollout::StageArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Call off the candidate V: every agent back on the stable version
+    #[command(
+        after_help = "Example:\n  aegisctl rollout abort --version 5 --reason 'partial run denies refunds'\n\nrollout_aborted; V must be the current candidate. The live policies become the stable\nversion's again, so the next change is proposed against them."
+    )]
+    Abort {
+        #[command(flatten)]
+        args: rollout::AbortArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// The tenant's stable version and candidate (version, stage, cohort)
+    Status {
+        #[command(flatten)]
+        args: rollout::StatusArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BlockCommand {
+    /// Every gateway denies every call by this agent (agent_blocked)
+    #[command(
+        after_help = "Example:\n  aegisctl block agent planner --reason 'INC-7: planner coerces payments' \\\n      --actor carol --key keys/carol.key.json\n\nPublisher or admin. Works while the tenant or the data plane is frozen."
+    )]
+    Agent {
+        #[command(flatten)]
+        args: block::BlockAgentArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Every gateway denies every call to this tool (tool_blocked)
+    #[command(after_help = "Example:\n  aegisctl block tool payments --reason 'PSP outage'")]
+    Tool {
+        #[command(flatten)]
+        args: block::BlockToolArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UnblockCommand {
+    /// Lift an agent block (agent_unblocked)
+    #[command(after_help = "Example:\n  aegisctl unblock agent planner --reason 'INC-7 closed'")]
+    Agent {
+        #[command(flatten)]
+        args: block::UnblockAgentArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Lift a tool block (tool_unblocked)
+    #[command(after_help = "Example:\n  aegisctl unblock tool payments")]
+    Tool {
+        #[command(flatten)]
+        args: block::UnblockToolArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApprovalsCommand {
+    /// Approval requests of the tenant: pending ones, or every one with --all
+    #[command(
+        after_help = "Examples:\n  aegisctl approvals list --tenant acme\n  aegisctl approvals list --all --json\n\nReads aegis.approvals.<tenant>.> on AEGIS_APPROVALS (an ordered consumer, from the start, up\nto what is there). STATE is pending, granted (usable once), denied, used, or expired (a request\nundecided past its expiry, or a grant unused past its own). --json prints one JSON object per\napproval: the request, the control plane's decision, the use, and any unreadable message."
+    )]
+    List {
+        #[command(flatten)]
+        args: approvals::ListArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Grant a pending request: that exact call may go through once, at any gateway, until --ttl
+    #[command(
+        after_help = "Example:\n  aegisctl approvals grant apr-0123456789abcdef0123456789abcdef --ttl 15m \\\n      --comment 'confirmed with the CFO' --actor bob --key keys/bob.key.json\n\nShows the request (agent, chain, tool, action, params, reasons), then signs\nruntime_approval_granted with the request's call digest and waits for the control plane's\nverdict and its relay to gateways. Approver or admin. Exit 1 when there is no such request or\nit is no longer pending (granted, denied, used, expired), 5 when the control plane rejects it."
+    )]
+    Grant {
+        #[command(flatten)]
+        args: approvals::GrantArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Deny a pending request
+    #[command(
+        after_help = "Example:\n  aegisctl approvals deny apr-0123456789abcdef0123456789abcdef --reason 'not in the budget'\n\nLike grant, with runtime_approval_denied."
+    )]
+    Deny {
+        #[command(flatten)]
+        args: approvals::DenyArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
     },
 }
 
@@ -621,6 +766,42 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
         Command::Rollback { args, online } => with_client(&online, args, out, publish::rollback),
         Command::Freeze { args, online } => with_client(&online, args, out, publish::freeze),
         Command::Unfreeze { args, online } => with_client(&online, args, out, publish::unfreeze),
+        Command::Rollout(RolloutCommand::Shadow { args, online }) => {
+            with_client(&online, args, out, rollout::shadow)
+        }
+        Command::Rollout(RolloutCommand::Partial { args, online }) => {
+            with_client(&online, args, out, rollout::partial)
+        }
+        Command::Rollout(RolloutCommand::Global { args, online }) => {
+            with_client(&online, args, out, rollout::global)
+        }
+        Command::Rollout(RolloutCommand::Abort { args, online }) => {
+            with_client(&online, args, out, rollout::abort)
+        }
+        Command::Rollout(RolloutCommand::Status { args, online }) => {
+            with_client(&online, args, out, rollout::status)
+        }
+        Command::Block(BlockCommand::Agent { args, online }) => {
+            with_client(&online, args, out, block::block_agent)
+        }
+        Command::Block(BlockCommand::Tool { args, online }) => {
+            with_client(&online, args, out, block::block_tool)
+        }
+        Command::Unblock(UnblockCommand::Agent { args, online }) => {
+            with_client(&online, args, out, block::unblock_agent)
+        }
+        Command::Unblock(UnblockCommand::Tool { args, online }) => {
+            with_client(&online, args, out, block::unblock_tool)
+        }
+        Command::Approvals(ApprovalsCommand::List { args, online }) => {
+            with_client(&online, args, out, approvals::list)
+        }
+        Command::Approvals(ApprovalsCommand::Grant { args, online }) => {
+            with_client(&online, args, out, approvals::grant)
+        }
+        Command::Approvals(ApprovalsCommand::Deny { args, online }) => {
+            with_client(&online, args, out, approvals::deny)
+        }
         Command::Status { args, online } => with_client(&online, args, out, status::status),
         Command::History { args, online } => with_client(&online, args, out, status::history),
         Command::Audit(AuditCommand::Export { args, online }) => {
@@ -757,6 +938,154 @@ mod tests {
         assert_eq!(online.actor.unwrap().as_str(), "admin");
         assert_eq!(args.display_name.as_deref(), Some("Bob B."));
         assert_eq!(args.roles, [Role::Approver, Role::Editor]);
+    }
+
+    #[test]
+    fn rollout_block_freeze_and_approvals_arguments() {
+        let Command::Rollout(RolloutCommand::Partial { args, .. }) = parse(&[
+            "rollout",
+            "partial",
+            "--version",
+            "5",
+            "--agents",
+            "planner,finance-agent",
+            "--percent",
+            "10",
+        ]) else {
+            panic!("not rollout partial");
+        };
+        let agents: Vec<&str> = args.agents.iter().map(AgentId::as_str).collect();
+        assert_eq!(
+            (args.version, agents, args.percent),
+            (5, vec!["planner", "finance-agent"], Some(10))
+        );
+        let Command::Rollout(RolloutCommand::Shadow { args, .. }) =
+            parse(&["rollout", "shadow", "--version", "4"])
+        else {
+            panic!("not rollout shadow");
+        };
+        assert_eq!(args.version, 4);
+        assert!(matches!(
+            parse(&["rollout", "global", "--version", "4"]),
+            Command::Rollout(RolloutCommand::Global { .. })
+        ));
+        let Command::Rollout(RolloutCommand::Abort { args, .. }) =
+            parse(&["rollout", "abort", "--version", "4", "--reason", "r"])
+        else {
+            panic!("not rollout abort");
+        };
+        assert_eq!((args.version, args.reason.as_str()), (4, "r"));
+        assert!(matches!(
+            parse(&["rollout", "status", "--json"]),
+            Command::Rollout(RolloutCommand::Status { online, .. }) if online.json
+        ));
+
+        let Command::Rollback { args, .. } =
+            parse(&["rollback", "--to", "3", "--reason", "r", "--emergency"])
+        else {
+            panic!("not rollback");
+        };
+        assert!(args.emergency);
+
+        let Command::Block(BlockCommand::Agent { args, .. }) =
+            parse(&["block", "agent", "planner", "--reason", "INC-7"])
+        else {
+            panic!("not block agent");
+        };
+        assert_eq!(
+            (args.agent.as_str(), args.reason.as_str()),
+            ("planner", "INC-7")
+        );
+        let Command::Block(BlockCommand::Tool { args, .. }) =
+            parse(&["block", "tool", "payments", "--reason", "outage"])
+        else {
+            panic!("not block tool");
+        };
+        assert_eq!(args.tool.as_str(), "payments");
+        let Command::Unblock(UnblockCommand::Agent { args, .. }) =
+            parse(&["unblock", "agent", "planner"])
+        else {
+            panic!("not unblock agent");
+        };
+        assert_eq!((args.agent.as_str(), args.reason), ("planner", None));
+        let Command::Unblock(UnblockCommand::Tool { args, .. }) =
+            parse(&["unblock", "tool", "payments", "--reason", "back"])
+        else {
+            panic!("not unblock tool");
+        };
+        assert_eq!(args.reason.as_deref(), Some("back"));
+
+        let Command::Freeze { args, .. } = parse(&["freeze", "--reason", "r"]) else {
+            panic!("not freeze");
+        };
+        assert!(!args.data_plane);
+        let Command::Freeze { args, .. } = parse(&["freeze", "--data-plane", "--reason", "r"])
+        else {
+            panic!("not freeze");
+        };
+        assert!(args.data_plane);
+        let Command::Unfreeze { args, .. } = parse(&["unfreeze", "--data-plane"]) else {
+            panic!("not unfreeze");
+        };
+        assert!(args.data_plane && args.reason.is_none());
+
+        let Command::Approvals(ApprovalsCommand::List { args, online }) =
+            parse(&["approvals", "list", "--all", "--json", "--tenant", "acme"])
+        else {
+            panic!("not approvals list");
+        };
+        assert!(args.all && online.json);
+        let Command::Approvals(ApprovalsCommand::List { args, .. }) = parse(&["approvals", "list"])
+        else {
+            panic!("not approvals list");
+        };
+        assert!(!args.all);
+        let id = "apr-0123456789abcdef0123456789abcdef";
+        let Command::Approvals(ApprovalsCommand::Grant { args, .. }) =
+            parse(&["approvals", "grant", id])
+        else {
+            panic!("not approvals grant");
+        };
+        assert_eq!(args.approval_id, id);
+        assert_eq!(args.ttl, std::time::Duration::from_secs(15 * 60));
+        assert_eq!(args.comment, None);
+        let Command::Approvals(ApprovalsCommand::Grant { args, .. }) =
+            parse(&["approvals", "grant", id, "--ttl", "2h", "--comment", "ok"])
+        else {
+            panic!("not approvals grant");
+        };
+        assert_eq!(args.ttl, std::time::Duration::from_secs(7200));
+        assert_eq!(args.comment.as_deref(), Some("ok"));
+        let Command::Approvals(ApprovalsCommand::Deny { args, .. }) =
+            parse(&["approvals", "deny", id, "--reason", "no"])
+        else {
+            panic!("not approvals deny");
+        };
+        assert_eq!(
+            (args.approval_id.as_str(), args.reason.as_str()),
+            (id, "no")
+        );
+
+        for bad in [
+            // partial needs a cohort; percent is 0..=100; shadow/global take no cohort
+            &["rollout", "partial", "--version", "5"][..],
+            &["rollout", "partial", "--version", "5", "--percent", "101"][..],
+            &["rollout", "shadow", "--version", "5", "--agents", "planner"][..],
+            &["rollout", "global"][..],
+            &["rollout", "abort", "--version", "5"][..],
+            &["block", "agent", "planner"][..],
+            &["block", "agent", "--reason", "r"][..],
+            &["freeze", "--data-plane"][..],
+            &["approvals", "deny", "apr-1"][..],
+            &["approvals", "grant", "apr-1", "--ttl", "soon"][..],
+            &["approvals", "grant"][..],
+        ] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("aegisctl").chain(bad.iter().copied()))
+                    .is_err(),
+                "{bad:?} was accepted"
+            );
+        }
     }
 
     #[test]

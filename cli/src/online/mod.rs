@@ -9,7 +9,9 @@
 //! take a `&Client`, typed arguments and a writer, so tests can run them in-process.
 
 pub mod actors;
+pub mod approvals;
 pub mod audit;
+pub mod block;
 pub mod changes;
 mod client;
 pub mod gateways;
@@ -18,6 +20,7 @@ pub mod nats;
 pub mod propose;
 pub mod publish;
 pub mod render;
+pub mod rollout;
 pub mod status;
 pub mod tail;
 pub mod tenant;
@@ -182,6 +185,17 @@ command_args_with_json!(
     issuers::AddArgs,
     issuers::RevokeArgs,
     issuers::ListArgs,
+    rollout::StageArgs,
+    rollout::PartialArgs,
+    rollout::AbortArgs,
+    rollout::StatusArgs,
+    block::BlockAgentArgs,
+    block::BlockToolArgs,
+    block::UnblockAgentArgs,
+    block::UnblockToolArgs,
+    approvals::ListArgs,
+    approvals::GrantArgs,
+    approvals::DenyArgs,
 );
 
 /// `--format` decides the export's format; `--json` is accepted and ignored.

@@ -5,7 +5,8 @@ use super::{Client, Poll, outcome_exit, outcome_line, submit};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
 use aegis_core::events::{
-    ChangePublished, Event, RollbackRequested, RolloutStage, TenantFrozen, TenantUnfrozen,
+    ChangePublished, DataPlaneFrozen, DataPlaneUnfrozen, Event, RollbackRequested, RolloutStage,
+    TenantFrozen, TenantUnfrozen,
 };
 use aegis_core::ids::ChangeId;
 use aegis_core::query::{EventRecord, VersionView};
@@ -54,7 +55,9 @@ pub struct RollbackArgs {
     pub to_version: u64,
     #[arg(long)]
     pub reason: String,
-    /// An incident rollback
+    /// An incident rollback: needs the admin role, goes through a tenant freeze, is recorded
+    /// as an emergency, and leaves the tenant frozen afterwards (`aegisctl unfreeze` when the
+    /// incident is over)
     #[arg(long)]
     pub emergency: bool,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
@@ -269,16 +272,27 @@ pub async fn rollback(client: &Client, args: &RollbackArgs, out: &mut dyn Write)
 pub struct FreezeArgs {
     #[arg(long)]
     pub reason: String,
+    /// Freeze the data plane instead: every gateway stays on the bundles it runs now, whatever
+    /// is published, until `unfreeze --data-plane` (blocks still apply)
+    #[arg(long)]
+    pub data_plane: bool,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
     #[arg(skip)]
     pub json: bool,
 }
 
-/// `tenant_frozen`: every publish, rollback and rollout is refused until unfrozen.
+/// `tenant_frozen`: every publish, rollback and rollout is refused until unfrozen. With
+/// `--data-plane`, `data_plane_frozen`: gateways stay on what they run.
 pub async fn freeze(client: &Client, args: &FreezeArgs, out: &mut dyn Write) -> CliResult {
-    let event = Event::TenantFrozen(TenantFrozen {
-        reason: args.reason.clone(),
-    });
+    let event = if args.data_plane {
+        Event::DataPlaneFrozen(DataPlaneFrozen {
+            reason: args.reason.clone(),
+        })
+    } else {
+        Event::TenantFrozen(TenantFrozen {
+            reason: args.reason.clone(),
+        })
+    };
     submit(client, event, args.json, out).await
 }
 
@@ -287,16 +301,25 @@ pub async fn freeze(client: &Client, args: &FreezeArgs, out: &mut dyn Write) -> 
 pub struct UnfreezeArgs {
     #[arg(long)]
     pub reason: Option<String>,
+    /// Lift the data-plane freeze instead: gateways move to what is live
+    #[arg(long)]
+    pub data_plane: bool,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
     #[arg(skip)]
     pub json: bool,
 }
 
-/// `tenant_unfrozen`.
+/// `tenant_unfrozen`, or with `--data-plane` `data_plane_unfrozen`.
 pub async fn unfreeze(client: &Client, args: &UnfreezeArgs, out: &mut dyn Write) -> CliResult {
-    let event = Event::TenantUnfrozen(TenantUnfrozen {
-        reason: args.reason.clone(),
-    });
+    let event = if args.data_plane {
+        Event::DataPlaneUnfrozen(DataPlaneUnfrozen {
+            reason: args.reason.clone(),
+        })
+    } else {
+        Event::TenantUnfrozen(TenantUnfrozen {
+            reason: args.reason.clone(),
+        })
+    };
     submit(client, event, args.json, out).await
 }
 

@@ -1,0 +1,531 @@
+//! `aegisctl rollout shadow|partial|global|abort|status`: staged rollout of a published version.
+//!
+//! Per tenant there is a stable version (what every agent outside a cohort runs) and at most one
+//! candidate in `shadow` (gateways enforce the stable version, evaluate the candidate too and
+//! record both results) or `partial` (the candidate is enforced for a cohort: listed agents,
+//! and/or a percentage of agents hashed on the agent id; the stable version for the rest).
+//! `global` makes the candidate the stable version everywhere; `abort` calls the candidate off.
+//! Each is one signed change event (`rollout_stage_changed`, `rollout_aborted`) that goes
+//! through the control plane's RBAC (publisher or admin) and is refused while the tenant is
+//! frozen.
+//!
+//! `rollout status` shows the control plane's last signed `tenant_controls` state (what
+//! gateways apply: stable and candidate versions with the cohort, the kill switch, the
+//! data-plane freeze), read with a direct get of `aegis.bundles.<tenant>.controls`; before the
+//! control plane publishes one it derives the versions from the history ([`rollout_view`]).
+
+use super::render::Table;
+use super::{Client, submit};
+use crate::exit::{CliResult, Exit};
+use crate::output::write_json;
+use aegis_core::events::{
+    BlockEntry, DataPlaneFreeze, Event, ReceivedEnvelope, RolloutAborted, RolloutStage,
+    RolloutStageChanged, TenantControls,
+};
+use aegis_core::ids::{AgentId, TenantId};
+use aegis_core::keys::KeyId;
+use aegis_core::query::{TenantStatus, VersionView};
+use aegis_nats::topology::{self, BUNDLES_STREAM};
+use serde::Serialize;
+use std::io::{self, Write};
+
+/// Options for `rollout shadow` and `rollout global`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StageArgs {
+    /// The published version to move
+    #[arg(long, value_name = "V")]
+    pub version: u64,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+/// Options for `rollout partial`: the cohort is `--agents`, `--percent`, or both (an agent in
+/// either gets the candidate).
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("cohort")
+        .args(["agents", "percent"])
+        .required(true)
+        .multiple(true)
+))]
+pub struct PartialArgs {
+    /// The published version to enforce for the cohort
+    #[arg(long, value_name = "V")]
+    pub version: u64,
+    /// Agents that get the version (comma-separated, or repeated)
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub agents: Vec<AgentId>,
+    /// Percentage of agents (0-100, hashed on the agent id) that get the version
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub percent: Option<u8>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+/// Options for `rollout abort`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AbortArgs {
+    /// The candidate version being called off (must be the current candidate)
+    #[arg(long, value_name = "V")]
+    pub version: u64,
+    #[arg(long)]
+    pub reason: String,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+/// Options for `rollout status`.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+/// The `rollout_stage_changed` event for `stage`.
+pub fn stage_event(
+    version: u64,
+    stage: RolloutStage,
+    agents: Vec<AgentId>,
+    percent: Option<u8>,
+) -> Event {
+    Event::RolloutStageChanged(RolloutStageChanged {
+        version,
+        stage,
+        agents,
+        percent,
+    })
+}
+
+/// `rollout shadow`: gateways keep enforcing the stable version and evaluate `--version` too.
+pub async fn shadow(client: &Client, args: &StageArgs, out: &mut dyn Write) -> CliResult {
+    let event = stage_event(args.version, RolloutStage::Shadow, Vec::new(), None);
+    submit(client, event, args.json, out).await
+}
+
+/// `rollout partial`: `--version` is enforced for the cohort.
+pub async fn partial(client: &Client, args: &PartialArgs, out: &mut dyn Write) -> CliResult {
+    let event = stage_event(
+        args.version,
+        RolloutStage::Partial,
+        args.agents.clone(),
+        args.percent,
+    );
+    submit(client, event, args.json, out).await
+}
+
+/// `rollout global`: `--version` becomes the stable version everywhere.
+pub async fn global(client: &Client, args: &StageArgs, out: &mut dyn Write) -> CliResult {
+    let event = stage_event(args.version, RolloutStage::Global, Vec::new(), None);
+    submit(client, event, args.json, out).await
+}
+
+/// `rollout abort`: every agent back on the stable version.
+pub async fn abort(client: &Client, args: &AbortArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::RolloutAborted(RolloutAborted {
+        version: args.version,
+        reason: args.reason.clone(),
+    });
+    submit(client, event, args.json, out).await
+}
+
+/// A version in [`RolloutView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutVersion {
+    pub version: u64,
+    pub digest: String,
+    pub stage: RolloutStage,
+    /// For `partial`: agents that get the candidate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentId>,
+    /// For `partial`: percentage of agents that get the candidate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+}
+
+/// Where a [`RolloutView`] comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ViewSource {
+    /// The control plane's last `tenant_controls` on `aegis.bundles.<tenant>.controls`: what
+    /// gateways apply. Read as stored; gateways check its signature.
+    TenantControls { epoch: u64, signed_by: KeyId },
+    /// The version history (no `tenant_controls` published yet): the cohort is unknown and an
+    /// aborted candidate still shows; blocks and the data-plane freeze are not known.
+    History,
+}
+
+/// The tenant's rollout as `rollout status` shows it, with the kill switch and the data-plane
+/// freeze when the source has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutView {
+    pub tenant: TenantId,
+    /// What every agent outside a cohort runs. None before the first global version.
+    pub stable: Option<RolloutVersion>,
+    pub candidate: Option<RolloutVersion>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_agents: Vec<BlockEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blocked_tools: Vec<BlockEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_plane_frozen: Option<DataPlaneFreeze>,
+    pub source: ViewSource,
+    /// Why the `tenant_controls` message could not be used, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl RolloutView {
+    /// The view of a `tenant_controls` state.
+    pub fn from_controls(
+        tenant: TenantId,
+        controls: &TenantControls,
+        signed_by: KeyId,
+    ) -> RolloutView {
+        RolloutView {
+            tenant,
+            stable: controls.stable.as_ref().map(|b| RolloutVersion {
+                version: b.version,
+                digest: b.digest.clone(),
+                stage: RolloutStage::Global,
+                agents: Vec::new(),
+                percent: None,
+            }),
+            candidate: controls.candidate.as_ref().map(|c| RolloutVersion {
+                version: c.bundle.version,
+                digest: c.bundle.digest.clone(),
+                stage: c.stage,
+                agents: c.agents.clone(),
+                percent: c.percent,
+            }),
+            blocked_agents: controls.blocked_agents.clone(),
+            blocked_tools: controls.blocked_tools.clone(),
+            data_plane_frozen: controls.data_plane_frozen.clone(),
+            source: ViewSource::TenantControls {
+                epoch: controls.epoch,
+                signed_by,
+            },
+            note: None,
+        }
+    }
+}
+
+fn from_version(v: &VersionView) -> RolloutVersion {
+    RolloutVersion {
+        version: v.version,
+        digest: v.digest.clone(),
+        stage: v.stage,
+        agents: Vec::new(),
+        percent: None,
+    }
+}
+
+/// The tenant's stable version and candidate from the version history alone, for a control
+/// plane that publishes no `tenant_controls` yet: the stable version is the newest `global`
+/// one, the candidate the newest `shadow`/`partial` version above it — without its cohort, and
+/// still shown after `rollout abort`.
+///
+/// EXTEND (issue 5): the control plane's status query is getting the rollout in
+/// `core/src/query.rs`; once `TenantStatus` carries it, read it from `status` here instead.
+pub fn rollout_view(status: &TenantStatus, history: &[VersionView]) -> RolloutView {
+    let stable = history
+        .iter()
+        .filter(|v| v.stage == RolloutStage::Global)
+        .max_by_key(|v| v.version);
+    let above = stable.map_or(0, |v| v.version);
+    let candidate = history
+        .iter()
+        .filter(|v| v.version > above && v.stage != RolloutStage::Global)
+        .max_by_key(|v| v.version);
+    RolloutView {
+        tenant: status.tenant.clone(),
+        stable: stable.map(from_version),
+        candidate: candidate.map(from_version),
+        blocked_agents: Vec::new(),
+        blocked_tools: Vec::new(),
+        data_plane_frozen: None,
+        source: ViewSource::History,
+        note: None,
+    }
+}
+
+/// The last `tenant_controls` of `tenant` (a direct get of `aegis.bundles.<tenant>.controls`),
+/// with the key that signed it: Ok(None) when there is none, Err(why) when it cannot be used.
+pub async fn read_controls(client: &Client) -> Result<Option<(TenantControls, KeyId)>, String> {
+    let tenant = client.tenant();
+    let subject = topology::controls_subject(tenant).map_err(|e| e.to_string())?;
+    let last = aegis_nats::last_message(client.jetstream(), BUNDLES_STREAM, &subject)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    let received = ReceivedEnvelope::parse(&last.payload)
+        .map_err(|e| format!("the last message on {subject} is not a readable envelope: {e}"))?;
+    let env = received.envelope;
+    if &env.tenant != tenant {
+        return Err(format!(
+            "the last message on {subject} is for tenant {}",
+            env.tenant
+        ));
+    }
+    match env.event {
+        Event::TenantControls(c) => Ok(Some((c, env.key_id))),
+        other => Err(format!(
+            "the last message on {subject} is a {}, not tenant_controls",
+            other.event_type()
+        )),
+    }
+}
+
+/// `rollout status`: the stable version and the candidate, from the control plane's last
+/// `tenant_controls` (with the blocks and the data-plane freeze in force), else derived from the
+/// history.
+pub async fn status(client: &Client, args: &StatusArgs, out: &mut dyn Write) -> CliResult {
+    let view = match read_controls(client).await {
+        Ok(Some((controls, key))) => {
+            RolloutView::from_controls(client.tenant().clone(), &controls, key)
+        }
+        other => {
+            let status = client.status().await?;
+            let history = client.history().await?;
+            let mut view = rollout_view(&status, &history);
+            view.note = other.err();
+            view
+        }
+    };
+    if args.json {
+        write_json(out, &view)?;
+    } else {
+        write_view(&view, out)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// What `rollout status` prints.
+pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
+    let derived = view.source == ViewSource::History;
+    match &view.source {
+        ViewSource::TenantControls { epoch, signed_by } => writeln!(
+            out,
+            "tenant: {} (tenant_controls epoch {epoch}, signed by {signed_by})",
+            view.tenant
+        )?,
+        ViewSource::History => writeln!(out, "tenant: {}", view.tenant)?,
+    }
+    let mut table = Table::new(&["role", "version", "stage", "cohort", "digest"]);
+    for (role, v) in [("stable", &view.stable), ("candidate", &view.candidate)] {
+        match v {
+            Some(v) => table.row(vec![
+                role.to_owned(),
+                v.version.to_string(),
+                v.stage.to_string(),
+                cohort_cell(v, derived),
+                v.digest.clone(),
+            ]),
+            None => table.row(vec![
+                role.to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                if role == "stable" {
+                    "no global version yet".to_owned()
+                } else {
+                    "none".to_owned()
+                },
+            ]),
+        }
+    }
+    table.write(out)?;
+    if derived {
+        writeln!(
+            out,
+            "(derived from the version history: the cohort is not shown, an aborted candidate \
+             still appears, blocks and the data-plane freeze are not known)"
+        )?;
+        if let Some(note) = &view.note {
+            writeln!(out, "note: {note}")?;
+        }
+        return Ok(());
+    }
+    match &view.data_plane_frozen {
+        Some(f) => writeln!(
+            out,
+            "data plane: FROZEN by {} at {}: {}",
+            f.by, f.at, f.reason
+        )?,
+        None => writeln!(out, "data plane: not frozen")?,
+    }
+    for (what, entries) in [
+        ("agents", &view.blocked_agents),
+        ("tools", &view.blocked_tools),
+    ] {
+        if entries.is_empty() {
+            writeln!(out, "blocked {what}: none")?;
+            continue;
+        }
+        writeln!(out, "blocked {what}:")?;
+        for e in entries {
+            writeln!(out, "  {} by {} at {}: {}", e.id, e.by, e.at, e.reason)?;
+        }
+    }
+    Ok(())
+}
+
+fn cohort_cell(v: &RolloutVersion, derived: bool) -> String {
+    match v.stage {
+        RolloutStage::Global => "everyone".to_owned(),
+        RolloutStage::Shadow => "nobody (evaluated only)".to_owned(),
+        RolloutStage::Partial => {
+            let mut parts = Vec::new();
+            if !v.agents.is_empty() {
+                let agents: Vec<&str> = v.agents.iter().map(AgentId::as_str).collect();
+                parts.push(format!("agents {}", agents.join(",")));
+            }
+            if let Some(p) = v.percent {
+                parts.push(format!("{p}% of agents"));
+            }
+            if parts.is_empty() {
+                if derived { "unknown" } else { "-" }.to_owned()
+            } else {
+                parts.join(" + ")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use aegis_core::ids::ActorId;
+    use aegis_core::keys::KeyId;
+
+    fn version(n: u64, stage: RolloutStage) -> VersionView {
+        VersionView {
+            version: n,
+            digest: format!("sha256:{n}"),
+            size: 1,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: None,
+            change_id: None,
+            rollback_of: None,
+            emergency: false,
+            stage,
+            published_by: ActorId::new("carol").unwrap(),
+            approved_by: vec![],
+            signer: KeyId::new(format!("ed25519:{}", "a".repeat(16))).unwrap(),
+            announced: true,
+        }
+    }
+
+    /// A status with no rollout fields (read from JSON, so fields the query grows default).
+    fn status() -> TenantStatus {
+        serde_json::from_value(serde_json::json!({
+            "tenant": "acme",
+            "open_changes": 0,
+            "required_approvals": {"low": 1, "medium": 1, "high": 2},
+            "live_policies": [],
+            "chain_position": 0,
+            "chain_head": "",
+            "applied_seq": 0,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn stable_is_the_newest_global_and_the_candidate_a_newer_staged_version() {
+        let history = vec![
+            version(1, RolloutStage::Global),
+            version(2, RolloutStage::Shadow),
+            version(3, RolloutStage::Global),
+            version(4, RolloutStage::Partial),
+        ];
+        let view = rollout_view(&status(), &history);
+        assert_eq!(view.stable.as_ref().unwrap().version, 3);
+        let candidate = view.candidate.as_ref().unwrap();
+        assert_eq!(
+            (candidate.version, candidate.stage),
+            (4, RolloutStage::Partial)
+        );
+        let mut out = Vec::new();
+        write_view(&view, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("candidate  4"), "{text}");
+        assert!(text.contains("unknown"), "{text}");
+
+        let view = rollout_view(&status(), &history[..3]);
+        assert!(view.candidate.is_none());
+        let view = rollout_view(&status(), &[version(1, RolloutStage::Shadow)]);
+        assert!(view.stable.is_none());
+        assert_eq!(view.candidate.unwrap().version, 1);
+    }
+
+    #[test]
+    fn tenant_controls_give_the_cohort_blocks_and_the_data_plane_freeze() {
+        use aegis_core::events::{BundleRef, RolloutCandidate};
+        let bundle = |version: u64| BundleRef {
+            version,
+            digest: format!("sha256:{version}"),
+            size: 1,
+        };
+        let controls = TenantControls {
+            epoch: 42,
+            stable: Some(bundle(3)),
+            candidate: Some(RolloutCandidate {
+                bundle: bundle(4),
+                stage: RolloutStage::Partial,
+                agents: vec![AgentId::new("planner").unwrap()],
+                percent: Some(10),
+            }),
+            blocked_agents: vec![BlockEntry {
+                id: "planner".into(),
+                reason: "INC-7".into(),
+                by: ActorId::new("carol").unwrap(),
+                at: "2026-11-26T10:00:00.000Z".into(),
+            }],
+            blocked_tools: vec![],
+            data_plane_frozen: Some(DataPlaneFreeze {
+                reason: "hold".into(),
+                by: ActorId::new("carol").unwrap(),
+                at: "2026-11-26T10:01:00.000Z".into(),
+            }),
+        };
+        let key = KeyId::new(format!("ed25519:{}", "b".repeat(16))).unwrap();
+        let view = RolloutView::from_controls(TenantId::new("acme").unwrap(), &controls, key);
+        let mut out = Vec::new();
+        write_view(&view, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for needle in [
+            "tenant: acme (tenant_controls epoch 42, signed by ed25519:bbbbbbbbbbbbbbbb)",
+            "stable     3        global   everyone",
+            "candidate  4        partial  agents planner + 10% of agents",
+            "data plane: FROZEN by carol at 2026-11-26T10:01:00.000Z: hold",
+            "blocked agents:\n  planner by carol at 2026-11-26T10:00:00.000Z: INC-7",
+            "blocked tools: none",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["source"]["kind"], "tenant_controls");
+        assert_eq!(json["candidate"]["percent"], 10);
+        assert_eq!(json["blocked_agents"][0]["id"], "planner");
+    }
+
+    #[test]
+    fn cohorts_read_as_agents_and_percent() {
+        let mut v = RolloutVersion {
+            version: 4,
+            digest: "sha256:4".into(),
+            stage: RolloutStage::Partial,
+            agents: vec![AgentId::new("planner").unwrap()],
+            percent: Some(10),
+        };
+        assert_eq!(cohort_cell(&v, false), "agents planner + 10% of agents");
+        v.agents.clear();
+        assert_eq!(cohort_cell(&v, false), "10% of agents");
+    }
+}
