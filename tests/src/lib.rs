@@ -8,6 +8,7 @@ pub mod nats_cluster;
 pub mod nats_server;
 pub mod process;
 pub mod stack;
+pub mod webhook;
 pub mod workload;
 
 pub use nats_cluster::NatsCluster;

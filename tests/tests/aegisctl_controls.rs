@@ -13,9 +13,6 @@
 //!   or the root admin): each lands on `aegis.changes.acme.control` as a signed event with the
 //!   exact payload; `rollout status` shows the stable version and the candidate.
 //!
-//! Until the control plane folds the new events it rejects them ("not supported by this control
-//! plane yet"): the tests then check the published event, and accept either verdict.
-//!
 //! The binaries come from `target/<profile>/`: `cargo build -p aegis-controlplane -p aegisctl
 //! --bins` first.
 #![allow(
@@ -55,8 +52,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use time::OffsetDateTime;
-
-const NOT_YET: &str = "not supported by this control plane yet";
 
 fn password(user: &str) -> String {
     format!("test-password-of-{user}")
@@ -109,17 +104,13 @@ fn aegisctl(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
-/// The verdict of a run that published a new event: accepted (exit 0), or rejected because this
-/// control plane does not fold it yet (exit 5). Anything else fails the test.
-fn accepted_or_not_yet(run: &Run, what: &str) -> bool {
-    match run.code {
-        0 => true,
-        5 if run.stdout.contains(NOT_YET) => false,
-        _ => panic!(
-            "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
-            run.code, run.stdout, run.stderr
-        ),
-    }
+/// A run that published a new event must have been accepted by the control plane (exit 0).
+fn accepted(run: &Run, what: &str) {
+    assert_eq!(
+        run.code, 0,
+        "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
+        run.code, run.stdout, run.stderr
+    );
 }
 
 /// The last message on `subject` in AEGIS_CHANGES, as a signed envelope that verifies with
@@ -615,7 +606,7 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
         &bob_env,
     );
     let after = OffsetDateTime::now_utc();
-    let was_accepted = accepted_or_not_yet(&run, "approvals grant");
+    accepted(&run, "approvals grant");
     for shown in [
         "agent:     finance-agent",
         "chain:     planner",
@@ -653,16 +644,14 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
         format_time(expires).unwrap(),
         "RFC 3339, millis, UTC"
     );
-    if was_accepted {
-        // The control plane relayed it: the request is granted now.
-        assert!(run.stdout.contains("relayed to gateways"), "{}", run.stdout);
-        let now = OffsetDateTime::now_utc();
-        let a = approvals::read_approval(&cp_js, &acme(), &pending.approval_id, now)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(a.state, ApprovalState::Granted, "{a:?}");
-    }
+    // The control plane relayed it: the request is granted now.
+    assert!(run.stdout.contains("relayed to gateways"), "{}", run.stdout);
+    let now = OffsetDateTime::now_utc();
+    let a = approvals::read_approval(&cp_js, &acme(), &pending.approval_id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.state, ApprovalState::Granted, "{a:?}");
 
     // Bob denies the other one (in-process, JSON): runtime_approval_denied with its digest.
     let mut out = Vec::new();
@@ -685,7 +674,6 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
     let record: EventRecord = serde_json::from_value(report["event"].clone()).unwrap();
     match (&record.outcome, exit) {
         (Outcome::Accepted, Exit::Ok) => {}
-        (Outcome::Rejected { reason }, Exit::Rejected) if reason.contains(NOT_YET) => {}
         other => panic!("deny: {other:?}"),
     }
     let subject = format!("aegis.changes.acme.approval.{}", pending_2.approval_id);
@@ -706,19 +694,30 @@ async fn approvals_are_listed_by_state_and_granted_or_denied_with_signed_events(
             "not in this quarter's budget"
         )
     );
-    // Nothing was written on the approval subjects by the CLI itself.
-    let last = last_message(
-        &cp_js,
-        APPROVALS_STREAM,
-        &format!("aegis.approvals.acme.{}", pending_2.approval_id),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(
-        was_accepted || serde_json::from_slice::<ApprovalRequested>(&last.payload).is_ok(),
-        "{last:?}"
-    );
+    // The CLI wrote nothing on the approval subject itself: what follows the request is the
+    // control plane's relay of the denial.
+    let subject = format!("aegis.approvals.acme.{}", pending_2.approval_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = last_message(&cp_js, APPROVALS_STREAM, &subject)
+            .await
+            .unwrap()
+            .unwrap();
+        match aegis_core::approvals::ApprovalMessage::parse(&last.payload).unwrap() {
+            aegis_core::approvals::ApprovalMessage::Decided(_, d) => {
+                assert!(!d.granted, "{d:?}");
+                assert_eq!(d.by.as_str(), "bob");
+                break;
+            }
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no relay of the denial: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     drop(cp);
 }
 
@@ -925,7 +924,7 @@ async fn rollout_kill_switch_and_freeze_commands_publish_signed_control_events()
     ];
     for (args, expected) in cases {
         let run = aegisctl(&args, &as_pat);
-        accepted_or_not_yet(&run, &args.join(" "));
+        accepted(&run, &args.join(" "));
         let env = last_change(&js, control, &pat.key).await;
         assert_eq!(env.actor.as_str(), "pat");
         assert_eq!(env.event, expected, "{}", args.join(" "));
