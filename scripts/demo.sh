@@ -2,8 +2,10 @@
 # Aegis demo (the README's main command). First the whole stack on this machine: `aegisctl up`
 # starts nats-server, the control plane and a gateway, has the three templates proposed, approved
 # and published, and the finance story is played against the gateway's HTTP API with curl (deny,
-# allow, approval_needed, a tampered token refused), then read back from the decision log with
-# `aegisctl tail`. Then, offline: lint and test the shipped policy templates, evaluate example
+# allow, approval_needed, a tampered token refused); the approval request reaches a webhook, an
+# approver grants it with `aegisctl approvals grant`, the retry is allowed once and a second one
+# denied; `aegisctl block agent planner` stops the planner; all of it is read back from the
+# decision log with `aegisctl tail`. Then, offline: lint and test the shipped policy templates, evaluate example
 # calls against each template, generate a signing key, build, verify and inspect a signed bundle
 # per tenant. Then the control plane against a local nats-server of its own: a change through
 # propose -> checks -> four-eyes approval -> publish -> rollback -> freeze, and the audit trail
@@ -99,19 +101,44 @@ UP_DIR="$WORK/up"
 UP_NATS_PORT="$(free_port)"
 UP_GATEWAY_PORT="$(free_port)"
 while [ "$UP_GATEWAY_PORT" = "$UP_NATS_PORT" ]; do UP_GATEWAY_PORT="$(free_port)"; done
+# A stand-in for a Slack incoming webhook: it appends every JSON body it is POSTed to a file.
+WEBHOOK_PORT="$(free_port)"
+WEBHOOK_LOG="$WORK/webhook.jsonl"
+python3 - "$WEBHOOK_PORT" "$WEBHOOK_LOG" <<'PY' &
+import http.server, sys
+port, log = int(sys.argv[1]), sys.argv[2]
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(log, "ab") as f:
+            f.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Hook).serve_forever()
+PY
+PIDS+=("$!")
 run aegisctl up --detach --fresh --dir "$UP_DIR" \
-    --nats-port "$UP_NATS_PORT" --gateway-port "$UP_GATEWAY_PORT" --no-walkthrough
+    --nats-port "$UP_NATS_PORT" --gateway-port "$UP_GATEWAY_PORT" --no-walkthrough \
+    --approval-webhook "http://127.0.0.1:$WEBHOOK_PORT/services/hook"
 show . "$UP_DIR/env"
 # shellcheck source=/dev/null
 . "$UP_DIR/env" # AEGIS_GATEWAY_URL, AEGIS_NATS_URL, AEGIS_DEMO_TOKEN (finance-agent called by planner), key paths
 
-# decide_expect STATUS DECISION REASON DESCRIPTION TOKEN_VAR AMOUNT: POST the finance call for
-# AMOUNT to the gateway with the token in variable TOKEN_VAR; the HTTP status, the decision and
-# the first reason code must match (REASON - means any), else the demo stops.
+# decide_expect STATUS DECISION REASON DESCRIPTION TOKEN_VAR AMOUNT [APPROVAL_ID]: POST the
+# finance call for AMOUNT to the gateway with the token in variable TOKEN_VAR (retrying with
+# APPROVAL_ID when given); the HTTP status, the decision and the first reason code must match
+# (REASON - means any), else the demo stops. An approval id in the answer is left in
+# $LAST_APPROVAL.
+LAST_APPROVAL=""
 decide_expect() {
     local want_status="$1" want_decision="$2" want_reason="$3" description="$4" token_var="$5" amount="$6"
+    local approval_id="${7:-}"
     local body response status got decision reason approval
-    body="{\"tool_id\":\"payments\",\"action\":\"create_payment\",\"params\":{\"amount\":$amount,\"currency\":\"USD\",\"account_number\":\"DE89370400440532013000\"}}"
+    body="{\"tool_id\":\"payments\",\"action\":\"create_payment\",\"params\":{\"amount\":$amount,\"currency\":\"USD\",\"account_number\":\"DE89370400440532013000\"}${approval_id:+,\"approval_id\":\"$approval_id\"}}"
     printf '\n-- %s (expect HTTP %s %s%s)\n' "$description" "$want_status" "$want_decision" \
         "$([ "$want_reason" = - ] || printf ' %s' "$want_reason")"
     printf '$ curl -s "$AEGIS_GATEWAY_URL/v1/decide" -H "Authorization: Bearer $%s" \\\n    -H %s -d %s\n' \
@@ -137,6 +164,23 @@ print(r.get("decision"), reasons[0].get("code", "-"), (r.get("approval") or {}).
     fi
     printf '   => HTTP %s %s (%s)%s, as expected\n' "$status" "$decision" "$reason" \
         "${approval:+, approval id $approval}"
+    LAST_APPROVAL="$approval"
+}
+
+# until_code REASON TOKEN_VAR AMOUNT: quietly repeats the finance call for up to 20 s until its
+# first reason code is REASON (a control-plane change takes a moment to reach the gateway).
+until_code() {
+    local want="$1" token_var="$2" amount="$3" i got
+    local body="{\"tool_id\":\"payments\",\"action\":\"create_payment\",\"params\":{\"amount\":$amount,\"currency\":\"USD\",\"account_number\":\"DE89370400440532013000\"}}"
+    for i in $(seq 1 200); do
+        got="$(curl -sS "$AEGIS_GATEWAY_URL/v1/decide" -H "Authorization: Bearer ${!token_var}" \
+            -H 'Content-Type: application/json' -d "$body" |
+            python3 -c 'import json,sys; print(((json.load(sys.stdin).get("reasons") or [{}])[0]).get("code",""))' || true)"
+        [ "$got" = "$want" ] && return 0
+        sleep 0.1
+    done
+    echo "   => the gateway still answers $got, expected $want" >&2
+    exit 1
 }
 
 section "the finance story at the gateway: the planner drives finance-agent (tenant acme)"
@@ -144,6 +188,7 @@ decide_expect 200 deny amount_over_limit "pay 50,000 USD: over the hard limit" A
 decide_expect 200 allow - "pay 3,000 USD: within the limit" AEGIS_DEMO_TOKEN 3000
 decide_expect 200 approval_needed amount_requires_approval \
     "pay 6,000 USD: a treasury approver must say yes" AEGIS_DEMO_TOKEN 6000
+APPROVAL="$LAST_APPROVAL"
 # The same token with its claims edited (direct caller planner -> treasury-ui), signature kept.
 TAMPERED="$(python3 - "$AEGIS_DEMO_TOKEN" <<'PY'
 import base64, json, sys
@@ -157,8 +202,40 @@ PY
 decide_expect 401 deny token_bad_signature \
     "the token with its caller edited to treasury-ui: the signature no longer matches" TAMPERED 3000
 
+section "runtime approval: the 6,000 payment is granted once by an approver"
+printf '\n-- the gateway posted the request to the webhook (a Slack-compatible message):\n'
+for i in $(seq 1 100); do [ -s "$WEBHOOK_LOG" ] && break; sleep 0.1; done
+if [ ! -s "$WEBHOOK_LOG" ]; then
+    echo "   => the webhook received nothing (gateway log: $UP_DIR/logs/gateway.log)" >&2
+    exit 1
+fi
+head -n 1 "$WEBHOOK_LOG" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print("   text:", m["text"])
+print("   blocks:", len(m["blocks"]))
+assert sys.argv[1] in json.dumps(m), "the approval id is not in the message"' "$APPROVAL"
+run aegisctl approvals list
+run aegisctl approvals grant "$APPROVAL" --ttl 15m --comment "invoice INV-2291 checked" \
+    --actor carol --key "$AEGIS_KEYS_DIR/carol.key.json"
+decide_expect 200 allow approval_granted \
+    "the agent retries the same payment with the approval id: allowed, once" AEGIS_DEMO_TOKEN 6000 "$APPROVAL"
+decide_expect 200 deny approval_used \
+    "a second retry with the same id: the grant is used up" AEGIS_DEMO_TOKEN 6000 "$APPROVAL"
+
+section "kill switch: aegisctl block agent planner stops the planner on every gateway"
+run aegisctl block agent planner --reason "INC-42: the planner is looping on payments" \
+    --actor pat --key "$AEGIS_KEYS_DIR/pat.key.json"
+until_code agent_blocked AEGIS_DEMO_TOKEN 3000
+decide_expect 200 deny agent_blocked \
+    "pay 3,000 USD, driven by the planner: blocked, without any policy change" AEGIS_DEMO_TOKEN 3000
+run aegisctl unblock agent planner --reason "INC-42 resolved" \
+    --actor pat --key "$AEGIS_KEYS_DIR/pat.key.json"
+until_code allowed AEGIS_DEMO_TOKEN 3000
+decide_expect 200 allow - "pay 3,000 USD again after unblock" AEGIS_DEMO_TOKEN 3000
+
 section "every decision is an event: aegisctl tail reads them back from NATS"
-run aegisctl tail --tenant acme --from-start --limit 4 --format table
+run aegisctl tail --tenant acme --from-start --limit 9 --format table
 run aegisctl up --down --dir "$UP_DIR"
 UP_DIR=""
 unset AEGIS_UP_DIR AEGIS_NATS_URL AEGIS_GATEWAY_URL AEGIS_DEMO_TOKEN AEGIS_TENANT AEGIS_KEYS_DIR \

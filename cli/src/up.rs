@@ -128,6 +128,9 @@ pub struct UpArgs {
     /// Stop what `aegisctl up` started from --dir (gateway, control plane, nats-server)
     #[arg(long)]
     pub down: bool,
+    /// Where the gateway posts runtime approval requests (a Slack-compatible incoming webhook)
+    #[arg(long, value_name = "URL", conflicts_with = "down")]
+    pub approval_webhook: Option<String>,
 }
 
 /// What went wrong bringing the stack up, or stopping it.
@@ -409,6 +412,9 @@ fn bring_up(
         .arg("5");
     for (tenant, _) in TENANTS {
         gw_cmd.arg("--tenant").arg(tenant);
+    }
+    if let Some(url) = &args.approval_webhook {
+        gw_cmd.arg("--approval-webhook").arg(url);
     }
     stack.spawn("gateway", &bins.gateway, gw_cmd, "TERM")?;
     wait_gateway(stack, gateway_addr, stop)?;
@@ -2033,6 +2039,7 @@ mod tests {
             no_walkthrough: false,
             detach: false,
             down: false,
+            approval_webhook: None,
         };
         let err = prepare_dir(&args, &mut Vec::new()).unwrap_err();
         assert!(
