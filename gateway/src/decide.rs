@@ -11,7 +11,9 @@
 //! 3. the body is a decide request (else 400 `bad_request`), and any tenant / agent / chain it
 //!    names equals the token's (else 401 `identity_mismatch`);
 //! 4. the tenant's bundle in force decides (its evaluator denies on any evaluation error,
-//!    instruction or time limit).
+//!    instruction or time limit);
+//! 5. a call it lets through must fit the deciding rule's rate limits and budgets
+//!    ([`crate::limits`]; the only step that may wait, on KV, for a `global` limit).
 //!
 //! The bundle is loaded once per request, so a swap during a request never mixes versions:
 //! the token is checked against, and the call decided by, the same bundle.
@@ -196,13 +198,14 @@ struct Facts {
 impl Decider {
     /// Decides one call. Never fails.
     /// `body` is the request body, or why it could not be read (e.g. over the size limit).
-    pub fn decide(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
+    /// Waits on nothing but a rule's global limits (KV, bounded: see [`crate::limits`]).
+    pub async fn decide(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
         if !self.sink.accepting() {
             self.metrics.refused_unrecordable();
             return self.unrecorded_refusal(meta);
         }
         let mut facts = Facts::default();
-        let result = self.evaluate(meta, body, &mut facts);
+        let result = self.evaluate(meta, body, &mut facts).await;
         let (status, decision) = match result {
             Ok(decision) => (200, decision),
             Err(refusal) => (
@@ -213,7 +216,7 @@ impl Decider {
         self.record(meta, status, decision, facts)
     }
 
-    fn evaluate(
+    async fn evaluate(
         &self,
         meta: CallMeta<'_>,
         body: Result<&[u8], String>,
@@ -242,12 +245,13 @@ impl Decider {
             context: request.context.clone(),
         };
         let decision = bundle.evaluator.decide(&input);
-        Ok(self.enforce_limits(decision, &input))
+        Ok(self.enforce_limits(decision, &input).await)
     }
 
     /// A call the policy lets through must also fit the deciding rule's rate limits and
-    /// budgets; otherwise it is denied (`rate_limited`, `budget_exceeded`), naming that rule.
-    fn enforce_limits(&self, decision: Decision, input: &DecideInput) -> Decision {
+    /// budgets; otherwise it is denied (`rate_limited`, `budget_exceeded`, or
+    /// `limit_unavailable` when global counters cannot be reached), naming that rule.
+    async fn enforce_limits(&self, decision: Decision, input: &DecideInput) -> Decision {
         if !decision.decision.permits() {
             return decision;
         }
@@ -259,6 +263,7 @@ impl Decider {
         match self
             .limits
             .admit(who, &decision.obligations, &input.params, unix_now())
+            .await
         {
             Ok(()) => decision,
             Err(exceeded) => Decision {
@@ -683,8 +688,14 @@ mod tests {
     }
 
     fn finance_bundle(issuer: &Keypair) -> ActiveBundle {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/templates/finance");
-        let set = PolicySet::load(&[root]).unwrap();
+        // The template's budget is global; these tests have no NATS, so it is counted here.
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../policies/templates/finance/policy.yaml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("scope: global", "scope: gateway");
+        let doc = aegis_core::policy::set::parse_document(&path, text).unwrap();
+        let set = PolicySet::from_documents(vec![(path, doc)]).unwrap();
         let digest = format!("sha256:{}", "c".repeat(64));
         let evaluator = Evaluator::new(
             &set.compile(),
@@ -791,7 +802,7 @@ mod tests {
                 .is_ok_and(|r| check_request(&r).is_ok());
             assert_eq!(schema_ok, parses, "schema and parser disagree on {body}");
         }
-        let out = f.decider.decide(
+        let out = futures::executor::block_on(f.decider.decide(
             CallMeta {
                 authorization: header.as_deref(),
                 trace: &trace,
@@ -799,7 +810,7 @@ mod tests {
                 received_at: SystemTime::now(),
             },
             Ok(body.as_bytes()),
-        );
+        ));
         let answer = serde_json::to_value(&out.response).unwrap();
         let v = aegis_core::schemas::decide_response_validator().unwrap();
         let errors: Vec<String> = v.iter_errors(&answer).map(|e| e.to_string()).collect();

@@ -11,7 +11,8 @@
 //!
 //! The handler reads the body into memory (bounded), runs [`Decider::decide`] inline on the
 //! worker thread (evaluation is CPU-bound and sub-millisecond; the evaluator keeps one VM per
-//! thread), and answers. Nothing on this path awaits NATS or the disk.
+//! thread), and answers. Nothing on this path awaits NATS or the disk, except a call under a
+//! rule with a `global` rate limit or budget: its KV round trip is awaited (bounded).
 
 use crate::decide::{CallMeta, DecideResponse, Decider, Outcome, TraceIds};
 use crate::metrics::Snapshot;
@@ -81,8 +82,8 @@ async fn decide(
         received_at,
     };
     let outcome = match &body {
-        Ok(bytes) => app.decider.decide(meta, Ok(bytes)),
-        Err(rejection) => app.decider.decide(meta, Err(rejection.body_text())),
+        Ok(bytes) => app.decider.decide(meta, Ok(bytes)).await,
+        Err(rejection) => app.decider.decide(meta, Err(rejection.body_text())).await,
     };
     if let Some(hook) = &app.on_decision {
         hook(&outcome);

@@ -102,6 +102,10 @@ struct RunArgs {
     /// Log format on stderr
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Most milliseconds a call under a global rate limit or budget may spend on its KV
+    /// counters; past it the call is denied (limit_unavailable)
+    #[arg(long, default_value_t = 250)]
+    global_limit_timeout_ms: u64,
     /// Serve POST /v1/noop, a constant answer through the same stack (benchmark baseline)
     #[arg(long, hide = true)]
     noop_endpoint: bool,
@@ -156,6 +160,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.eval_limits.time_limit = Duration::from_millis(args.eval_timeout_ms);
     config.otlp_endpoint = args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty());
     config.noop_endpoint = args.noop_endpoint;
+    config.global_limit_timeout = Duration::from_millis(args.global_limit_timeout_ms.max(1));
 
     let json = matches!(args.log_format, LogFormat::Json);
     runtime::init_logging(json)?;

@@ -230,7 +230,10 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         registry: registry.clone(),
         metrics: metrics.clone(),
         sink,
-        limits: crate::limits::Limiter::new(),
+        limits: crate::limits::Limiter::with_global(crate::limits::GlobalCounters::new(
+            client.clone(),
+            config.global_limit_timeout,
+        )),
     };
     let app = Arc::new(App {
         decider,
