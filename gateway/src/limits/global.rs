@@ -14,7 +14,8 @@
 //! Updates are compare-and-set: the value is written with the revision it was computed from
 //! (`Nats-Expected-Last-Subject-Sequence`; revision 0 creates a key that does not exist yet, as
 //! `kv.create` does), and a conflict — another gateway wrote first — re-reads the key and tries
-//! again, at most [`MAX_ATTEMPTS`] times. The last value and revision this gateway saw of each
+//! again (after a short random pause when the value it had just read was beaten too), at most
+//! [`MAX_ATTEMPTS`] times. The last value and revision this gateway saw of each
 //! counter is kept in memory and the update is tried with it directly, so while one gateway
 //! counts a key alone a call costs one KV round trip; a conflict costs a read and another
 //! write. Counts only grow within a window (except for a take-back), so a value seen is a
@@ -27,8 +28,9 @@
 //! Every call is bounded by a deadline (`--global-limit-timeout-ms`, 250 ms by default) covering
 //! the wait for its turn, opening the bucket, reads and writes. NATS not connected, a deadline
 //! passed, an error or too many conflicts: the call is denied with `limit_unavailable`. A write
-//! whose answer did not arrive in time may still have been applied: the counter is then over by
-//! that call (stricter, never looser).
+//! whose answer did not arrive in time may still have been applied, and a call abandoned half
+//! way (its client went away and the request was dropped) takes nothing back: the counter is
+//! then over by that call (stricter, never looser).
 //!
 //! Gateways must keep their clocks in sync: windows are aligned to each gateway's own clock.
 
@@ -165,24 +167,31 @@ impl GlobalCounters {
         }
         let store = self.open(deadline).await?;
 
-        // Take each counter's turn, in key order (no deadlock between rules sharing counters).
-        let mut wanted: Vec<(String, &Want)> = wants
+        // Take each counter's turn, in key order (no deadlock between rules sharing counters);
+        // then check and count in the policy's order (rate limits first).
+        let mut wanted: Vec<(String, usize, &Want)> = wants
             .iter()
-            .map(|w| (counter_base(who, &w.what(), w.window_seconds), w))
+            .enumerate()
+            .map(|(i, w)| (counter_base(who, &w.what(), w.window_seconds), i, w))
             .collect();
         wanted.sort_by(|a, b| a.0.cmp(&b.0));
         let mut held = Vec::with_capacity(wanted.len());
-        for (base, want) in wanted {
+        for (base, i, want) in wanted {
             let slot = self.slot(&base);
             let guard = timeout_at(deadline, slot.lock_owned())
                 .await
                 .map_err(|_| KvError::Timeout(self.timeout))?;
-            held.push(Held {
-                want: want.clone(),
-                key: format!("{base}.{}", want.index),
-                slot: guard,
-            });
+            held.push((
+                i,
+                Held {
+                    want: want.clone(),
+                    key: format!("{base}.{}", want.index),
+                    slot: guard,
+                },
+            ));
         }
+        held.sort_by_key(|(i, _)| *i);
+        let mut held: Vec<Held> = held.into_iter().map(|(_, h)| h).collect();
 
         // Check before counting: a counter known to be full is read again, and refuses the
         // call if it still is — before anything is counted.
@@ -325,12 +334,16 @@ impl GlobalCounters {
                     return Ok(Ok(()));
                 }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    attempt += 1;
-                    if timeout_at(deadline, tokio::time::sleep(backoff(attempt)))
-                        .await
-                        .is_err()
-                    {
-                        return Err(KvError::Timeout(self.timeout));
+                    // Computed from a value just read and still beaten: another gateway is
+                    // writing this counter now; pause before reading again.
+                    if fresh {
+                        attempt += 1;
+                        if timeout_at(deadline, tokio::time::sleep(backoff(attempt)))
+                            .await
+                            .is_err()
+                        {
+                            return Err(KvError::Timeout(self.timeout));
+                        }
                     }
                     (value, revision) = self.read(store, h, deadline).await?;
                     fresh = true;
@@ -391,8 +404,8 @@ fn key_token(value: &str) -> String {
     out
 }
 
-/// A random pause after the `attempt`-th conflict: up to 250 µs times the attempt, at most
-/// 2 ms, so gateways contending for one counter spread out.
+/// A random pause after the `attempt`-th conflict on a value just read: up to 250 µs times
+/// the attempt, at most 2 ms, so gateways contending for one counter spread out.
 fn backoff(attempt: u32) -> Duration {
     let mut bytes = [0u8; 4];
     let random = match getrandom::fill(&mut bytes) {
