@@ -20,6 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const DAY: u64 = 86_400;
 
+/// A decision and its first reason code.
+type Outcome = (String, String);
+/// A decision, its first reason code and message.
+type Answer = (String, String, String);
+
 /// One limit of the test policy.
 #[derive(Debug, Clone, Copy)]
 struct Limit {
@@ -85,7 +90,7 @@ fn gateway(stack: &Stack, id: &str, timeout_ms: u64) -> Gateway {
 }
 
 /// The decision and first reason code of an answer, asserting it was a 200.
-fn outcome(status: u16, answer: &Value) -> (String, String) {
+fn outcome(status: u16, answer: &Value) -> Outcome {
     assert_eq!(status, 200, "{answer:#}");
     (
         answer["decision"].as_str().unwrap().to_owned(),
@@ -93,16 +98,16 @@ fn outcome(status: u16, answer: &Value) -> (String, String) {
     )
 }
 
-fn decide(gw: &Gateway, token: &str, body: &Value) -> (String, String) {
+fn decide(gw: &Gateway, token: &str, body: &Value) -> Outcome {
     let (status, answer) = gw.decide(token, body).unwrap();
     outcome(status, &answer)
 }
 
-fn allow() -> (String, String) {
+fn allow() -> Outcome {
     ("allow".into(), "allowed".into())
 }
 
-fn deny(code: &str) -> (String, String) {
+fn deny(code: &str) -> Outcome {
     ("deny".into(), code.into())
 }
 
@@ -210,7 +215,7 @@ fn a_global_allowance_is_shared_exactly_by_two_gateways_hammered_at_once() {
     let start = unix_now();
 
     // Per gateway: two threads of balance look-ups and two of 1,000 payments, all at once.
-    let results: Vec<(bool, Vec<(String, String, String)>)> = std::thread::scope(|s| {
+    let results: Vec<(bool, Vec<Answer>)> = std::thread::scope(|s| {
         let mut threads = Vec::new();
         for gw in &gateways {
             for balance_thread in [true, true, false, false] {
@@ -242,7 +247,7 @@ fn a_global_allowance_is_shared_exactly_by_two_gateways_hammered_at_once() {
         (true, CALLS, "rate_limited"),
         (false, BUDGET / 1_000, "budget_exceeded"),
     ] {
-        let answers: Vec<&(String, String, String)> = results
+        let answers: Vec<&Answer> = results
             .iter()
             .filter(|(b, _)| *b == balance_calls)
             .flat_map(|(_, a)| a)
@@ -290,6 +295,31 @@ fn a_global_allowance_is_shared_exactly_by_two_gateways_hammered_at_once() {
 }
 
 #[test]
+fn a_call_refused_by_one_global_counter_is_taken_back_from_the_others() {
+    let mut stack = Stack::start();
+    stack.publish_change(&policy(
+        limit(100, DAY, "global"),
+        limit(5_000, DAY, "global"),
+        limit(1_000, DAY, "gateway"),
+    ));
+    let token = stack.token("finance-agent", &["planner"]);
+    let gw = gateway(&stack, "gw-a", 10_000);
+    let start = unix_now() as i64;
+    let calls = counter_key(finance_agent(), "calls", DAY, start);
+    let spent = counter_key(finance_agent(), "param:amount", DAY, start);
+
+    assert_eq!(decide(&gw, &token, &pay(3_000)), allow());
+    // The rate limit (checked first) counts the call, then the budget refuses it: the call
+    // is taken back from the rate limit's counter.
+    assert_eq!(decide(&gw, &token, &pay(3_000)), deny("budget_exceeded"));
+    assert_eq!(counter(&stack, &calls).as_deref(), Some("1"));
+    assert_eq!(counter(&stack, &spent).as_deref(), Some("3000"));
+    assert_eq!(decide(&gw, &token, &pay(2_000)), allow());
+    assert_eq!(counter(&stack, &calls).as_deref(), Some("2"));
+    assert_eq!(counter(&stack, &spent).as_deref(), Some("5000"));
+}
+
+#[test]
 fn windows_roll_over_for_global_and_per_gateway_limits() {
     const WINDOW: u64 = 2;
     let mut stack = Stack::start();
@@ -304,7 +334,7 @@ fn windows_roll_over_for_global_and_per_gateway_limits() {
 
     // One window's worth: the global look-ups alternate between the gateways and share 3; the
     // payments on gw-a have its own 2. A run that strays into the next window is run again.
-    let run_in_one_window = || -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let run_in_one_window = || -> (Vec<Outcome>, Vec<Outcome>) {
         for _ in 0..5 {
             // Start just after a window begins.
             let now = unix_now();
