@@ -57,6 +57,9 @@ pub struct GatewayConfig {
     pub noop_endpoint: bool,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Bound on the KV work of one call under a `global` rate limit or budget (waiting for its
+    /// turn, reads, compare-and-set writes); past it the call is denied (`limit_unavailable`).
+    pub global_limit_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -87,6 +90,7 @@ impl GatewayConfig {
             otlp_endpoint: None,
             noop_endpoint: false,
             max_body_bytes: 1 << 20,
+            global_limit_timeout: crate::limits::global::DEFAULT_TIMEOUT,
         }
     }
 }

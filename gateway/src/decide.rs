@@ -16,7 +16,11 @@
 //! 5. the tenant's bundle in force decides (its evaluator denies on any evaluation error,
 //!    instruction or time limit) — during a staged rollout the enforced version is the
 //!    candidate for a partial cohort and the stable one otherwise, and the other version is
-//!    evaluated too and recorded as the event's `shadow` (see [`Decider::decide_rollout`]).
+//!    evaluated too and recorded as the event's `shadow` (see [`Decider::decide_rollout`]);
+//! 6. a call it lets through must fit the deciding rule's rate limits and budgets
+//!    ([`crate::limits`]; a step that may wait, on KV, for a `global` limit);
+//! 7. a retry with an `approval_id` that the policy still answers `approval_needed` is checked
+//!    against `AEGIS_APPROVALS` and may consume the grant (the other step that waits on NATS).
 //!
 //! The bundle is loaded once per request, so a swap during a request never mixes versions:
 //! the token is checked against, and the call decided by, the same bundle.
@@ -230,26 +234,27 @@ enum Prepared {
 impl Decider {
     /// Decides one call. Never fails.
     /// `body` is the request body, or why it could not be read (e.g. over the size limit).
-    /// A retry with an approval id is denied `approval_unavailable` here: checking it needs
-    /// NATS, which only [`Decider::decide_async`] (the HTTP path) awaits.
-    pub fn decide(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
-        match self.prepare(meta, body) {
+    /// Waits on nothing but a rule's global limits (KV, bounded: see [`crate::limits`]) and,
+    /// for a retry with an `approval_id` that the policy (still) answers `approval_needed`,
+    /// the grant on `AEGIS_APPROVALS` (bounded), which it may consume.
+    pub async fn decide(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
+        match self.prepare(meta, body).await {
             Prepared::Answered(outcome) => outcome,
             Prepared::ApprovalRetry(decision, mut facts) => {
-                let decision = self.approval_unchecked(decision, &mut facts);
+                let decision = self.approval_retry(decision, &mut facts).await;
                 self.record(meta, 200, decision, facts)
             }
         }
     }
 
     /// Everything up to the answer; stops early only for an approval retry.
-    fn prepare(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Prepared {
+    async fn prepare(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Prepared {
         if !self.sink.accepting() {
             self.metrics.refused_unrecordable();
             return Prepared::Answered(self.unrecorded_refusal(meta));
         }
         let mut facts = Facts::default();
-        let result = self.evaluate(meta, body, &mut facts);
+        let result = self.evaluate(meta, body, &mut facts).await;
         if let Ok(decision) = &result
             && is_approval_retry(decision, &facts)
         {
@@ -265,7 +270,7 @@ impl Decider {
         Prepared::Answered(self.record(meta, status, decision, facts))
     }
 
-    fn evaluate(
+    async fn evaluate(
         &self,
         meta: CallMeta<'_>,
         body: Result<&[u8], String>,
@@ -296,12 +301,13 @@ impl Decider {
             context: request.context.clone(),
         };
         let decision = self.decide_rollout(&bundle, &input, facts)?;
-        Ok(self.enforce_limits(decision, &input))
+        Ok(self.enforce_limits(decision, &input).await)
     }
 
     /// A call the policy lets through must also fit the deciding rule's rate limits and
-    /// budgets; otherwise it is denied (`rate_limited`, `budget_exceeded`), naming that rule.
-    fn enforce_limits(&self, decision: Decision, input: &DecideInput) -> Decision {
+    /// budgets; otherwise it is denied (`rate_limited`, `budget_exceeded`, or
+    /// `limit_unavailable` when global counters cannot be reached), naming that rule.
+    async fn enforce_limits(&self, decision: Decision, input: &DecideInput) -> Decision {
         if !decision.decision.permits() {
             return decision;
         }
@@ -313,6 +319,7 @@ impl Decider {
         match self
             .limits
             .admit(who, &decision.obligations, &input.params, unix_now())
+            .await
         {
             Ok(()) => decision,
             Err(exceeded) => Decision {
@@ -843,20 +850,6 @@ mod rollout_tests {
 /// Runtime approvals on the decision path (see [`crate::approvals`]): publishing a request
 /// when a call needs approval, and checking a retry that carries an approval id.
 impl Decider {
-    /// [`Decider::decide`], also checking runtime approvals: a call retried with an
-    /// `approval_id` that the policy (still) answers `approval_needed` is checked against
-    /// `AEGIS_APPROVALS`, and may consume a grant. Every other call takes exactly the path of
-    /// [`Decider::decide`], without awaiting anything.
-    pub async fn decide_async(&self, meta: CallMeta<'_>, body: Result<&[u8], String>) -> Outcome {
-        match self.prepare(meta, body) {
-            Prepared::Answered(outcome) => outcome,
-            Prepared::ApprovalRetry(decision, mut facts) => {
-                let decision = self.approval_retry(decision, &mut facts).await;
-                self.record(meta, 200, decision, facts)
-            }
-        }
-    }
-
     /// A new approval for an `approval_needed` answer: pending until the configured TTL.
     fn new_approval(&self) -> ApprovalRef {
         ApprovalRef {
@@ -1005,7 +998,7 @@ impl Decider {
             params: request.params.clone(),
             context: request.context.clone(),
         };
-        let limited = self.enforce_limits(allowed, &input);
+        let limited = self.enforce_limits(allowed, &input).await;
         let granted = ApprovalRef {
             id: id.clone(),
             status: "granted".to_owned(),
@@ -1259,8 +1252,14 @@ mod tests {
     }
 
     fn finance_bundle(issuer: &Keypair) -> ActiveBundle {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/templates/finance");
-        let set = PolicySet::load(&[root]).unwrap();
+        // The template's budget is global; these tests have no NATS, so it is counted here.
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../policies/templates/finance/policy.yaml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("scope: global", "scope: gateway");
+        let doc = aegis_core::policy::set::parse_document(&path, text).unwrap();
+        let set = PolicySet::from_documents(vec![(path, doc)]).unwrap();
         let digest = format!("sha256:{}", "c".repeat(64));
         let evaluator = Evaluator::new(
             &set.compile(),
@@ -1368,7 +1367,7 @@ mod tests {
                 .is_ok_and(|r| check_request(&r).is_ok());
             assert_eq!(schema_ok, parses, "schema and parser disagree on {body}");
         }
-        let out = f.decider.decide(
+        let out = futures::executor::block_on(f.decider.decide(
             CallMeta {
                 authorization: header.as_deref(),
                 trace: &trace,
@@ -1376,7 +1375,7 @@ mod tests {
                 received_at: SystemTime::now(),
             },
             Ok(body.as_bytes()),
-        );
+        ));
         let answer = serde_json::to_value(&out.response).unwrap();
         let v = aegis_core::schemas::decide_response_validator().unwrap();
         let errors: Vec<String> = v.iter_errors(&answer).map(|e| e.to_string()).collect();

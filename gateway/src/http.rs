@@ -9,9 +9,10 @@
 //! | `GET /v1/status` | versions, digests, stages, rollout candidate, kill switch, freeze, refused bundles, shipper counters (JSON) |
 //! | `POST /v1/noop` | only with `--noop-endpoint`: a constant answer through the same stack (benchmark baseline) |
 //!
-//! The handler reads the body into memory (bounded), runs [`Decider::decide_async`] on the
+//! The handler reads the body into memory (bounded), runs [`Decider::decide`] on the
 //! worker thread (evaluation is CPU-bound and sub-millisecond; the evaluator keeps one VM per
-//! thread), and answers. Nothing on this path awaits NATS or the disk — except a retry with an
+//! thread), and answers. Nothing on this path awaits NATS or the disk, except a call under a
+//! rule with a `global` rate limit or budget (its KV round trip, bounded) and a retry with an
 //! `approval_id` that still needs approval, which reads (and may consume) the grant on
 //! `AEGIS_APPROVALS`, bounded by a timeout.
 
@@ -83,12 +84,8 @@ async fn decide(
         received_at,
     };
     let outcome = match &body {
-        Ok(bytes) => app.decider.decide_async(meta, Ok(bytes)).await,
-        Err(rejection) => {
-            app.decider
-                .decide_async(meta, Err(rejection.body_text()))
-                .await
-        }
+        Ok(bytes) => app.decider.decide(meta, Ok(bytes)).await,
+        Err(rejection) => app.decider.decide(meta, Err(rejection.body_text())).await,
     };
     if let Some(hook) = &app.on_decision {
         hook(&outcome);

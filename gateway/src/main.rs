@@ -111,6 +111,10 @@ struct RunArgs {
     /// Log format on stderr
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Most milliseconds a call under a global rate limit or budget may spend on its KV
+    /// counters; past it the call is denied (limit_unavailable)
+    #[arg(long, default_value_t = 250)]
+    global_limit_timeout_ms: u64,
     /// Serve POST /v1/noop, a constant answer through the same stack (benchmark baseline)
     #[arg(long, hide = true)]
     noop_endpoint: bool,
@@ -171,6 +175,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .filter(|w| !w.trim().is_empty());
     config.approvals.check_timeout = Duration::from_millis(args.approval_check_timeout_ms.max(1));
+    config.global_limit_timeout = Duration::from_millis(args.global_limit_timeout_ms.max(1));
 
     let json = matches!(args.log_format, LogFormat::Json);
     runtime::init_logging(json)?;

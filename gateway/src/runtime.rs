@@ -246,7 +246,10 @@ pub async fn run(config: GatewayConfig) -> Result<(), RuntimeError> {
         registry: registry.clone(),
         metrics: metrics.clone(),
         sink,
-        limits: crate::limits::Limiter::new(),
+        limits: crate::limits::Limiter::with_global(crate::limits::GlobalCounters::new(
+            client.clone(),
+            config.global_limit_timeout,
+        )),
         approvals: Some(approvals.clone()),
     };
     let app = Arc::new(App {

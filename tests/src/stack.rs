@@ -87,13 +87,16 @@ pub struct Stack {
 /// The finance template for `tenant` (its documents name the tenant), with its rate limits
 /// (20 payments and 120 balance look-ups a minute) and daily budget (100,000) raised out of
 /// reach: gateways enforce them, and these tests drive thousands of payments by one agent.
-/// Limits have their own tests (`aegis_gateway::limits`, the decision path's unit tests).
+/// The budget is counted per gateway (`scope: gateway`, the template's is `global`), so that
+/// payments do not depend on KV: some tests decide with NATS down. Limits have their own
+/// tests (`aegis_gateway::limits`, `tests/tests/gateway_limits.rs`).
 pub fn finance_policy_for(tenant: &str) -> String {
     let policy = FINANCE_POLICY.replace("tenant: acme", &format!("tenant: {tenant}"));
     let raised = [
         ("- calls: 20\n", "- calls: 100000000\n"),
         ("- calls: 120\n", "- calls: 100000000\n"),
         ("max: 100000\n", "max: 1000000000000\n"),
+        ("scope: global\n", "scope: gateway\n"),
     ];
     raised.iter().fold(policy, |p, (from, to)| {
         assert_eq!(p.matches(from).count(), 1, "the template changed: {from:?}");

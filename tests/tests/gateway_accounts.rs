@@ -1,7 +1,8 @@
 //! A gateway under the shipped `nats/conf/accounts.conf`: logged in as `gateway-gw1`, with only
 //! the permissions that file grants, it still gets and verifies bundles (consumer on
 //! AEGIS_BUNDLES, object-store reads), ships its decisions on `aegis.decisions.<t>.gw1`, and
-//! heartbeats into `aegis-gateways` under `<t>.gw1` — so the file and the gateway agree.
+//! heartbeats into `aegis-gateways` under `<t>.gw1`, and counts global limits in
+//! `aegis-limits` — so the file and the gateway agree.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -9,13 +10,13 @@
     clippy::indexing_slicing
 )]
 
-use aegis_tests::stack::{ACME, Stack, code, pay};
+use aegis_tests::stack::{ACME, Stack, WAIT, code, finance_policy_for, pay};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 #[test]
 fn a_gateway_works_with_only_the_permissions_accounts_conf_gives_it() {
-    let stack = Stack::start_with_accounts();
+    let mut stack = Stack::start_with_accounts();
     let gw = stack.gateway("gw1");
     let token = stack.token("finance-agent", &["planner"]);
 
@@ -44,6 +45,19 @@ fn a_gateway_works_with_only_the_permissions_accounts_conf_gives_it() {
         b.version == Some(stack.version())
     });
     assert!(beat.ready, "{beat:?}");
+
+    // A global budget: the payment is counted in KV aegis-limits (open, read, compare-and-set).
+    let global = finance_policy_for(ACME).replace("scope: gateway\n", "scope: global\n");
+    stack.publish_change(&global);
+    gw.wait_version(ACME, stack.version(), WAIT).unwrap();
+    for _ in 0..2 {
+        let (status, answer) = gw.decide(&token, &pay(3_000)).unwrap();
+        assert_eq!(
+            (status, answer["decision"].as_str()),
+            (200, Some("allow")),
+            "{answer}"
+        );
+    }
     assert!(
         !gw.log().contains("Permissions Violation"),
         "the gateway hit a permission it does not have:\n{}",
