@@ -13,7 +13,7 @@ use aegis_nats::provision::{Outcome, ProvisionError, ProvisionOptions, provision
 use aegis_nats::publish::{MSG_ID_HEADER, Publish, PublishError};
 use aegis_nats::topology::{
     self, APPROVALS_STREAM, AUDIT_STREAM, BUNDLE_OBJECT_STORE, BUNDLES_STREAM, CHANGES_STREAM,
-    DECISIONS_STREAM, GATEWAYS_KV, Topology,
+    DECISIONS_STREAM, GATEWAYS_KV, LIMITS_KV, Topology,
 };
 use aegis_nats::{ConnectError, ConnectOptions, connect, jetstream, provision, publish};
 use aegis_tests::NatsServer;
@@ -45,7 +45,8 @@ async fn provisioning_twice_creates_then_changes_nothing() {
             APPROVALS_STREAM,
             AUDIT_STREAM,
             BUNDLE_OBJECT_STORE,
-            GATEWAYS_KV
+            GATEWAYS_KV,
+            LIMITS_KV
         ]
     );
     assert!(
@@ -61,7 +62,7 @@ async fn provisioning_twice_creates_then_changes_nothing() {
         second.all_unchanged(),
         "second run changed something:\n{second}"
     );
-    assert_eq!(second.resources.len(), 7);
+    assert_eq!(second.resources.len(), 8);
 }
 
 #[tokio::test]
@@ -97,6 +98,10 @@ async fn streams_carry_the_protections_of_the_topology() {
     let status = kv.status().await.unwrap();
     assert_eq!(status.history(), 1);
     assert_eq!(status.max_age(), Duration::from_secs(86_400));
+    let limits = js.get_key_value(LIMITS_KV).await.unwrap();
+    let status = limits.status().await.unwrap();
+    assert_eq!(status.history(), 1, "one value per global counter");
+    assert_eq!(status.max_age(), Duration::from_secs(31 * 86_400));
     js.get_object_store(BUNDLE_OBJECT_STORE).await.unwrap();
 
     // A change event cannot be deleted or purged.
