@@ -37,76 +37,18 @@
 //! Environment: `AEGIS_BENCH_SECS`, `AEGIS_BENCH_CONNS`, `AEGIS_BENCH_ROUNDS`,
 //! `AEGIS_GATEWAY_BIN`.
 
-#[path = "common/mod.rs"]
-mod common;
-
-use aegis_tests::controlplane::binary;
-use aegis_tests::gateway::{HttpClient, free_port};
+use aegis_tests::load::{
+    self, GatewayProcess, Latencies, LoadParams, Machine, Tally, Target, median, median_by,
+};
 use aegis_tests::stack::{ACCOUNT, ACME, Stack, finance_policy_for};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use common::{CpuMeter, median, quantile};
-use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
-use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const GATEWAY_ID: &str = "gw-bench";
 /// The tool whose payment rule has the global budget.
 const GLOBAL_TOOL: &str = "ledger";
-
-#[derive(Debug, Clone)]
-struct Params {
-    full: bool,
-    phase: Duration,
-    /// Requests per phase at most (smoke runs).
-    max_requests: Option<u64>,
-    warmup: u64,
-    conns: usize,
-    rounds: usize,
-}
-
-impl Params {
-    fn from_env() -> anyhow::Result<Params> {
-        let full = common::full_run();
-        let mut p = if full {
-            Params {
-                full,
-                phase: Duration::from_secs(10),
-                max_requests: None,
-                warmup: 2_000,
-                conns: 4,
-                rounds: 3,
-            }
-        } else {
-            Params {
-                full,
-                phase: Duration::from_secs(10),
-                max_requests: Some(100),
-                warmup: 20,
-                conns: 2,
-                rounds: 1,
-            }
-        };
-        if let Some(n) = common::env_number("AEGIS_BENCH_SECS")? {
-            p.phase = Duration::from_secs(n.max(1));
-        }
-        if let Some(n) = common::env_number("AEGIS_BENCH_CONNS")? {
-            p.conns = usize::try_from(n)?.max(1);
-        }
-        if let Some(n) = common::env_number("AEGIS_BENCH_ROUNDS")? {
-            p.rounds = usize::try_from(n)?.max(1);
-        }
-        Ok(p)
-    }
-}
 
 /// The finance policy (limits out of reach, budget per gateway) plus `pay-global`: the `pay`
 /// rule on tool `ledger` with its budget global.
@@ -132,306 +74,62 @@ fn policy() -> anyhow::Result<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The gateway process
+// The load
 
-/// `aegis-gateway run` as a child process with its own data directory; killed on drop.
-struct GatewayProcess {
-    child: Option<Child>,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl GatewayProcess {
-    fn start(bin: &Path, nats_url: &str, trust: &Path) -> anyhow::Result<GatewayProcess> {
-        let dir = tempfile::Builder::new()
-            .prefix("aegis-bench-gw-")
-            .tempdir()?;
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = dir.path().join("gateway.log");
-        let out = std::fs::File::create(&log)?;
-        let err = out.try_clone()?;
-        let child = Command::new(bin)
-            .args(["run", "--id", GATEWAY_ID, "--tenant", ACME, "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--trust")
-            .arg(trust)
-            .args(["--listen", &addr.to_string(), "--nats", nats_url])
-            .args(["--noop-endpoint", "--log-format", "json"])
-            .env("RUST_LOG", "warn")
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
-            .env_remove("AEGIS_NATS_CREDS")
-            .env_remove("AEGIS_NATS_USER")
-            .env_remove("AEGIS_NATS_PASSWORD")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut gw = GatewayProcess {
-            child: Some(child),
-            addr,
-            log,
-            _dir: dir,
-        };
-        gw.wait_version(1, Duration::from_secs(60))?;
-        Ok(gw)
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        aegis_tests::stack::tail(&text, 30)
-    }
-
-    fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let (_, body) = HttpClient::connect(self.addr)?.request("GET", "/v1/status", &[], b"")?;
-        Ok(serde_json::from_str(&body)?)
-    }
-
-    /// Until `acme`'s bundle in force is at least `version`.
-    fn wait_version(&mut self, version: u64, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("aegis-gateway exited ({status}); log:\n{}", self.log_tail());
-            }
-            let v = self
-                .status()
-                .ok()
-                .and_then(|s| s["tenants"][0]["version"].as_u64());
-            if v.is_some_and(|v| v >= version) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "aegis-gateway not on version {version} after {timeout:?}; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Until every decision event is shipped (nothing spooled or in flight).
-    fn wait_drained(&self, timeout: Duration) -> anyhow::Result<Duration> {
-        let start = Instant::now();
-        loop {
-            let log = self.status()?["decision_log"].clone();
-            if log["spool_events"] == 0 && log["in_flight"] == 0 {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > timeout {
-                bail!("decision log not drained after {timeout:?}: {log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The load generator
-
-/// One of the three things measured.
-#[derive(Debug)]
-struct Target {
+/// A 3,000 payment on `tool` (allowed, its limit never reached): the answer must be `allow`.
+fn target(
     name: &'static str,
     path: &'static str,
-    addr: SocketAddr,
-    host: HeaderValue,
-    authorization: HeaderValue,
-    body: Bytes,
-}
-
-impl Target {
-    fn new(
-        name: &'static str,
-        path: &'static str,
-        tool: &str,
-        addr: SocketAddr,
-        token: &str,
-    ) -> anyhow::Result<Target> {
-        let body = serde_json::json!({
-            "tool_id": tool,
-            "action": "create_payment",
-            "params": {"amount": 3_000, "currency": "USD", "account_number": ACCOUNT},
-        });
-        Ok(Target {
-            name,
-            path,
-            addr,
-            host: HeaderValue::from_str(&addr.to_string())?,
-            authorization: HeaderValue::from_str(&format!("Bearer {token}"))?,
-            body: Bytes::from(body.to_string()),
-        })
-    }
-}
-
-type Sender = SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
+    tool: &str,
+    gw: &GatewayProcess,
+    token: &str,
+) -> anyhow::Result<Arc<Target>> {
+    let body = serde_json::json!({
+        "tool_id": tool,
+        "action": "create_payment",
+        "params": {"amount": 3_000, "currency": "USD", "account_number": ACCOUNT},
     });
-    Ok(sender)
+    let calls = vec![(Bytes::from(body.to_string()), "allow")];
+    Ok(Arc::new(Target::new(name, path, gw.addr, token, calls)?))
 }
 
-/// One request; `Ok(None)` for a correct answer (200, allow), else what was wrong.
-async fn call(sender: &mut Sender, t: &Target) -> anyhow::Result<Option<String>> {
-    sender.ready().await?;
-    let request = hyper::Request::post(t.path)
-        .header(HOST, t.host.clone())
-        .header(AUTHORIZATION, t.authorization.clone())
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(t.body.clone()))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body)?;
-    if status == 200 && answer["decision"] == "allow" {
-        Ok(None)
-    } else {
-        Ok(Some(format!(
-            "{status} {} {}: {}",
-            answer["decision"], answer["reasons"][0]["code"], answer["reasons"][0]["message"]
-        )))
-    }
-}
-
-#[derive(Debug, Default)]
-struct ConnResult {
-    latencies_ns: Vec<u64>,
+/// The answers of a phase that were not a 200 with the expected decision, and the requests
+/// without an answer (or without a JSON one).
+#[derive(Debug, Default, Clone)]
+struct Answers {
     wrong: BTreeMap<String, u64>,
     failed: u64,
-    last_done: Option<Instant>,
 }
 
-async fn closed_conn(
-    target: Arc<Target>,
-    deadline: Instant,
-    budget: Option<Arc<AtomicU64>>,
-) -> anyhow::Result<ConnResult> {
-    let mut sender = connect(target.addr).await?;
-    let mut out = ConnResult::default();
-    while Instant::now() < deadline {
-        if let Some(b) = &budget
-            && b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_err()
-        {
-            break;
+impl Tally for Answers {
+    fn add(&mut self, answer: &load::Answer, expected: &str) {
+        let parsed = answer.as_ref().ok().and_then(|(status, body)| {
+            let answer = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+            Some((*status, answer))
+        });
+        let Some((status, answer)) = parsed else {
+            self.failed += 1;
+            return;
+        };
+        if status != 200 || answer["decision"] != expected {
+            let wrong = format!(
+                "{status} {} {}: {}",
+                answer["decision"], answer["reasons"][0]["code"], answer["reasons"][0]["message"]
+            );
+            *self.wrong.entry(wrong).or_insert(0) += 1;
         }
-        let sent = Instant::now();
-        let result = call(&mut sender, &target).await;
-        let done = Instant::now();
-        out.latencies_ns
-            .push(u64::try_from(done.duration_since(sent).as_nanos()).unwrap_or(u64::MAX));
-        match result {
-            Ok(None) => {}
-            Ok(Some(wrong)) => *out.wrong.entry(wrong).or_insert(0) += 1,
-            Err(_) => {
-                out.failed += 1;
-                sender = connect(target.addr).await?;
-            }
-        }
-        out.last_done = Some(done);
     }
-    Ok(out)
+
+    fn merge(&mut self, other: &Answers) {
+        for (k, v) in &other.wrong {
+            *self.wrong.entry(k.clone()).or_insert(0) += v;
+        }
+        self.failed += other.failed;
+    }
 }
 
 /// One closed-loop phase of one target.
-#[derive(Debug, Default, Clone)]
-struct Phase {
-    requests: u64,
-    secs: f64,
-    /// Sorted.
-    latencies_ns: Vec<u64>,
-    wrong: BTreeMap<String, u64>,
-    failed: u64,
-    /// CPU seconds of the gateway and nats-server during the phase.
-    cpu: [f64; 2],
-    /// Writes to `KV_aegis-limits` during the phase.
-    kv_writes: u64,
-}
-
-impl Phase {
-    fn per_sec(&self) -> f64 {
-        if self.secs > 0.0 {
-            self.requests as f64 / self.secs
-        } else {
-            0.0
-        }
-    }
-    fn q_us(&self, q: f64) -> f64 {
-        quantile(&self.latencies_ns, q) as f64 / 1e3
-    }
-    fn max_us(&self) -> f64 {
-        self.latencies_ns.last().copied().unwrap_or(0) as f64 / 1e3
-    }
-    fn cpu_us_per_request(&self, which: usize) -> f64 {
-        self.cpu[which] * 1e6 / self.requests.max(1) as f64
-    }
-    fn kv_writes_per_request(&self) -> f64 {
-        self.kv_writes as f64 / self.requests.max(1) as f64
-    }
-}
-
-async fn closed_loop(
-    target: Arc<Target>,
-    duration: Duration,
-    max: Option<u64>,
-    conns: usize,
-    pids: &[Option<u32>],
-) -> anyhow::Result<Phase> {
-    let budget = max.map(|n| Arc::new(AtomicU64::new(n)));
-    let cpu = CpuMeter::start(pids);
-    let start = Instant::now();
-    let deadline = start + duration;
-    let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(closed_conn(target.clone(), deadline, budget.clone())))
-        .collect();
-    let mut phase = Phase::default();
-    let mut end = start;
-    for t in tasks {
-        let r = t.await??;
-        phase.latencies_ns.extend(r.latencies_ns);
-        for (k, v) in r.wrong {
-            *phase.wrong.entry(k).or_insert(0) += v;
-        }
-        phase.failed += r.failed;
-        if let Some(d) = r.last_done {
-            end = end.max(d);
-        }
-    }
-    let cpu = cpu.stop();
-    phase.cpu = [
-        cpu.first().copied().unwrap_or(f64::NAN),
-        cpu.get(1).copied().unwrap_or(f64::NAN),
-    ];
-    phase.latencies_ns.sort_unstable();
-    phase.requests = phase.latencies_ns.len() as u64;
-    phase.secs = end.duration_since(start).as_secs_f64();
-    Ok(phase)
-}
+type Phase = load::Phase<Answers>;
 
 /// The last sequence of the stream behind KV `aegis-limits`: one per write.
 fn kv_sequence(stack: &Stack) -> anyhow::Result<u64> {
@@ -443,24 +141,27 @@ fn kv_sequence(stack: &Stack) -> anyhow::Result<u64> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let params = Params::from_env()?;
-    let mode = if params.full { "full" } else { "smoke" };
-    let gateway_bin = match std::env::var_os("AEGIS_GATEWAY_BIN") {
-        Some(p) => Ok(PathBuf::from(p)),
-        None => binary("aegis-gateway").map_err(|e| e.to_string()),
-    };
-    let cp_bin = binary("aegis-controlplane").map_err(|e| e.to_string());
-    let gateway_bin = match (gateway_bin, cp_bin) {
-        (Ok(gw), Ok(_)) => gw,
-        (Err(e), _) | (_, Err(e)) => {
-            if params.full {
-                bail!(
-                    "{e}\nbuild them first: cargo build --release -p aegis-gateway -p aegis-controlplane --bins"
-                );
-            }
-            eprintln!("global_limits smoke run skipped: {e}");
-            return Ok(());
-        }
+    let params = LoadParams::from_env(
+        LoadParams {
+            warmup: 2_000,
+            conns: 4,
+            ..LoadParams::FULL
+        },
+        LoadParams {
+            warmup: 20,
+            conns: 2,
+            ..LoadParams::SMOKE
+        },
+    )?;
+    let mode = params.mode();
+    let Some(gateway_bin) = load::gateway_binary(
+        "global_limits",
+        params.full,
+        Some("AEGIS_GATEWAY_BIN"),
+        "cargo build --release -p aegis-gateway -p aegis-controlplane --bins",
+    )?
+    else {
+        return Ok(());
     };
     eprintln!(
         "global_limits ({mode}): {} round(s) of {} connection(s) x {:?} per target against {}",
@@ -469,42 +170,37 @@ fn main() -> anyhow::Result<()> {
         params.phase,
         gateway_bin.display()
     );
-    let load_start = common::loadavg();
+    let mut machine = Machine::start();
 
     let mut stack = Stack::start();
     let version = stack.publish_change(&policy()?);
     let mut gw = GatewayProcess::start(&gateway_bin, &stack.server.url(), &stack.trust_file)?;
+    // Up with its first bundle, then on the one with `pay-global`.
+    gw.wait_version(1, Duration::from_secs(60))?;
     gw.wait_version(version, Duration::from_secs(60))?;
-    let token = {
-        let mut request = stack.token_request(ACME, "finance-agent", &["planner"]);
-        request.ttl_seconds = 24 * 3600;
-        aegis_core::token::issue(&request, &stack.acme().issuer)?
-    };
+    let token = load::finance_token(&stack)?;
     let pids = [gw.pid(), stack.server.pid()];
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let client = load::client_runtime(1)?;
     let targets = [
-        Target::new("noop", "/v1/noop", "payments", gw.addr, &token)?,
-        Target::new("local budget", "/v1/decide", "payments", gw.addr, &token)?,
-        Target::new("global budget", "/v1/decide", GLOBAL_TOOL, gw.addr, &token)?,
-    ]
-    .map(Arc::new);
+        target("noop", "/v1/noop", "payments", &gw, &token)?,
+        target("local budget", "/v1/decide", "payments", &gw, &token)?,
+        target("global budget", "/v1/decide", GLOBAL_TOOL, &gw, &token)?,
+    ];
 
     for t in &targets {
-        let w = client.block_on(closed_loop(
+        let w: Phase = client.block_on(load::closed_loop(
             t.clone(),
             Duration::from_secs(30),
             Some(params.warmup),
             params.conns,
             &pids,
         ))?;
-        if !w.wrong.is_empty() || w.failed > 0 {
+        if !w.tally.wrong.is_empty() || w.tally.failed > 0 {
             bail!(
                 "warm-up of {}: wrong answers {:?}, {} failed; gateway log:\n{}",
                 t.name,
-                w.wrong,
-                w.failed,
+                w.tally.wrong,
+                w.tally.failed,
                 gw.log_tail()
             );
         }
@@ -512,18 +208,21 @@ fn main() -> anyhow::Result<()> {
     gw.wait_drained(Duration::from_secs(120))?;
 
     let mut results: BTreeMap<&'static str, Vec<Phase>> = BTreeMap::new();
+    // Writes to `KV_aegis-limits` per request of each phase.
+    let mut kv_writes: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for round in 0..params.rounds {
         for k in 0..targets.len() {
             let t = &targets[(k + round) % targets.len()];
             let kv_before = kv_sequence(&stack)?;
-            let mut phase = client.block_on(closed_loop(
+            let phase: Phase = client.block_on(load::closed_loop(
                 t.clone(),
                 params.phase,
                 params.max_requests,
                 params.conns,
                 &pids,
             ))?;
-            phase.kv_writes = kv_sequence(&stack)? - kv_before;
+            let kv_per_request =
+                (kv_sequence(&stack)? - kv_before) as f64 / phase.requests.max(1) as f64;
             let drain = gw.wait_drained(Duration::from_secs(300))?;
             eprintln!(
                 "round {} {:<13}: {:>6.0} req/s, p50 {:>6.0} µs, p99 {:>6.0} µs, max {:>7.0} µs, gateway CPU {:>5.1} µs/req, nats CPU {:>5.1} µs/req, KV writes/req {:.2}, events shipped {:.2} s after{}",
@@ -535,25 +234,23 @@ fn main() -> anyhow::Result<()> {
                 phase.max_us(),
                 phase.cpu_us_per_request(0),
                 phase.cpu_us_per_request(1),
-                phase.kv_writes_per_request(),
+                kv_per_request,
                 drain.as_secs_f64(),
-                if phase.wrong.is_empty() && phase.failed == 0 {
+                if phase.tally.wrong.is_empty() && phase.tally.failed == 0 {
                     String::new()
                 } else {
                     format!(
                         ", NOT ALL CORRECT: {:?}, {} failed",
-                        phase.wrong, phase.failed
+                        phase.tally.wrong, phase.tally.failed
                     )
                 }
             );
             results.entry(t.name).or_default().push(phase);
+            kv_writes.entry(t.name).or_default().push(kv_per_request);
         }
     }
-    let load_end = common::loadavg();
+    machine.end();
 
-    let med = |phases: &[Phase], f: &dyn Fn(&Phase) -> f64| {
-        median(&phases.iter().map(f).collect::<Vec<_>>())
-    };
     println!();
     println!(
         "Aegis global limits benchmark ({mode}): a 3,000 payment under a per-gateway budget and the \
@@ -563,11 +260,7 @@ fn main() -> anyhow::Result<()> {
         params.phase.as_secs_f64(),
         params.rounds
     );
-    println!(
-        "machine: {} x {}; load average {load_start} at start, {load_end} at end (shared machine)",
-        common::cpus(),
-        common::cpu_model()
-    );
+    println!("{}", machine.line());
     println!(
         "gateway: {}; nats-server {} (JetStream, sync_interval: always)",
         gateway_bin.display(),
@@ -580,15 +273,14 @@ fn main() -> anyhow::Result<()> {
     println!(
         "|---------------|-------:|--------------------------|-------:|-------:|-------:|-------:|--------:|-------------------:|----------------:|--------------:|"
     );
-    let mut wrong = BTreeMap::new();
-    let mut failed = 0;
+    let mut all = Answers::default();
     for t in &targets {
         let p = results.get(t.name).map(Vec::as_slice).unwrap_or_default();
         for phase in p {
-            for (k, v) in &phase.wrong {
-                *wrong.entry(format!("{}: {k}", t.name)).or_insert(0) += v;
+            for (k, v) in &phase.tally.wrong {
+                *all.wrong.entry(format!("{}: {k}", t.name)).or_insert(0) += v;
             }
-            failed += phase.failed;
+            all.failed += phase.tally.failed;
         }
         let runs = p
             .iter()
@@ -596,22 +288,19 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" / ");
         println!(
-            "| {:<13} | {:>6.0} | {runs:<24} | {:>6.0} | {:>6.0} | {:>6.0} | {:>6.0} | {:>7.0} | {:>18.1} | {:>15.1} | {:>13.2} |",
+            "| {:<13} | {:>6.0} | {runs:<24} | {} | {:>18.1} | {:>15.1} | {:>13.2} |",
             t.name,
-            med(p, &Phase::per_sec),
-            med(p, &|x| x.q_us(0.50)),
-            med(p, &|x| x.q_us(0.90)),
-            med(p, &|x| x.q_us(0.99)),
-            med(p, &|x| x.q_us(0.999)),
-            med(p, &Phase::max_us),
-            med(p, &|x| x.cpu_us_per_request(0)),
-            med(p, &|x| x.cpu_us_per_request(1)),
-            med(p, &Phase::kv_writes_per_request),
+            median_by(p, Phase::per_sec),
+            Latencies::median_of(p).cells(),
+            median_by(p, |x| x.cpu_us_per_request(0)),
+            median_by(p, |x| x.cpu_us_per_request(1)),
+            median(kv_writes.get(t.name).map(Vec::as_slice).unwrap_or_default()),
         );
     }
+    let Answers { wrong, failed } = all;
     println!();
     println!("answers not 200 allow: {wrong:?}; failed requests: {failed}");
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "bench": "global_limits",
         "mode": mode,
         "connections": params.conns,
@@ -620,28 +309,22 @@ fn main() -> anyhow::Result<()> {
         "gateway": gateway_bin.display().to_string(),
         "targets": targets.iter().map(|t| {
             let p = results.get(t.name).map(Vec::as_slice).unwrap_or_default();
-            serde_json::json!({
+            let mut json = serde_json::json!({
                 "target": t.name,
-                "req_per_s": med(p, &Phase::per_sec).round(),
+                "req_per_s": median_by(p, Phase::per_sec).round(),
                 "runs_req_per_s": p.iter().map(|x| x.per_sec().round()).collect::<Vec<_>>(),
-                "p50_us": med(p, &|x| x.q_us(0.50)),
-                "p90_us": med(p, &|x| x.q_us(0.90)),
-                "p99_us": med(p, &|x| x.q_us(0.99)),
-                "p999_us": med(p, &|x| x.q_us(0.999)),
-                "max_us": med(p, &Phase::max_us),
-                "gateway_cpu_us_per_req": med(p, &|x| x.cpu_us_per_request(0)),
-                "nats_cpu_us_per_req": med(p, &|x| x.cpu_us_per_request(1)),
-                "kv_writes_per_req": med(p, &Phase::kv_writes_per_request),
-            })
+                "gateway_cpu_us_per_req": median_by(p, |x| x.cpu_us_per_request(0)),
+                "nats_cpu_us_per_req": median_by(p, |x| x.cpu_us_per_request(1)),
+                "kv_writes_per_req": median(kv_writes.get(t.name).map(Vec::as_slice).unwrap_or_default()),
+            });
+            Latencies::median_of(p).add_to(&mut json);
+            json
         }).collect::<Vec<_>>(),
         "not_correct": wrong,
         "failed": failed,
-        "cpus": common::cpus(),
-        "cpu": common::cpu_model(),
-        "loadavg_start": load_start,
-        "loadavg_end": load_end,
         "nats_server": stack.server.version().to_string(),
     });
+    machine.add_to(&mut json);
     println!("{json}");
     if failed > 0 || !wrong.is_empty() {
         bail!("not every answer was a 200 allow: {wrong:?}, {failed} failed");

@@ -1,9 +1,4 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 //! Benchmark: decision events shipped per second by the gateway's shipper
 //! (`aegis_gateway::shipper`), next to raw async-nats JetStream publishing of the same payloads
 //! in the same run.
@@ -31,20 +26,17 @@
 //! (`{"bench":"shipping",...}`). Without `--bench` (what `cargo test --all-targets` runs) it is
 //! a smoke run of 300 events, one round, no goal check.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use aegis_core::decision::{DecisionKind, Reason};
 use aegis_core::decision_log::{self, DecisionEvent};
 use aegis_core::events::RolloutStage;
 use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegis_gateway::shipper::{self, Outgoing, ShipError, ShipperConfig};
 use aegis_nats::topology::{DECISIONS_STREAM, decisions_subject};
+use aegis_tests::load::{self, CpuMeter, Machine, median};
 use aegis_tests::{NatsServer, NatsServerOptions};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use bytes::Bytes;
-use common::{CpuMeter, median};
 use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
 use std::future::IntoFuture as _;
@@ -65,31 +57,20 @@ struct Params {
 
 impl Params {
     fn from_env() -> anyhow::Result<Params> {
-        let full = common::full_run();
-        let mut p = if full {
-            Params {
-                full,
-                events_fsync: 20_000,
-                events_nofsync: 100_000,
-                rounds: 3,
-            }
+        let full = load::full_run();
+        // Events per run (fsync, no fsync) and rounds.
+        let (fsync, nofsync, rounds) = if full {
+            (20_000, 100_000, 3)
         } else {
-            Params {
-                full,
-                events_fsync: 300,
-                events_nofsync: 300,
-                rounds: 1,
-            }
+            (300, 300, 1)
         };
-        if let Some(n) = common::env_number("AEGIS_BENCH_EVENTS")? {
-            let n = usize::try_from(n)?.max(1);
-            p.events_fsync = n;
-            p.events_nofsync = n;
-        }
-        if let Some(n) = common::env_number("AEGIS_BENCH_ROUNDS")? {
-            p.rounds = usize::try_from(n)?.max(1);
-        }
-        Ok(p)
+        let events = load::env_count("AEGIS_BENCH_EVENTS")?;
+        Ok(Params {
+            full,
+            events_fsync: events.unwrap_or(fsync),
+            events_nofsync: events.unwrap_or(nofsync),
+            rounds: load::env_count("AEGIS_BENCH_ROUNDS")?.unwrap_or(rounds),
+        })
     }
 }
 
@@ -474,7 +455,7 @@ fn main() -> anyhow::Result<()> {
         params.events_nofsync,
         params.rounds
     );
-    let load_start = common::loadavg();
+    let mut machine = Machine::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -484,7 +465,7 @@ fn main() -> anyhow::Result<()> {
         sample.iter().map(|m| m.payload.len()).sum::<usize>() as f64 / sample.len() as f64;
     let (fsync, version) = series(&rt, Storage::Fsync, params.events_fsync, params.rounds)?;
     let (nofsync, _) = series(&rt, Storage::NoFsync, params.events_nofsync, params.rounds)?;
-    let load_end = common::loadavg();
+    machine.end();
 
     println!();
     println!(
@@ -492,11 +473,7 @@ fn main() -> anyhow::Result<()> {
          server configuration, medians",
         params.rounds
     );
-    println!(
-        "machine: {} x {}; load average {load_start} at start, {load_end} at end (shared machine)",
-        common::cpus(),
-        common::cpu_model()
-    );
+    println!("{}", machine.line());
     println!("nats-server: {version} (JetStream, R1 stream AEGIS_DECISIONS)");
     println!();
     println!(
@@ -557,19 +534,16 @@ fn main() -> anyhow::Result<()> {
             "cpu_us_per_event_nats_shipper": cpu_us(&s.shipper, |r| r.cpu_nats),
         })
     };
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "bench": "shipping",
         "mode": if params.full { "full" } else { "smoke" },
         "rounds": params.rounds,
         "payload_bytes": payload_bytes.round(),
         "fsync": series_json(&fsync),
         "no_fsync": series_json(&nofsync),
-        "cpus": common::cpus(),
-        "cpu": common::cpu_model(),
-        "loadavg_start": load_start,
-        "loadavg_end": load_end,
         "nats_server": version,
     });
+    machine.add_to(&mut json);
     println!("{json}");
     Ok(())
 }

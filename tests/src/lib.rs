@@ -4,6 +4,7 @@ pub mod bundles;
 pub mod controlplane;
 pub mod flow;
 pub mod gateway;
+pub mod load;
 pub mod nats_cluster;
 pub mod nats_server;
 pub mod process;
