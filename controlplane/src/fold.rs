@@ -618,11 +618,7 @@ impl Ctx<'_, '_> {
                         f.at
                     );
                 }
-                self.tenant.frozen = Some(FreezeView {
-                    by: env.actor.clone(),
-                    at: env.time.clone(),
-                    reason: e.reason.clone(),
-                });
+                self.tenant.frozen = Some(Self::freeze(env, &e.reason));
             }
             Event::TenantUnfrozen(_) => {
                 if self.tenant.frozen.is_none() {
@@ -637,45 +633,40 @@ impl Ctx<'_, '_> {
             // The kill switch and the data-plane freeze: accepted while the tenant is frozen
             // (they stop things; they publish no policy).
             Event::AgentBlocked(e) => {
-                let id = e.agent.as_str().to_owned();
-                if let Some(b) = self.tenant.blocked_agents.get(&id) {
-                    reject!(
-                        "agent `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
-                        b.by,
-                        b.at,
-                        b.reason
-                    );
-                }
-                let block = Self::block(env, &e.reason);
-                self.tenant.blocked_agents.insert(id, block);
+                return Self::block(
+                    &mut self.tenant.blocked_agents,
+                    "agent",
+                    e.agent.as_str(),
+                    &tenant,
+                    env,
+                    &e.reason,
+                );
             }
             Event::AgentUnblocked(e) => {
-                if self
-                    .tenant
-                    .blocked_agents
-                    .remove(e.agent.as_str())
-                    .is_none()
-                {
-                    reject!("agent `{}` is not blocked in tenant `{tenant}`", e.agent);
-                }
+                return Self::unblock(
+                    &mut self.tenant.blocked_agents,
+                    "agent",
+                    e.agent.as_str(),
+                    &tenant,
+                );
             }
             Event::ToolBlocked(e) => {
-                let id = e.tool.as_str().to_owned();
-                if let Some(b) = self.tenant.blocked_tools.get(&id) {
-                    reject!(
-                        "tool `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
-                        b.by,
-                        b.at,
-                        b.reason
-                    );
-                }
-                let block = Self::block(env, &e.reason);
-                self.tenant.blocked_tools.insert(id, block);
+                return Self::block(
+                    &mut self.tenant.blocked_tools,
+                    "tool",
+                    e.tool.as_str(),
+                    &tenant,
+                    env,
+                    &e.reason,
+                );
             }
             Event::ToolUnblocked(e) => {
-                if self.tenant.blocked_tools.remove(e.tool.as_str()).is_none() {
-                    reject!("tool `{}` is not blocked in tenant `{tenant}`", e.tool);
-                }
+                return Self::unblock(
+                    &mut self.tenant.blocked_tools,
+                    "tool",
+                    e.tool.as_str(),
+                    &tenant,
+                );
             }
             Event::DataPlaneFrozen(e) => {
                 if let Some(f) = &self.tenant.data_plane_frozen {
@@ -686,11 +677,7 @@ impl Ctx<'_, '_> {
                         f.reason
                     );
                 }
-                self.tenant.data_plane_frozen = Some(FreezeView {
-                    by: env.actor.clone(),
-                    at: env.time.clone(),
-                    reason: e.reason.clone(),
-                });
+                self.tenant.data_plane_frozen = Some(Self::freeze(env, &e.reason));
             }
             Event::DataPlaneUnfrozen(_) => {
                 if self.tenant.data_plane_frozen.is_none() {
@@ -898,12 +885,53 @@ impl Ctx<'_, '_> {
         })
     }
 
-    fn block(env: &Envelope, reason: &str) -> BlockView {
-        BlockView {
+    /// Who froze (the tenant or its data plane), when and why.
+    fn freeze(env: &Envelope, reason: &str) -> FreezeView {
+        FreezeView {
+            by: env.actor.clone(),
+            at: env.time.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The kill switch for one agent or tool (`what`): `id` goes into `blocked` with who
+    /// blocked it, when and why, unless it is already there.
+    fn block(
+        blocked: &mut BTreeMap<String, BlockView>,
+        what: &str,
+        id: &str,
+        tenant: &TenantId,
+        env: &Envelope,
+        reason: &str,
+    ) -> Step {
+        if let Some(b) = blocked.get(id) {
+            reject!(
+                "{what} `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
+                b.by,
+                b.at,
+                b.reason
+            );
+        }
+        let block = BlockView {
             reason: reason.to_owned(),
             by: env.actor.clone(),
             at: env.time.clone(),
+        };
+        blocked.insert(id.to_owned(), block);
+        Ok(Ok(()))
+    }
+
+    /// Lifts the kill switch for one agent or tool (`what`): `id` must be in `blocked`.
+    fn unblock(
+        blocked: &mut BTreeMap<String, BlockView>,
+        what: &str,
+        id: &str,
+        tenant: &TenantId,
+    ) -> Step {
+        if blocked.remove(id).is_none() {
+            reject!("{what} `{id}` is not blocked in tenant `{tenant}`");
         }
+        Ok(Ok(()))
     }
 
     /// Why `version` is not the candidate a rollout event may name, if it is not.
