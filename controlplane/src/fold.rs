@@ -272,6 +272,14 @@ macro_rules! reject {
     };
 }
 
+/// Which kill-switch list an event names.
+#[derive(Debug, Clone, Copy)]
+enum Blocked {
+    Agent,
+    Tool,
+}
+use Blocked::{Agent, Tool};
+
 impl Ctx<'_, '_> {
     fn tid(&self) -> TenantId {
         self.tenant.tenant.clone()
@@ -632,42 +640,10 @@ impl Ctx<'_, '_> {
             Event::TokenIssuerRevoked(e) => return self.revoke_issuer(env, e),
             // The kill switch and the data-plane freeze: accepted while the tenant is frozen
             // (they stop things; they publish no policy).
-            Event::AgentBlocked(e) => {
-                return Self::block(
-                    &mut self.tenant.blocked_agents,
-                    "agent",
-                    e.agent.as_str(),
-                    &tenant,
-                    env,
-                    &e.reason,
-                );
-            }
-            Event::AgentUnblocked(e) => {
-                return Self::unblock(
-                    &mut self.tenant.blocked_agents,
-                    "agent",
-                    e.agent.as_str(),
-                    &tenant,
-                );
-            }
-            Event::ToolBlocked(e) => {
-                return Self::block(
-                    &mut self.tenant.blocked_tools,
-                    "tool",
-                    e.tool.as_str(),
-                    &tenant,
-                    env,
-                    &e.reason,
-                );
-            }
-            Event::ToolUnblocked(e) => {
-                return Self::unblock(
-                    &mut self.tenant.blocked_tools,
-                    "tool",
-                    e.tool.as_str(),
-                    &tenant,
-                );
-            }
+            Event::AgentBlocked(e) => return self.block(Agent, e.agent.as_str(), env, &e.reason),
+            Event::AgentUnblocked(e) => return self.unblock(Agent, e.agent.as_str()),
+            Event::ToolBlocked(e) => return self.block(Tool, e.tool.as_str(), env, &e.reason),
+            Event::ToolUnblocked(e) => return self.unblock(Tool, e.tool.as_str()),
             Event::DataPlaneFrozen(e) => {
                 if let Some(f) = &self.tenant.data_plane_frozen {
                     reject!(
@@ -894,16 +870,19 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// The kill switch for one agent or tool (`what`): `id` goes into `blocked` with who
-    /// blocked it, when and why, unless it is already there.
-    fn block(
-        blocked: &mut BTreeMap<String, BlockView>,
-        what: &str,
-        id: &str,
-        tenant: &TenantId,
-        env: &Envelope,
-        reason: &str,
-    ) -> Step {
+    /// The kill-switch list of `kind`, and its noun for messages.
+    fn blocked(&mut self, kind: Blocked) -> (&mut BTreeMap<String, BlockView>, &'static str) {
+        match kind {
+            Blocked::Agent => (&mut self.tenant.blocked_agents, "agent"),
+            Blocked::Tool => (&mut self.tenant.blocked_tools, "tool"),
+        }
+    }
+
+    /// The kill switch for one agent or tool: `id` goes on the list with who blocked it, when
+    /// and why, unless it is already there.
+    fn block(&mut self, kind: Blocked, id: &str, env: &Envelope, reason: &str) -> Step {
+        let tenant = self.tid();
+        let (blocked, what) = self.blocked(kind);
         if let Some(b) = blocked.get(id) {
             reject!(
                 "{what} `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
@@ -921,13 +900,10 @@ impl Ctx<'_, '_> {
         Ok(Ok(()))
     }
 
-    /// Lifts the kill switch for one agent or tool (`what`): `id` must be in `blocked`.
-    fn unblock(
-        blocked: &mut BTreeMap<String, BlockView>,
-        what: &str,
-        id: &str,
-        tenant: &TenantId,
-    ) -> Step {
+    /// Lifts the kill switch for one agent or tool: `id` must be on the list.
+    fn unblock(&mut self, kind: Blocked, id: &str) -> Step {
+        let tenant = self.tid();
+        let (blocked, what) = self.blocked(kind);
         if blocked.remove(id).is_none() {
             reject!("{what} `{id}` is not blocked in tenant `{tenant}`");
         }
