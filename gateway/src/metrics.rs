@@ -77,7 +77,7 @@ pub struct Metrics {
     decisions: std::sync::RwLock<BTreeMap<String, std::sync::Arc<DecisionCounters>>>,
     pub latency: Histogram,
     auth_failures: Mutex<BTreeMap<String, u64>>,
-    bundles_rejected: Mutex<BTreeMap<(String, String), u64>>,
+    bundles_rejected: ByTenantAndReason,
     pub bundles_applied: AtomicU64,
     refused_unrecordable: AtomicU64,
     /// `aegis_shadow_disagreements_total{tenant}`: the enforced and the other version of a
@@ -86,7 +86,7 @@ pub struct Metrics {
     /// `aegis_bundles_pinned_total{tenant}`: global bundles held back by a data-plane freeze.
     bundles_pinned: Mutex<BTreeMap<String, u64>>,
     /// `aegis_controls_rejected_total{tenant, reason}`.
-    controls_rejected: Mutex<BTreeMap<(String, String), u64>>,
+    controls_rejected: ByTenantAndReason,
 }
 
 /// One tenant's rollout and kill-switch state, as `/metrics` reports it.
@@ -157,10 +157,7 @@ impl Metrics {
     }
 
     pub fn bundle_rejected(&self, tenant: &str, reason_code: &str) {
-        if let Ok(mut map) = self.bundles_rejected.lock() {
-            *map.entry((tenant.to_owned(), reason_code.to_owned()))
-                .or_default() += 1;
-        }
+        count_reason(&self.bundles_rejected, tenant, reason_code);
     }
 
     /// The enforced and the other version of a rollout disagreed on a call of `tenant`.
@@ -196,36 +193,17 @@ impl Metrics {
 
     /// A controls state of `tenant` was not applied.
     pub fn controls_rejected(&self, tenant: &str, reason_code: &str) {
-        if let Ok(mut map) = self.controls_rejected.lock() {
-            *map.entry((tenant.to_owned(), reason_code.to_owned()))
-                .or_default() += 1;
-        }
+        count_reason(&self.controls_rejected, tenant, reason_code);
     }
 
     /// Controls states of `tenant` not applied, all reasons.
     pub fn controls_rejected_for(&self, tenant: &str) -> u64 {
-        self.controls_rejected
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|((t, _), _)| t == tenant)
-                    .map(|(_, n)| *n)
-                    .sum()
-            })
-            .unwrap_or(0)
+        total_of(&self.controls_rejected, tenant)
     }
 
     /// Total bundles rejected for `tenant`.
     pub fn rejected_for(&self, tenant: &str) -> u64 {
-        self.bundles_rejected
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|((t, _), _)| t == tenant)
-                    .map(|(_, n)| *n)
-                    .sum()
-            })
-            .unwrap_or(0)
+        total_of(&self.bundles_rejected, tenant)
     }
 
     /// The exposition text.
@@ -463,6 +441,30 @@ impl Metrics {
             by_tenant(out, name, "gauge", help, samples);
         }
     }
+}
+
+/// Counts by tenant and reason code.
+type ByTenantAndReason = Mutex<BTreeMap<(String, String), u64>>;
+
+/// One more `reason_code` for `tenant` in `counts`.
+fn count_reason(counts: &ByTenantAndReason, tenant: &str, reason_code: &str) {
+    if let Ok(mut map) = counts.lock() {
+        *map.entry((tenant.to_owned(), reason_code.to_owned()))
+            .or_default() += 1;
+    }
+}
+
+/// The count of `tenant` in `counts`, all reasons.
+fn total_of(counts: &ByTenantAndReason, tenant: &str) -> u64 {
+    counts
+        .lock()
+        .map(|m| {
+            m.iter()
+                .filter(|((t, _), _)| t == tenant)
+                .map(|(_, n)| *n)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// The `# HELP` and `# TYPE` lines of metric `name`.
