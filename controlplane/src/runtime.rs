@@ -428,12 +428,7 @@ impl Reactor {
             .scan(Family::Local, keys::outbox_bundle_all())
             .unwrap_or_default();
         for (key, version) in pending {
-            let Some(tenant) = key
-                .trim_start_matches(keys::outbox_bundle_all())
-                .split('#')
-                .next()
-                .and_then(|t| TenantId::new(t).ok())
-            else {
+            let Some(tenant) = outbox_tenant(&key, keys::outbox_bundle_all()) else {
                 let _ = self.store.delete_local(&key);
                 continue;
             };
