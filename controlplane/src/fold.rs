@@ -272,6 +272,14 @@ macro_rules! reject {
     };
 }
 
+/// Which kill-switch list an event names.
+#[derive(Debug, Clone, Copy)]
+enum Blocked {
+    Agent,
+    Tool,
+}
+use Blocked::{Agent, Tool};
+
 impl Ctx<'_, '_> {
     fn tid(&self) -> TenantId {
         self.tenant.tenant.clone()
@@ -618,11 +626,7 @@ impl Ctx<'_, '_> {
                         f.at
                     );
                 }
-                self.tenant.frozen = Some(FreezeView {
-                    by: env.actor.clone(),
-                    at: env.time.clone(),
-                    reason: e.reason.clone(),
-                });
+                self.tenant.frozen = Some(Self::freeze(env, &e.reason));
             }
             Event::TenantUnfrozen(_) => {
                 if self.tenant.frozen.is_none() {
@@ -636,47 +640,10 @@ impl Ctx<'_, '_> {
             Event::TokenIssuerRevoked(e) => return self.revoke_issuer(env, e),
             // The kill switch and the data-plane freeze: accepted while the tenant is frozen
             // (they stop things; they publish no policy).
-            Event::AgentBlocked(e) => {
-                let id = e.agent.as_str().to_owned();
-                if let Some(b) = self.tenant.blocked_agents.get(&id) {
-                    reject!(
-                        "agent `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
-                        b.by,
-                        b.at,
-                        b.reason
-                    );
-                }
-                let block = Self::block(env, &e.reason);
-                self.tenant.blocked_agents.insert(id, block);
-            }
-            Event::AgentUnblocked(e) => {
-                if self
-                    .tenant
-                    .blocked_agents
-                    .remove(e.agent.as_str())
-                    .is_none()
-                {
-                    reject!("agent `{}` is not blocked in tenant `{tenant}`", e.agent);
-                }
-            }
-            Event::ToolBlocked(e) => {
-                let id = e.tool.as_str().to_owned();
-                if let Some(b) = self.tenant.blocked_tools.get(&id) {
-                    reject!(
-                        "tool `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
-                        b.by,
-                        b.at,
-                        b.reason
-                    );
-                }
-                let block = Self::block(env, &e.reason);
-                self.tenant.blocked_tools.insert(id, block);
-            }
-            Event::ToolUnblocked(e) => {
-                if self.tenant.blocked_tools.remove(e.tool.as_str()).is_none() {
-                    reject!("tool `{}` is not blocked in tenant `{tenant}`", e.tool);
-                }
-            }
+            Event::AgentBlocked(e) => return self.block(Agent, e.agent.as_str(), env, &e.reason),
+            Event::AgentUnblocked(e) => return self.unblock(Agent, e.agent.as_str()),
+            Event::ToolBlocked(e) => return self.block(Tool, e.tool.as_str(), env, &e.reason),
+            Event::ToolUnblocked(e) => return self.unblock(Tool, e.tool.as_str()),
             Event::DataPlaneFrozen(e) => {
                 if let Some(f) = &self.tenant.data_plane_frozen {
                     reject!(
@@ -686,11 +653,7 @@ impl Ctx<'_, '_> {
                         f.reason
                     );
                 }
-                self.tenant.data_plane_frozen = Some(FreezeView {
-                    by: env.actor.clone(),
-                    at: env.time.clone(),
-                    reason: e.reason.clone(),
-                });
+                self.tenant.data_plane_frozen = Some(Self::freeze(env, &e.reason));
             }
             Event::DataPlaneUnfrozen(_) => {
                 if self.tenant.data_plane_frozen.is_none() {
@@ -898,12 +861,53 @@ impl Ctx<'_, '_> {
         })
     }
 
-    fn block(env: &Envelope, reason: &str) -> BlockView {
-        BlockView {
+    /// Who froze (the tenant or its data plane), when and why.
+    fn freeze(env: &Envelope, reason: &str) -> FreezeView {
+        FreezeView {
+            by: env.actor.clone(),
+            at: env.time.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The kill-switch list of `kind`, and its noun for messages.
+    fn blocked(&mut self, kind: Blocked) -> (&mut BTreeMap<String, BlockView>, &'static str) {
+        match kind {
+            Blocked::Agent => (&mut self.tenant.blocked_agents, "agent"),
+            Blocked::Tool => (&mut self.tenant.blocked_tools, "tool"),
+        }
+    }
+
+    /// The kill switch for one agent or tool: `id` goes on the list with who blocked it, when
+    /// and why, unless it is already there.
+    fn block(&mut self, kind: Blocked, id: &str, env: &Envelope, reason: &str) -> Step {
+        let tenant = self.tid();
+        let (blocked, what) = self.blocked(kind);
+        if let Some(b) = blocked.get(id) {
+            reject!(
+                "{what} `{id}` is already blocked in tenant `{tenant}` (by {} at {}: {})",
+                b.by,
+                b.at,
+                b.reason
+            );
+        }
+        let block = BlockView {
             reason: reason.to_owned(),
             by: env.actor.clone(),
             at: env.time.clone(),
+        };
+        blocked.insert(id.to_owned(), block);
+        Ok(Ok(()))
+    }
+
+    /// Lifts the kill switch for one agent or tool: `id` must be on the list.
+    fn unblock(&mut self, kind: Blocked, id: &str) -> Step {
+        let tenant = self.tid();
+        let (blocked, what) = self.blocked(kind);
+        if blocked.remove(id).is_none() {
+            reject!("{what} `{id}` is not blocked in tenant `{tenant}`");
         }
+        Ok(Ok(()))
     }
 
     /// Why `version` is not the candidate a rollout event may name, if it is not.

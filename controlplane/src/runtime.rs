@@ -25,7 +25,7 @@ use crate::store::{Family, Store, StoreError};
 use aegis_core::approvals::ApprovalMessage;
 use aegis_core::events::chain::ChainEntry;
 use aegis_core::events::{
-    AuditCheckpoint, BundlePublished, Envelope, Event, RuntimeApprovalDecided,
+    AuditCheckpoint, BundlePublished, Envelope, Event, ReceivedEnvelope, RuntimeApprovalDecided,
 };
 use aegis_core::ids::TenantId;
 use aegis_core::query::{EventRecord, QueryError, QueryReply, QueryRequest, VersionView};
@@ -428,12 +428,7 @@ impl Reactor {
             .scan(Family::Local, keys::outbox_bundle_all())
             .unwrap_or_default();
         for (key, version) in pending {
-            let Some(tenant) = key
-                .trim_start_matches(keys::outbox_bundle_all())
-                .split('#')
-                .next()
-                .and_then(|t| TenantId::new(t).ok())
-            else {
+            let Some(tenant) = outbox_tenant(&key, keys::outbox_bundle_all()) else {
                 let _ = self.store.delete_local(&key);
                 continue;
             };
@@ -518,33 +513,20 @@ impl Reactor {
     ) -> Result<(), RunError> {
         let epoch = entry.controls.epoch;
         let subject = topology::controls_subject(tenant).map_err(nats_err)?;
-        let last = aegis_nats::last_message(&self.js, BUNDLES_STREAM, &subject)
-            .await
-            .map_err(nats_err)?;
-        let own_key = self.config.fold.signing_key.verifying_key();
-        let last_epoch = last
-            .as_ref()
-            .and_then(|m| aegis_core::events::ReceivedEnvelope::parse(&m.payload).ok())
-            .filter(|r| r.verify(own_key).is_ok())
-            .and_then(|r| match r.envelope.event {
+        let last_epoch = self
+            .last_own_event(BUNDLES_STREAM, &subject)
+            .await?
+            .and_then(|event| match event {
                 Event::TenantControls(c) => Some(c.epoch),
                 _ => None,
             });
         if last_epoch.is_some_and(|last| last >= epoch) {
             return Ok(());
         }
-        let id = derived_event_id(&["controls", tenant.as_str(), &epoch.to_string()])
-            .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
-        let payload = self.sign(
-            tenant,
-            id,
-            &entry.time,
-            Event::TenantControls(entry.controls.clone()),
-        )?;
-        let publish = Publish::new(subject, payload).msg_id(format!("controls:{tenant}:{epoch}"));
-        aegis_nats::publish(&self.js, publish)
-            .await
-            .map_err(nats_err)?;
+        let event = Event::TenantControls(entry.controls.clone());
+        let parts = ["controls", tenant.as_str(), &epoch.to_string()];
+        self.publish_signed(tenant, subject, &parts, &entry.time, event)
+            .await?;
         tracing::info!(%tenant, epoch, "gateway controls published");
         Ok(())
     }
@@ -558,15 +540,12 @@ impl Reactor {
         d: &ApprovalDecisionRecord,
     ) -> Result<(), RunError> {
         let subject = topology::approvals_subject(tenant, &d.approval_id).map_err(nats_err)?;
-        let last = aegis_nats::last_message(&self.js, APPROVALS_STREAM, &subject)
-            .await
-            .map_err(nats_err)?;
+        let last = self.last_message(APPROVALS_STREAM, &subject).await?;
         // Only a decision this control plane's key signed counts.
-        let own_key = self.config.fold.signing_key.verifying_key();
         let done = last
             .as_ref()
             .is_some_and(|m| match ApprovalMessage::parse(&m.payload) {
-                Ok(ApprovalMessage::Decided(received, _)) => received.verify(own_key).is_ok(),
+                Ok(ApprovalMessage::Decided(received, _)) => self.signed_by_us(&received),
                 Ok(ApprovalMessage::Consumed(_)) => true,
                 _ => false,
             });
@@ -583,15 +562,62 @@ impl Reactor {
             note: d.note.clone(),
             source_event: d.event_id.clone(),
         };
-        let id = derived_event_id(&["decided", tenant.as_str(), &d.approval_id])
+        let event = Event::RuntimeApprovalDecided(decided);
+        let parts = ["decided", tenant.as_str(), &d.approval_id];
+        self.publish_signed(tenant, subject, &parts, &d.at, event)
+            .await?;
+        tracing::info!(%tenant, approval_id = %d.approval_id, granted = d.granted, "runtime approval decision relayed");
+        Ok(())
+    }
+
+    /// The last message on `subject` in `stream`, if any.
+    async fn last_message(
+        &self,
+        stream: &str,
+        subject: &str,
+    ) -> Result<Option<aegis_nats::LastMessage>, RunError> {
+        aegis_nats::last_message(&self.js, stream, subject)
+            .await
+            .map_err(nats_err)
+    }
+
+    /// Whether this control plane's key signed `received`.
+    fn signed_by_us(&self, received: &ReceivedEnvelope) -> bool {
+        received
+            .verify(self.config.fold.signing_key.verifying_key())
+            .is_ok()
+    }
+
+    /// The event of the last message on `subject`, if this control plane's key signed it: a
+    /// forged message on the subject (say, a high version or epoch) must not silence every
+    /// real one after it.
+    async fn last_own_event(&self, stream: &str, subject: &str) -> Result<Option<Event>, RunError> {
+        Ok(self
+            .last_message(stream, subject)
+            .await?
+            .and_then(|m| ReceivedEnvelope::parse(&m.payload).ok())
+            .filter(|r| self.signed_by_us(r))
+            .map(|r| r.envelope.event))
+    }
+
+    /// Signs `event` as the control plane, with the event id derived from `parts` and the
+    /// time `time`, and publishes it on `subject` with `Nats-Msg-Id` `parts` joined by `:`
+    /// (so a replay within the duplicate window is dropped).
+    async fn publish_signed(
+        &self,
+        tenant: &TenantId,
+        subject: String,
+        parts: &[&str],
+        time: &str,
+        event: Event,
+    ) -> Result<(), RunError> {
+        let id = derived_event_id(parts)
             .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
-        let payload = self.sign(tenant, id, &d.at, Event::RuntimeApprovalDecided(decided))?;
-        let publish =
-            Publish::new(subject, payload).msg_id(format!("decided:{tenant}:{}", d.approval_id));
+        let payload = self.sign(tenant, id, time, event)?;
+        let publish = Publish::new(subject, payload).msg_id(parts.join(":"));
         aegis_nats::publish(&self.js, publish)
             .await
             .map_err(nats_err)?;
-        tracing::info!(%tenant, approval_id = %d.approval_id, granted = d.granted, "runtime approval decision relayed");
         Ok(())
     }
 
@@ -605,6 +631,17 @@ impl Reactor {
     ) -> Result<Vec<u8>, RunError> {
         let time = aegis_core::events::envelope::parse_time(time)
             .map_err(|e| RunError::Fold(e.to_string()))?;
+        self.sign_at(tenant, id, time, event)
+    }
+
+    /// An envelope signed by the control plane at `time`, as bytes.
+    fn sign_at(
+        &self,
+        tenant: &TenantId,
+        id: aegis_core::ids::EventId,
+        time: time::OffsetDateTime,
+        event: Event,
+    ) -> Result<Vec<u8>, RunError> {
         let env = Envelope::sign(
             id,
             tenant.clone(),
@@ -642,17 +679,10 @@ impl Reactor {
         }
         let subject = topology::bundles_subject(tenant).map_err(nats_err)?;
         // Another control plane (or an earlier run) may have announced it already.
-        let last = aegis_nats::last_message(&self.js, BUNDLES_STREAM, &subject)
-            .await
-            .map_err(nats_err)?;
-        // Only an announcement this control plane's key signed counts: a forged high version
-        // on the subject must not silence every real announcement after it.
-        let own_key = self.config.fold.signing_key.verifying_key();
-        let last_version = last
-            .as_ref()
-            .and_then(|m| aegis_core::events::ReceivedEnvelope::parse(&m.payload).ok())
-            .filter(|r| r.verify(own_key).is_ok())
-            .and_then(|r| match r.envelope.event {
+        let last_version = self
+            .last_own_event(BUNDLES_STREAM, &subject)
+            .await?
+            .and_then(|event| match event {
                 Event::BundlePublished(b) => Some(b.version),
                 _ => None,
             })
@@ -660,7 +690,7 @@ impl Reactor {
         if last_version >= version {
             return Ok(());
         }
-        let event = BundlePublished {
+        let event = Event::BundlePublished(BundlePublished {
             version,
             digest: view.digest.clone(),
             size: view.size,
@@ -669,25 +699,10 @@ impl Reactor {
             rollback_of: view.rollback_of,
             stage: view.stage,
             signer: view.signer.clone(),
-        };
-        let id = derived_event_id(&["bundle", tenant.as_str(), &version.to_string()])
-            .ok_or_else(|| RunError::Fold("cannot derive an event id".into()))?;
-        let time = aegis_core::events::envelope::parse_time(&view.created_at)
-            .map_err(|e| RunError::Fold(e.to_string()))?;
-        let env = Envelope::sign(
-            id,
-            tenant.clone(),
-            self.config.fold.control_plane_actor.clone(),
-            &self.config.fold.signing_key,
-            time,
-            Event::BundlePublished(event),
-        )
-        .map_err(|e| RunError::Fold(e.to_string()))?;
-        let payload = env.to_bytes().map_err(|e| RunError::Fold(e.to_string()))?;
-        let publish = Publish::new(subject, payload).msg_id(format!("bundle:{tenant}:{version}"));
-        aegis_nats::publish(&self.js, publish)
-            .await
-            .map_err(nats_err)?;
+        });
+        let parts = ["bundle", tenant.as_str(), &version.to_string()];
+        self.publish_signed(tenant, subject, &parts, &view.created_at, event)
+            .await?;
         tracing::info!(%tenant, version, digest = %view.digest, "bundle announced");
         Ok(())
     }
@@ -721,9 +736,7 @@ impl Reactor {
         }
         // Where does the checkpoint chain on the stream end?
         let subject = topology::audit_subject(tenant).map_err(nats_err)?;
-        let last = aegis_nats::last_message(&self.js, AUDIT_STREAM, &subject)
-            .await
-            .map_err(nats_err)?;
+        let last = self.last_message(AUDIT_STREAM, &subject).await?;
         let (last_seq, stream_to) = match &last {
             None => (0, 0),
             Some(m) => {
@@ -793,16 +806,7 @@ impl Reactor {
             .and_then(|r| r.time)
             .and_then(|t| aegis_core::events::envelope::parse_time(&t).ok())
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let env = Envelope::sign(
-            id.clone(),
-            tenant.clone(),
-            self.config.fold.control_plane_actor.clone(),
-            &self.config.fold.signing_key,
-            time,
-            Event::AuditCheckpoint(checkpoint),
-        )
-        .map_err(|e| RunError::Fold(e.to_string()))?;
-        let payload = env.to_bytes().map_err(|e| RunError::Fold(e.to_string()))?;
+        let payload = self.sign_at(tenant, id.clone(), time, Event::AuditCheckpoint(checkpoint))?;
         let publish = Publish::new(subject, payload)
             .msg_id(id.to_string())
             .expect_last_subject_sequence(last_seq);

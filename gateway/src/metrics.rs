@@ -77,7 +77,7 @@ pub struct Metrics {
     decisions: std::sync::RwLock<BTreeMap<String, std::sync::Arc<DecisionCounters>>>,
     pub latency: Histogram,
     auth_failures: Mutex<BTreeMap<String, u64>>,
-    bundles_rejected: Mutex<BTreeMap<(String, String), u64>>,
+    bundles_rejected: ByTenantAndReason,
     pub bundles_applied: AtomicU64,
     refused_unrecordable: AtomicU64,
     /// `aegis_shadow_disagreements_total{tenant}`: the enforced and the other version of a
@@ -86,7 +86,7 @@ pub struct Metrics {
     /// `aegis_bundles_pinned_total{tenant}`: global bundles held back by a data-plane freeze.
     bundles_pinned: Mutex<BTreeMap<String, u64>>,
     /// `aegis_controls_rejected_total{tenant, reason}`.
-    controls_rejected: Mutex<BTreeMap<(String, String), u64>>,
+    controls_rejected: ByTenantAndReason,
 }
 
 /// One tenant's rollout and kill-switch state, as `/metrics` reports it.
@@ -157,10 +157,7 @@ impl Metrics {
     }
 
     pub fn bundle_rejected(&self, tenant: &str, reason_code: &str) {
-        if let Ok(mut map) = self.bundles_rejected.lock() {
-            *map.entry((tenant.to_owned(), reason_code.to_owned()))
-                .or_default() += 1;
-        }
+        count_reason(&self.bundles_rejected, tenant, reason_code);
     }
 
     /// The enforced and the other version of a rollout disagreed on a call of `tenant`.
@@ -196,36 +193,17 @@ impl Metrics {
 
     /// A controls state of `tenant` was not applied.
     pub fn controls_rejected(&self, tenant: &str, reason_code: &str) {
-        if let Ok(mut map) = self.controls_rejected.lock() {
-            *map.entry((tenant.to_owned(), reason_code.to_owned()))
-                .or_default() += 1;
-        }
+        count_reason(&self.controls_rejected, tenant, reason_code);
     }
 
     /// Controls states of `tenant` not applied, all reasons.
     pub fn controls_rejected_for(&self, tenant: &str) -> u64 {
-        self.controls_rejected
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|((t, _), _)| t == tenant)
-                    .map(|(_, n)| *n)
-                    .sum()
-            })
-            .unwrap_or(0)
+        total_of(&self.controls_rejected, tenant)
     }
 
     /// Total bundles rejected for `tenant`.
     pub fn rejected_for(&self, tenant: &str) -> u64 {
-        self.bundles_rejected
-            .lock()
-            .map(|m| {
-                m.iter()
-                    .filter(|((t, _), _)| t == tenant)
-                    .map(|(_, n)| *n)
-                    .sum()
-            })
-            .unwrap_or(0)
+        total_of(&self.bundles_rejected, tenant)
     }
 
     /// The exposition text.
@@ -323,21 +301,12 @@ impl Metrics {
             "aegis_bundles_applied_total {}",
             self.bundles_applied.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP aegis_bundles_rejected_total Bundles refused (the previous one stays in force), by tenant and reason."
+        by_tenant_and_reason(
+            &mut out,
+            "aegis_bundles_rejected_total",
+            "Bundles refused (the previous one stays in force), by tenant and reason.",
+            self.bundles_rejected.lock().ok().as_deref(),
         );
-        let _ = writeln!(out, "# TYPE aegis_bundles_rejected_total counter");
-        if let Ok(map) = self.bundles_rejected.lock() {
-            for ((tenant, reason), n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "aegis_bundles_rejected_total{{tenant=\"{}\",reason=\"{}\"}} {n}",
-                    escape(tenant),
-                    escape(reason)
-                );
-            }
-        }
 
         self.render_rollout(&mut out, snap);
 
@@ -392,8 +361,7 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+            describe(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
         let _ = writeln!(
@@ -409,50 +377,37 @@ impl Metrics {
 impl Metrics {
     /// The rollout, kill-switch and freeze series.
     fn render_rollout(&self, out: &mut String, snap: &Snapshot) {
-        let _ = writeln!(
+        by_tenant(
             out,
-            "# HELP aegis_shadow_disagreements_total Calls on which the enforced and the other version of a rollout answered differently, by tenant."
+            "aegis_shadow_disagreements_total",
+            "counter",
+            "Calls on which the enforced and the other version of a rollout answered differently, by tenant.",
+            self.shadow_disagreements
+                .read()
+                .ok()
+                .iter()
+                .flat_map(|map| {
+                    map.iter()
+                        .map(|(t, n)| (t.as_str(), n.load(Ordering::Relaxed)))
+                }),
         );
-        let _ = writeln!(out, "# TYPE aegis_shadow_disagreements_total counter");
-        if let Ok(map) = self.shadow_disagreements.read() {
-            for (tenant, n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "aegis_shadow_disagreements_total{{tenant=\"{}\"}} {}",
-                    escape(tenant),
-                    n.load(Ordering::Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
+        by_tenant(
             out,
-            "# HELP aegis_bundles_pinned_total Global bundles not applied because the data plane is frozen, by tenant."
+            "aegis_bundles_pinned_total",
+            "counter",
+            "Global bundles not applied because the data plane is frozen, by tenant.",
+            self.bundles_pinned
+                .lock()
+                .ok()
+                .iter()
+                .flat_map(|map| map.iter().map(|(t, n)| (t.as_str(), *n))),
         );
-        let _ = writeln!(out, "# TYPE aegis_bundles_pinned_total counter");
-        if let Ok(map) = self.bundles_pinned.lock() {
-            for (tenant, n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "aegis_bundles_pinned_total{{tenant=\"{}\"}} {n}",
-                    escape(tenant)
-                );
-            }
-        }
-        let _ = writeln!(
+        by_tenant_and_reason(
             out,
-            "# HELP aegis_controls_rejected_total Controls states not applied (unknown or revoked key, bad signature, older epoch), by tenant and reason."
+            "aegis_controls_rejected_total",
+            "Controls states not applied (unknown or revoked key, bad signature, older epoch), by tenant and reason.",
+            self.controls_rejected.lock().ok().as_deref(),
         );
-        let _ = writeln!(out, "# TYPE aegis_controls_rejected_total counter");
-        if let Ok(map) = self.controls_rejected.lock() {
-            for ((tenant, reason), n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "aegis_controls_rejected_total{{tenant=\"{}\",reason=\"{}\"}} {n}",
-                    escape(tenant),
-                    escape(reason)
-                );
-            }
-        }
         type Series = (&'static str, &'static str, fn(&RolloutGauges) -> u64);
         let series: [Series; 5] = [
             (
@@ -482,17 +437,72 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in series {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            for g in &snap.rollout {
-                let _ = writeln!(
-                    out,
-                    "{name}{{tenant=\"{}\"}} {}",
-                    escape(&g.tenant),
-                    value(g)
-                );
-            }
+            let samples = snap.rollout.iter().map(|g| (g.tenant.as_str(), value(g)));
+            by_tenant(out, name, "gauge", help, samples);
         }
+    }
+}
+
+/// Counts by tenant and reason code.
+type ByTenantAndReason = Mutex<BTreeMap<(String, String), u64>>;
+
+/// One more `reason_code` for `tenant` in `counts`.
+fn count_reason(counts: &ByTenantAndReason, tenant: &str, reason_code: &str) {
+    if let Ok(mut map) = counts.lock() {
+        *map.entry((tenant.to_owned(), reason_code.to_owned()))
+            .or_default() += 1;
+    }
+}
+
+/// The count of `tenant` in `counts`, all reasons.
+fn total_of(counts: &ByTenantAndReason, tenant: &str) -> u64 {
+    counts
+        .lock()
+        .map(|m| {
+            m.iter()
+                .filter(|((t, _), _)| t == tenant)
+                .map(|(_, n)| *n)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The `# HELP` and `# TYPE` lines of metric `name`.
+fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Metric `name` with one sample per tenant, after its HELP and TYPE lines.
+fn by_tenant<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) {
+    describe(out, name, kind, help);
+    for (tenant, n) in samples {
+        let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {n}", escape(tenant));
+    }
+}
+
+/// Counter `name` by tenant and reason code, after its HELP and TYPE lines (`counts` is None
+/// when its lock is poisoned: the lines alone).
+fn by_tenant_and_reason(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    counts: Option<&BTreeMap<(String, String), u64>>,
+) {
+    describe(out, name, "counter", help);
+    for ((tenant, reason), n) in counts.into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{name}{{tenant=\"{}\",reason=\"{}\"}} {n}",
+            escape(tenant),
+            escape(reason)
+        );
     }
 }
 

@@ -585,39 +585,49 @@ macro_rules! events {
     };
 }
 
-events! {
-    ActorRegistered => "actor_registered",
-    KeyRevoked => "key_revoked",
-    RoleGranted => "role_granted",
-    RoleRevoked => "role_revoked",
-    TenantConfigured => "tenant_configured",
-    PolicyUpserted => "policy_upserted",
-    PolicyDeleted => "policy_deleted",
-    ChangeProposed => "change_proposed",
-    ChecksCompleted => "checks_completed",
-    ChangeApproved => "change_approved",
-    ChangeRejected => "change_rejected",
-    ChangePublished => "change_published",
-    RollbackRequested => "rollback_requested",
-    TenantFrozen => "tenant_frozen",
-    TenantUnfrozen => "tenant_unfrozen",
-    RolloutStageChanged => "rollout_stage_changed",
-    TokenIssuerRegistered => "token_issuer_registered",
-    TokenIssuerRevoked => "token_issuer_revoked",
-    RolloutAborted => "rollout_aborted",
-    AgentBlocked => "agent_blocked",
-    AgentUnblocked => "agent_unblocked",
-    ToolBlocked => "tool_blocked",
-    ToolUnblocked => "tool_unblocked",
-    DataPlaneFrozen => "data_plane_frozen",
-    DataPlaneUnfrozen => "data_plane_unfrozen",
-    RuntimeApprovalGranted => "runtime_approval_granted",
-    RuntimeApprovalDenied => "runtime_approval_denied",
-    BundlePublished => "bundle_published",
-    TenantControls => "tenant_controls",
-    RuntimeApprovalDecided => "runtime_approval_decided",
-    AuditCheckpoint => "audit_checkpoint",
+/// Calls macro `$m` with every event: `Variant => "wire_name"`, in wire order. The one list
+/// of event types: [`Event`] and [`EventType`] here and the embedded schemas in
+/// [`super::schema`] are generated from it.
+macro_rules! for_each_event {
+    ($m:ident) => {
+        $m! {
+            ActorRegistered => "actor_registered",
+            KeyRevoked => "key_revoked",
+            RoleGranted => "role_granted",
+            RoleRevoked => "role_revoked",
+            TenantConfigured => "tenant_configured",
+            PolicyUpserted => "policy_upserted",
+            PolicyDeleted => "policy_deleted",
+            ChangeProposed => "change_proposed",
+            ChecksCompleted => "checks_completed",
+            ChangeApproved => "change_approved",
+            ChangeRejected => "change_rejected",
+            ChangePublished => "change_published",
+            RollbackRequested => "rollback_requested",
+            TenantFrozen => "tenant_frozen",
+            TenantUnfrozen => "tenant_unfrozen",
+            RolloutStageChanged => "rollout_stage_changed",
+            TokenIssuerRegistered => "token_issuer_registered",
+            TokenIssuerRevoked => "token_issuer_revoked",
+            RolloutAborted => "rollout_aborted",
+            AgentBlocked => "agent_blocked",
+            AgentUnblocked => "agent_unblocked",
+            ToolBlocked => "tool_blocked",
+            ToolUnblocked => "tool_unblocked",
+            DataPlaneFrozen => "data_plane_frozen",
+            DataPlaneUnfrozen => "data_plane_unfrozen",
+            RuntimeApprovalGranted => "runtime_approval_granted",
+            RuntimeApprovalDenied => "runtime_approval_denied",
+            BundlePublished => "bundle_published",
+            TenantControls => "tenant_controls",
+            RuntimeApprovalDecided => "runtime_approval_decided",
+            AuditCheckpoint => "audit_checkpoint",
+        }
+    };
 }
+pub(crate) use for_each_event;
+
+for_each_event!(events);
 
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

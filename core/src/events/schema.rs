@@ -12,7 +12,7 @@
 //! and check it against its schema field by field, so a struct that gains, loses or relaxes a
 //! field without its schema changing fails the build's tests.
 
-use super::kinds::EventType;
+use super::kinds::{EventType, for_each_event};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -82,39 +82,7 @@ macro_rules! event_schemas {
     };
 }
 
-event_schemas! {
-    ActorRegistered => "actor_registered",
-    KeyRevoked => "key_revoked",
-    RoleGranted => "role_granted",
-    RoleRevoked => "role_revoked",
-    TenantConfigured => "tenant_configured",
-    PolicyUpserted => "policy_upserted",
-    PolicyDeleted => "policy_deleted",
-    ChangeProposed => "change_proposed",
-    ChecksCompleted => "checks_completed",
-    ChangeApproved => "change_approved",
-    ChangeRejected => "change_rejected",
-    ChangePublished => "change_published",
-    RollbackRequested => "rollback_requested",
-    TenantFrozen => "tenant_frozen",
-    TenantUnfrozen => "tenant_unfrozen",
-    RolloutStageChanged => "rollout_stage_changed",
-    TokenIssuerRegistered => "token_issuer_registered",
-    TokenIssuerRevoked => "token_issuer_revoked",
-    RolloutAborted => "rollout_aborted",
-    AgentBlocked => "agent_blocked",
-    AgentUnblocked => "agent_unblocked",
-    ToolBlocked => "tool_blocked",
-    ToolUnblocked => "tool_unblocked",
-    DataPlaneFrozen => "data_plane_frozen",
-    DataPlaneUnfrozen => "data_plane_unfrozen",
-    RuntimeApprovalGranted => "runtime_approval_granted",
-    RuntimeApprovalDenied => "runtime_approval_denied",
-    BundlePublished => "bundle_published",
-    TenantControls => "tenant_controls",
-    RuntimeApprovalDecided => "runtime_approval_decided",
-    AuditCheckpoint => "audit_checkpoint",
-}
+for_each_event!(event_schemas);
 
 /// One thing wrong with an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
