@@ -155,8 +155,12 @@ fn shadow_partial_and_abort_including_a_stable_below_the_mark_and_a_restart_with
     let mut s = state(1, &v1);
     s.candidate = Some(candidate(&v2, RolloutStage::Shadow, &[], None));
     stack.publish_controls(ACME, &s);
+    // The control plane publishes its own state for this publish too (a small epoch): wait for
+    // the test's, or the check below races it.
     wait_status(&gw, "a shadow candidate", |t| {
-        t["candidate"]["version"] == 2 && t["candidate"]["stage"] == "shadow"
+        t["candidate"]["version"] == 2
+            && t["candidate"]["stage"] == "shadow"
+            && t["controls_epoch"] == EPOCH + 1
     });
     let st = tenant_status(&gw, ACME);
     assert_eq!(st["version"], 1, "{st:#}");
