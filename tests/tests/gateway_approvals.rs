@@ -32,7 +32,7 @@ use aegis_tests::gateway::Gateway;
 use aegis_tests::stack::{
     ACCOUNT, ACME, Stack, WAIT, assert_decision_event, code, metrics, pay, wait_until, with_id,
 };
-use aegis_tests::webhook::webhook;
+use aegis_tests::webhook::{bodies, webhook};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -204,7 +204,7 @@ fn an_approval_is_requested_posted_granted_and_used_once() {
     wait_until(WAIT, "the webhook post", || {
         !received.lock().unwrap().is_empty()
     });
-    let message = received.lock().unwrap()[0].clone();
+    let message = bodies(&received)[0].clone();
     let text = message["text"].as_str().unwrap();
     let grant_command = format!("aegisctl approvals grant {id} --tenant acme");
     assert!(

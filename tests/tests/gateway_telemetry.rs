@@ -10,67 +10,10 @@
 )]
 
 use aegis_tests::stack::{ACME, Stack, pay};
+use aegis_tests::webhook::json_sink;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// What the collector received: (request path, JSON body) per request.
-type Received = Arc<Mutex<Vec<(String, Value)>>>;
-
-/// Accepts OTLP/HTTP posts on a free port; returns the endpoint and the bodies received.
-fn collector() -> (String, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let store = received.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut length = 0usize;
-                    loop {
-                        let mut line = String::new();
-                        reader.read_line(&mut line).unwrap();
-                        let line = line.trim_end();
-                        if line.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = line.split_once(':')
-                            && k.eq_ignore_ascii_case("content-length")
-                        {
-                            length = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
-                    let path = request_line
-                        .split_whitespace()
-                        .nth(1)
-                        .unwrap_or("")
-                        .to_owned();
-                    store
-                        .lock()
-                        .unwrap()
-                        .push((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-                    let _ = reader
-                        .get_mut()
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
-                }
-            });
-        }
-    });
-    (endpoint, received)
-}
 
 fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span["attributes"]
@@ -83,7 +26,7 @@ fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 #[test]
 fn each_decision_is_an_otlp_span_in_the_callers_trace() {
     let stack = Stack::start();
-    let (endpoint, received) = collector();
+    let (endpoint, received) = json_sink();
     let options = stack
         .gateway_options("gw-otel")
         .arg("--otlp-endpoint")

@@ -23,7 +23,7 @@
 use aegis_core::keys::Keypair;
 use aegis_tests::gateway::Gateway;
 use aegis_tests::stack::{ACME, Stack, WAIT, code, finance_with_approval_limit, pay};
-use aegis_tests::webhook::webhook;
+use aegis_tests::webhook::{bodies, webhook};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -150,7 +150,7 @@ fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
     // The webhook gets the request as a Slack-compatible message naming it.
     let deadline = Instant::now() + WAIT;
     let posted = loop {
-        if let Some(body) = received.lock().unwrap().first().cloned() {
+        if let Some(body) = bodies(&received).first().cloned() {
             break body;
         }
         assert!(Instant::now() < deadline, "no webhook post\n{}", gw1.log());
