@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod bundles;
+pub mod cli;
 pub mod controlplane;
 pub mod flow;
 pub mod gateway;

@@ -39,6 +39,7 @@ use aegis_core::query::{EventRecord, Outcome};
 use aegis_nats::conf::{ACCOUNTS_CONF, PASSWORD_ENV_VARS};
 use aegis_nats::topology::{self, APPROVALS_STREAM, CHANGES_STREAM};
 use aegis_nats::{ConnectOptions, Publish, PublishError, connect, last_message, publish};
+use aegis_tests::cli::Run;
 use aegis_tests::controlplane::{ControlPlane, Keys, Operator};
 use aegis_tests::flow::{FINANCE_POLICY, accept, announced, setup_actors, start_control_plane};
 use aegis_tests::stack::{finance_with_approval_limit, proposal_for};
@@ -49,7 +50,6 @@ use aegisctl::online::{Client, Signer, rollout};
 use async_nats::jetstream::{self, Context};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -65,43 +65,9 @@ fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-fn aegisctl_bin() -> PathBuf {
-    aegis_tests::controlplane::binary("aegisctl")
-        .unwrap_or_else(|e| panic!("{e} (build it: cargo build -p aegisctl)"))
-}
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `aegisctl args` with a clean Aegis environment plus `env`.
 fn aegisctl(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(aegisctl_bin());
-    cmd.args(args);
-    for var in [
-        "AEGIS_NATS_URL",
-        "AEGIS_NATS_CREDS",
-        "AEGIS_NATS_USER",
-        "AEGIS_NATS_PASSWORD",
-        "AEGIS_TENANT",
-        "AEGIS_ACTOR",
-        "AEGIS_KEY",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let output = cmd.output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: text(&output.stdout),
-        stderr: text(&output.stderr),
-    }
+    aegis_tests::cli::run(args, env)
 }
 
 /// A run that published a new event must have been accepted by the control plane (exit 0).

@@ -29,80 +29,13 @@ use aegis_core::token::{self, DEFAULT_AUDIENCE, IssuerKeys, TrustedIssuer};
 use aegis_nats::conf::{ACCOUNTS_CONF, PASSWORD_ENV_VARS};
 use aegis_nats::topology::{self, GATEWAYS_KV, Topology};
 use aegis_nats::{ConnectOptions, Publish, connect, jetstream, provision, publish};
+use aegis_tests::cli::{Run, finish, spawn};
 use aegis_tests::{NatsServer, NatsServerOptions};
 use async_nats::jetstream::Context;
 use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn aegisctl_bin() -> PathBuf {
-    aegis_tests::controlplane::binary("aegisctl")
-        .unwrap_or_else(|e| panic!("{e} (build it: cargo build -p aegisctl)"))
-}
-
-/// Starts `aegisctl args` with a clean Aegis environment plus `env`.
-fn spawn(args: &[&str], env: &[(&str, &str)], dir: &Path) -> (std::process::Child, PathBuf) {
-    let out_dir = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(dir)
-        .unwrap()
-        .keep();
-    let mut cmd = Command::new(aegisctl_bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(out_dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(out_dir.join("stderr")).unwrap());
-    for var in [
-        "AEGIS_NATS_URL",
-        "AEGIS_NATS_CREDS",
-        "AEGIS_NATS_USER",
-        "AEGIS_NATS_PASSWORD",
-        "AEGIS_TENANT",
-        "AEGIS_ACTOR",
-        "AEGIS_KEY",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    (cmd.spawn().unwrap(), out_dir)
-}
-
-/// Waits for a spawned run, killing it after `timeout` (a test failure).
-fn finish(mut child: std::process::Child, out_dir: &Path, timeout: Duration, what: &str) -> Run {
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            panic!(
-                "aegisctl {what} did not finish within {timeout:?}; stdout:\n{}\nstderr:\n{}",
-                std::fs::read_to_string(out_dir.join("stdout")).unwrap_or_default(),
-                std::fs::read_to_string(out_dir.join("stderr")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: std::fs::read_to_string(out_dir.join("stdout")).unwrap(),
-        stderr: std::fs::read_to_string(out_dir.join("stderr")).unwrap(),
-    }
-}
 
 fn aegisctl(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Run {
     let (child, out_dir) = spawn(args, env, dir);

@@ -21,45 +21,28 @@
 )]
 
 use aegis_core::keys::Keypair;
+use aegis_tests::cli::{Run, run};
 use aegis_tests::gateway::Gateway;
 use aegis_tests::stack::{ACME, Stack, WAIT, code, finance_with_approval_limit, pay};
 use aegis_tests::webhook::{bodies, webhook};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// What one run of `aegisctl` did.
-#[derive(Debug)]
-#[allow(dead_code)] // `stderr` is read through Debug when a run fails
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs `aegisctl` as `actor` of acme (key from `keys`) against the stack's NATS.
 fn aegisctl(stack: &Stack, keys: &Path, actor: &str, args: &[&str]) -> Run {
-    let bin = aegis_tests::controlplane::binary("aegisctl")
-        .unwrap_or_else(|e| panic!("{e} (build it: cargo build -p aegisctl)"));
     let key = keys.join(format!("{actor}.key.json"));
-    let output = Command::new(bin)
-        .args(args)
-        .env("AEGIS_NATS_URL", stack.server.url())
-        .env("AEGIS_TENANT", ACME)
-        .env("AEGIS_ACTOR", actor)
-        .env("AEGIS_KEY", &key)
-        .env_remove("AEGIS_NATS_CREDS")
-        .env_remove("AEGIS_NATS_USER")
-        .env_remove("AEGIS_NATS_PASSWORD")
-        .output()
-        .unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let url = stack.server.url();
+    run(
+        args,
+        &[
+            ("AEGIS_NATS_URL", url.as_str()),
+            ("AEGIS_TENANT", ACME),
+            ("AEGIS_ACTOR", actor),
+            ("AEGIS_KEY", key.to_str().unwrap()),
+        ],
+    )
 }
 
 /// `aegisctl …` must succeed.
