@@ -1801,6 +1801,32 @@ fn print_ready(
             shell_quote(&layout.show(&layout.key(ISSUER_KEY))),
             issuer_name(DEMO_TENANT)
         )?;
+        let key = |name: &str| shell_quote(&layout.show(&layout.key(name)));
+        writeln!(
+            out,
+            "Grant the approval (carol is an approver), then retry the call with \"approval_id\":\"<id>\" in the body (allowed once):"
+        )?;
+        writeln!(
+            out,
+            "  aegisctl approvals list --tenant {DEMO_TENANT} --nats {}",
+            ready.nats_url
+        )?;
+        writeln!(
+            out,
+            "  aegisctl approvals grant <id> --tenant {DEMO_TENANT} --nats {} --actor carol --key {}",
+            ready.nats_url,
+            key("carol")
+        )?;
+        writeln!(
+            out,
+            "Kill switch (pat is a publisher): every call the planner drives is denied until unblock:"
+        )?;
+        writeln!(
+            out,
+            "  aegisctl block agent {DEMO_CALLER} --reason 'stop it' --tenant {DEMO_TENANT} --nats {} --actor pat --key {}",
+            ready.nats_url,
+            key("pat")
+        )?;
         writeln!(out, "Every decision as it is made:")?;
         writeln!(
             out,

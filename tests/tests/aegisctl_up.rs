@@ -196,6 +196,8 @@ fn up_detached_decides_the_finance_story_and_down_leaves_no_process() {
         "Aegis is up.",
         "curl -s",
         "aegisctl tail --tenant acme",
+        "aegisctl approvals grant <id> --tenant acme",
+        "aegisctl block agent planner",
         "-> detached:",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");

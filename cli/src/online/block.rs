@@ -19,6 +19,7 @@ pub struct BlockAgentArgs {
     /// The agent every gateway denies from now on
     #[arg(value_name = "AGENT_ID")]
     pub agent: AgentId,
+    /// Why (shown to callers in the deny reason and recorded in the audit trail)
     #[arg(long)]
     pub reason: String,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
@@ -32,6 +33,7 @@ pub struct BlockToolArgs {
     /// The tool every call to is denied from now on
     #[arg(value_name = "TOOL_ID")]
     pub tool: ToolId,
+    /// Why (shown to callers in the deny reason and recorded in the audit trail)
     #[arg(long)]
     pub reason: String,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
@@ -44,6 +46,7 @@ pub struct BlockToolArgs {
 pub struct UnblockAgentArgs {
     #[arg(value_name = "AGENT_ID")]
     pub agent: AgentId,
+    /// Why it is lifted (recorded in the audit trail)
     #[arg(long)]
     pub reason: Option<String>,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
@@ -56,6 +59,7 @@ pub struct UnblockAgentArgs {
 pub struct UnblockToolArgs {
     #[arg(value_name = "TOOL_ID")]
     pub tool: ToolId,
+    /// Why it is lifted (recorded in the audit trail)
     #[arg(long)]
     pub reason: Option<String>,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
