@@ -6,7 +6,7 @@ use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegisctl::exit::{CliError, CliResult, EXIT_CODES_HELP, Exit};
 use aegisctl::online::{
     self, Client, CommandArgs, ConnectArgs, OnlineArgs, actors, approvals, audit, block, changes,
-    gateways, issuers, propose, publish, rollout, status, tail, tenant,
+    gateways, issuers, propose, publish, replay, rollout, status, tail, tenant,
 };
 use aegisctl::{bundle, diff, eval, init, keys, lint, test, token, up};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -257,6 +257,16 @@ enum Command {
         args: tail::TailArgs,
         #[command(flatten)]
         connect: ConnectArgs,
+    },
+    /// Shadow diff: replay recorded decisions against a candidate policy and report what changes
+    #[command(
+        after_help = "Examples:\n  aegisctl replay --tenant acme --policies policies/ --since 2026-11-19T00:00:00Z\n  aegisctl replay --tenant acme --version 7 --trust keys/control-plane.pub.json --format json\n  aegisctl replay --tenant acme --bundle acme-v8.tar.gz --trust keys/control-plane.pub.json --tool payments --from-seq 1000 --to-seq 5000\n\nReads AEGIS_DECISIONS for the tenant (aegis.decisions.<tenant>.>) from --from-seq or --since\nto --to-seq/--until, or to the last record stored when the replay starts, and evaluates each\nrecorded call again with the candidate on every core. Decisions with masked parameters, an\nunverified identity, missing input, or decided by the gateway (limits, blocks, approvals)\nare counted as not replayable, never guessed. Exit 0 when the replay ran (whatever it\nfound), 1 when a bundle is rejected or reading fails, 2 on bad arguments or policy tree\nproblems, 6 when NATS or the control plane does not answer."
+    )]
+    Replay {
+        #[command(flatten)]
+        args: replay::ReplayArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
     },
 }
 
@@ -810,6 +820,7 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
         Command::Audit(AuditCommand::Verify { args, online }) => {
             with_client(&online, args, out, audit::verify)
         }
+        Command::Replay { args, online } => with_client(&online, args, out, replay::run),
         Command::Gateways { args, connect } => runtime()?
             .block_on(async { gateways::run(&connect.jetstream().await?, &args, out).await }),
         Command::Tail { args, connect } => {
@@ -1169,7 +1180,41 @@ mod tests {
         assert_eq!(args.since, Some(std::time::Duration::from_secs(600)));
         assert_eq!(args.limit, Some(5));
         assert_eq!(args.format, Some(tail::TailFormat::Table));
+        let Command::Replay { args, online } = parse(&[
+            "replay",
+            "--tenant",
+            "acme",
+            "--version",
+            "3",
+            "--trust",
+            "cp.pub.json",
+            "--from-seq",
+            "2",
+            "--tool",
+            "payments",
+            "--decision",
+            "allow",
+            "--format",
+            "markdown",
+        ]) else {
+            panic!("not replay");
+        };
+        assert_eq!(online.tenant.unwrap().as_str(), "acme");
+        assert_eq!(
+            (args.version, args.from_seq, args.to_seq),
+            (Some(3), Some(2), None)
+        );
+        assert_eq!(args.tools.len(), 1);
+        assert_eq!(args.format, Some(replay::ReplayFormat::Markdown));
         for bad in [
+            &[
+                "replay",
+                "--from-seq",
+                "1",
+                "--since",
+                "2026-11-26T00:00:00Z",
+            ][..],
+            &["replay", "--since", "last week"][..],
             &["tail", "--decision", "maybe"][..],
             &["tail", "--since", "10m", "--from-start"][..],
             &["gateways", "--wait", "soon"][..],

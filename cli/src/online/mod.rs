@@ -20,6 +20,7 @@ pub mod nats;
 pub mod propose;
 pub mod publish;
 pub mod render;
+pub mod replay;
 pub mod rollout;
 pub mod status;
 pub mod tail;

@@ -1,0 +1,273 @@
+//! `aegisctl replay`: what a candidate policy would have decided for a slice of the tenant's
+//! recorded decisions (a shadow diff), as JSON (`schemas/replay-report.schema.json`) or
+//! Markdown for a pull request. The work is done by the `aegis-replayer` crate; this module
+//! turns arguments into a slice and a candidate, and errors into exit codes.
+
+use super::Client;
+use super::audit::load_trust;
+use crate::exit::{CliError, CliResult, Exit};
+use crate::output::write_json;
+use aegis_core::decision::DecisionKind;
+use aegis_core::ids::{AgentId, ToolId};
+use aegis_core::keys::TrustStore;
+use aegis_replayer::engine::EngineOptions;
+use aegis_replayer::source::SourceError;
+use aegis_replayer::{
+    Bounds, Candidate, CandidateError, Filter, ReplayError, SliceSpec, mark_thresholds, markdown,
+};
+use std::io::Write;
+use std::path::PathBuf;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// How the report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayFormat {
+    /// The report as one JSON document (schemas/replay-report.schema.json)
+    Json,
+    /// Markdown, for a pull request
+    Markdown,
+}
+
+/// `aegisctl replay` arguments (the tenant and connection come from the online options).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReplayArgs {
+    /// Candidate: a bundle file, verified with --trust before it is evaluated
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
+    /// Candidate: a policy tree (file or directory; repeatable), compiled for the tenant
+    #[arg(long = "policies", value_name = "DIR")]
+    pub policies: Vec<PathBuf>,
+    /// Candidate: published version V (digest from the control plane's history, bytes from
+    /// object store aegis-bundles), verified with --trust
+    #[arg(long, value_name = "V")]
+    pub version: Option<u64>,
+    /// Trust store (trust file, directory of *.pub.json, or one *.pub.json): required with
+    /// --bundle and --version; with it, the recorded version's bundle is fetched too, so the
+    /// thresholds the candidate moves are marked on the histograms
+    #[arg(long, value_name = "KEY")]
+    pub trust: Option<PathBuf>,
+    /// First stream sequence of the slice
+    #[arg(long, value_name = "N", conflicts_with_all = ["since", "until"])]
+    pub from_seq: Option<u64>,
+    /// Last stream sequence of the slice [default: the last one when the replay starts]
+    #[arg(long, value_name = "M", conflicts_with_all = ["since", "until"])]
+    pub to_seq: Option<u64>,
+    /// Start of the slice (RFC 3339, when NATS stored the record)
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub since: Option<OffsetDateTime>,
+    /// End of the slice (RFC 3339) [default: the last record when the replay starts]
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time, requires = "since")]
+    pub until: Option<OffsetDateTime>,
+    /// Only decisions of this agent (repeatable: any of them)
+    #[arg(long = "agent", value_name = "A")]
+    pub agents: Vec<AgentId>,
+    /// Only decisions on this tool (repeatable: any of them)
+    #[arg(long = "tool", value_name = "T")]
+    pub tools: Vec<ToolId>,
+    /// Only these recorded decisions: allow, deny, sanitize, approval_needed (repeatable)
+    #[arg(long = "decision", value_name = "D", value_parser = parse_decision)]
+    pub decisions: Vec<DecisionKind>,
+    /// Output format [default: markdown, or json with --json]
+    #[arg(long, value_enum)]
+    pub format: Option<ReplayFormat>,
+    /// Examples kept per changed transition
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub examples: usize,
+    /// Worker threads [default: one per core]
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub workers: usize,
+    #[arg(skip)]
+    pub json: bool,
+}
+
+fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-26T08:00:00Z): {e}"))
+}
+
+fn parse_decision(text: &str) -> Result<DecisionKind, String> {
+    DecisionKind::parse(text).ok_or_else(|| {
+        format!("unknown decision {text:?}: use allow, deny, sanitize or approval_needed")
+    })
+}
+
+impl super::CommandArgs for ReplayArgs {
+    fn set_json(&mut self, json: bool) {
+        self.json = json;
+    }
+}
+
+impl ReplayArgs {
+    /// The slice the arguments describe.
+    pub fn bounds(&self) -> Result<Bounds, CliError> {
+        match (self.since, self.from_seq.or(self.to_seq)) {
+            (Some(since), None) => {
+                if self.until.is_some_and(|u| u < since) {
+                    return Err(CliError::invalid("--until is before --since"));
+                }
+                Ok(Bounds::Time {
+                    since,
+                    until: self.until,
+                })
+            }
+            (None, _) => {
+                let from = self.from_seq.unwrap_or(1);
+                if self.to_seq.is_some_and(|to| to < from) {
+                    return Err(CliError::invalid("--to-seq is below --from-seq"));
+                }
+                Ok(Bounds::Sequence {
+                    from,
+                    to: self.to_seq,
+                })
+            }
+            (Some(_), Some(_)) => Err(CliError::invalid(
+                "give a sequence range (--from-seq/--to-seq) or a time range (--since/--until), not both",
+            )),
+        }
+    }
+
+    fn format(&self) -> ReplayFormat {
+        self.format.unwrap_or(if self.json {
+            ReplayFormat::Json
+        } else {
+            ReplayFormat::Markdown
+        })
+    }
+}
+
+fn candidate_error(e: CandidateError) -> CliError {
+    let exit = match &e {
+        CandidateError::Tree { .. } | CandidateError::NoPolicies { .. } => Exit::Invalid,
+        CandidateError::History { .. } => Exit::Unavailable,
+        _ => Exit::Failure,
+    };
+    CliError {
+        exit,
+        message: e.to_string(),
+    }
+}
+
+fn replay_error(e: ReplayError) -> CliError {
+    let exit = match &e {
+        ReplayError::Source(SourceError::TimedOut { .. } | SourceError::Stalled { .. }) => {
+            Exit::Unavailable
+        }
+        _ => Exit::Failure,
+    };
+    CliError {
+        exit,
+        message: format!("replay failed: {e}"),
+    }
+}
+
+fn require_trust(trust: Option<&TrustStore>, what: &str) -> Result<(), CliError> {
+    if trust.is_none() {
+        return Err(CliError::invalid(format!(
+            "{what} is verified before it is evaluated: give --trust KEY"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the replay and prints the report. Exit 0 whatever the report says; 1 (bundle rejected,
+/// read failure), 2 (bad arguments, policy tree problems) or 6 (NATS or the control plane not
+/// answering) when it could not run.
+pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> CliResult {
+    let tenant = client.tenant().clone();
+    let given = usize::from(args.bundle.is_some())
+        + usize::from(!args.policies.is_empty())
+        + usize::from(args.version.is_some());
+    if given != 1 {
+        return Err(CliError::invalid(
+            "give exactly one candidate: --bundle FILE, --policies DIR or --version V",
+        ));
+    }
+    let bounds = args.bounds()?;
+    let trust = args.trust.as_deref().map(load_trust).transpose()?;
+    let candidate = if let Some(file) = &args.bundle {
+        require_trust(trust.as_ref(), "the bundle")?;
+        let store = trust
+            .as_ref()
+            .ok_or_else(|| CliError::invalid("no trust"))?;
+        Candidate::from_bundle_file(file, store, &tenant).map_err(candidate_error)?
+    } else if let Some(version) = args.version {
+        require_trust(trust.as_ref(), "the published version")?;
+        let store = trust
+            .as_ref()
+            .ok_or_else(|| CliError::invalid("no trust"))?;
+        Candidate::from_published(
+            client.jetstream(),
+            &tenant,
+            version,
+            store,
+            client.timeout(),
+        )
+        .await
+        .map_err(candidate_error)?
+    } else {
+        Candidate::from_policy_tree(&args.policies, &tenant).map_err(candidate_error)?
+    };
+    let spec = SliceSpec {
+        tenant,
+        bounds,
+        filter: Filter {
+            agents: args.agents.clone(),
+            tools: args.tools.clone(),
+            decisions: args.decisions.clone(),
+        },
+    };
+    let options = EngineOptions {
+        workers: args.workers,
+        examples: args.examples,
+        ..EngineOptions::default()
+    };
+    let report = aegis_replayer::replay(client.jetstream(), &spec, &candidate, options)
+        .await
+        .map_err(replay_error)?;
+    let report = mark_thresholds(client.jetstream(), report, &candidate, trust.as_ref()).await;
+    match args.format() {
+        ReplayFormat::Json => write_json(out, &report)?,
+        ReplayFormat::Markdown => write!(out, "{}", markdown::render(&report))?,
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bounds_come_from_sequences_or_times() {
+        let args = ReplayArgs {
+            from_seq: Some(3),
+            to_seq: Some(9),
+            ..ReplayArgs::default()
+        };
+        assert_eq!(
+            args.bounds().unwrap(),
+            Bounds::Sequence {
+                from: 3,
+                to: Some(9)
+            }
+        );
+        assert_eq!(
+            ReplayArgs::default().bounds().unwrap(),
+            Bounds::Sequence { from: 1, to: None }
+        );
+        let bad = ReplayArgs {
+            from_seq: Some(9),
+            to_seq: Some(3),
+            ..ReplayArgs::default()
+        };
+        assert_eq!(bad.bounds().unwrap_err().exit, Exit::Invalid);
+        let since = parse_time("2026-11-26T08:00:00Z").unwrap();
+        let timed = ReplayArgs {
+            since: Some(since),
+            ..ReplayArgs::default()
+        };
+        assert_eq!(timed.bounds().unwrap(), Bounds::Time { since, until: None });
+        assert!(parse_time("yesterday").is_err());
+    }
+}
