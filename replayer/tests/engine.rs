@@ -1,6 +1,11 @@
 //! The engine, the report and its schema on in-memory records: decisions made by the finance
 //! template, replayed against the same policy and against a stricter one.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use aegis_core::decision::DecisionKind;
 use aegis_core::decision_log::{self, DecisionEvent};

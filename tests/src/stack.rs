@@ -344,6 +344,29 @@ impl Stack {
         document: &str,
         stage: RolloutStage,
     ) -> (u64, Instant) {
+        let vectors = FINANCE_VECTORS.replace("tenant: acme", &format!("tenant: {tenant}"));
+        self.publish_change_with(tenant, document, &vectors, stage)
+    }
+
+    /// [`Stack::publish_change_for`] with other test vectors than the finance template's (for
+    /// a document the template's vectors would reject, e.g. one without log masking).
+    pub fn publish_change_with_vectors(
+        &mut self,
+        tenant: &str,
+        document: &str,
+        vectors: &str,
+    ) -> u64 {
+        self.publish_change_with(tenant, document, vectors, RolloutStage::Global)
+            .0
+    }
+
+    fn publish_change_with(
+        &mut self,
+        tenant: &str,
+        document: &str,
+        vectors: &str,
+        stage: RolloutStage,
+    ) -> (u64, Instant) {
         let setup = &self.tenants[tenant];
         let id = setup.tenant.clone();
         let [alice, bob, carol, pat] = setup.actors.clone();
@@ -353,7 +376,9 @@ impl Stack {
             let change = ChangeId::random().unwrap();
             accept(
                 js,
-                &alice.sign(proposal_for(tenant, &change, document, revision)),
+                &alice.sign(flow::finance_proposal_with_vectors(
+                    &change, document, revision, vectors,
+                )),
             )
             .await;
             for op in [&bob, &carol] {
