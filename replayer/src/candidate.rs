@@ -48,6 +48,12 @@ pub enum CandidateError {
     NoSuchVersion { tenant: TenantId, version: u64 },
     #[error("asking the control plane for the history of {tenant} failed: {detail}")]
     History { tenant: TenantId, detail: String },
+    #[error(
+        "object store {BUNDLE_OBJECT_STORE} did not answer ({detail}): is NATS running with \
+         JetStream, and may these credentials read it? (tenant operators may not: replay a \
+         published version with credentials that may, or give its bundle file)"
+    )]
+    ObjectStoreUnavailable { detail: String },
     #[error("cannot fetch {digest} from object store {BUNDLE_OBJECT_STORE}: {detail}")]
     Fetch { digest: String, detail: String },
 }
@@ -271,7 +277,9 @@ pub async fn fetch_verified(
     let bucket = js
         .get_object_store(BUNDLE_OBJECT_STORE)
         .await
-        .map_err(|e| fetch(e.to_string()))?;
+        .map_err(|e| CandidateError::ObjectStoreUnavailable {
+            detail: e.to_string(),
+        })?;
     let mut object = bucket.get(digest).await.map_err(|e| fetch(e.to_string()))?;
     let max = bundle::SizeLimits::default().max_compressed_bytes;
     let mut bytes = Vec::new();

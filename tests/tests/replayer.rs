@@ -26,7 +26,7 @@ use aegis_replayer::report::{Report, ThresholdStatus, validate};
 use aegis_replayer::{Bounds, Candidate, CandidateKind, Filter, SkipCause, SliceSpec, markdown};
 use aegis_tests::flow::FINANCE_VECTORS;
 use aegis_tests::stack::{
-    ACME, APPROVAL_LIMIT, Stack, WAIT, balance, finance_with_approval_limit, pay,
+    ACME, APPROVAL_LIMIT, Stack, WAIT, balance, decide_raw, finance_with_approval_limit, pay,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,8 +128,21 @@ fn replays_a_recorded_stream_against_the_same_and_stricter_policies() {
         .into_iter()
         .collect();
     let v1_balance = decide(&finance, &balance());
+    // A token whose signature does not verify: recorded under the tenant it claims, with an
+    // unverified identity.
+    let mut forged = finance.clone().into_bytes();
+    let at = forged.len() - 10;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let (status, answer) = decide_raw(
+        &gw,
+        Some(&format!("Bearer {forged}")),
+        pay(100).to_string().as_bytes(),
+    );
+    assert_eq!(status, 401, "{answer:#}");
     let mut v1_ids = masked.clone();
     v1_ids.insert(v1_balance);
+    v1_ids.insert(answer["decision_id"].as_str().unwrap().to_owned());
     stack.wait_decisions(&filter, &v1_ids, WAIT);
     let v1_last = last_sequence(&stack);
 
@@ -191,14 +204,13 @@ fn replays_a_recorded_stream_against_the_same_and_stricter_policies() {
     let report = replay(&stack, &SliceSpec::all(acme()), &same);
     assert_eq!(report.counts.records, total);
     assert_eq!(report.counts.decisions, total);
-    assert_eq!(report.counts.replayed, total - 2);
+    assert_eq!(report.counts.replayed, total - 3);
     assert_eq!(report.counts.changed, 0, "{report:#?}");
     assert_eq!(report.counts.reasons_changed, 0);
-    assert_eq!(
-        report.counts.not_replayable_by_cause[&NotReplayable::MaskedParams],
-        2
-    );
-    assert_eq!(report.counts.not_replayable, 2);
+    let causes = &report.counts.not_replayable_by_cause;
+    assert_eq!(causes[&NotReplayable::MaskedParams], 2);
+    assert_eq!(causes[&NotReplayable::UnverifiedIdentity], 1);
+    assert_eq!(report.counts.not_replayable, 3);
     assert_eq!(report.slice.read.first_sequence, Some(1));
     assert_eq!(report.slice.read.last_sequence, Some(total));
     assert_eq!(report.by_agent["research-agent"].candidate_denies, 1);
@@ -381,4 +393,90 @@ fn replays_a_recorded_stream_against_the_same_and_stricter_policies() {
         run.stdout, run.stderr
     );
     assert!(run.stderr.contains("rejected"), "{}", run.stderr);
+}
+
+/// A tenant operator (`acme-operator` of `nats/conf/accounts.conf`) may replay its own tenant's
+/// decisions against a policy tree: the reader needs nothing but an ordered push consumer on
+/// `aegis.decisions.acme.>`.
+#[test]
+fn a_tenant_operator_replays_its_own_decisions() {
+    let stack = Stack::start_with_accounts();
+    let gw = stack.gateway("gw1");
+    let finance = stack.token("finance-agent", &["planner"]);
+    let research = stack.token("research-agent", &["planner"]);
+    let mut ids = BTreeSet::new();
+    for (token, body) in [
+        (&finance, balance()),
+        (&finance, pay(3000)),
+        (&research, pay(10)),
+    ] {
+        let (status, answer) = gw.decide(token, &body).unwrap();
+        assert_eq!(status, 200, "{answer:#}");
+        ids.insert(answer["decision_id"].as_str().unwrap().to_owned());
+    }
+    stack.wait_decisions(&format!("aegis.decisions.{ACME}.>"), &ids, WAIT);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("finance.yaml"), unmasked(1000)).unwrap();
+    let url = stack.server.url();
+    let password = Stack::password("acme-operator");
+    let env = [
+        ("AEGIS_NATS_URL", url.as_str()),
+        ("AEGIS_NATS_USER", "acme-operator"),
+        ("AEGIS_NATS_PASSWORD", password.as_str()),
+        ("AEGIS_TENANT", ACME),
+    ];
+    let tree = dir.path().display().to_string();
+    let run = aegis_tests::cli::run(&["replay", "--policies", &tree, "--json"], &env);
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let value: Value = serde_json::from_str(&run.stdout).unwrap();
+    if let Err(errors) = validate(&value) {
+        panic!("{errors:#?}\n{value:#}");
+    }
+    let report: Report = serde_json::from_value(value).unwrap();
+    assert_eq!(report.counts.decisions, 3);
+    assert_eq!(report.counts.replayed, 2, "{report:#?}");
+    assert_eq!(
+        report.counts.not_replayable_by_cause[&NotReplayable::MaskedParams],
+        1
+    );
+    assert_eq!(report.counts.changed, 0);
+    assert_eq!(report.candidate.kind, CandidateKind::PolicyTree);
+
+    // Another tenant's decisions are not the operator's to read: creating the consumer gets
+    // no answer (exit 6).
+    std::fs::write(
+        dir.path().join("globex.yaml"),
+        aegis_tests::stack::finance_policy_for("globex"),
+    )
+    .unwrap();
+    let run = aegis_tests::cli::run(&["replay", "--policies", &tree, "--tenant", "globex"], &env);
+    assert_eq!(
+        run.code, 6,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.contains("aegis.decisions.globex.>"),
+        "{}",
+        run.stderr
+    );
+    // Nor is object store aegis-bundles (shared by every tenant): a published version is
+    // replayed with other credentials, or from its bundle file (exit 6, saying so).
+    let trust = stack.trust_file.display().to_string();
+    let run = aegis_tests::cli::run(&["replay", "--version", "1", "--trust", &trust], &env);
+    assert_eq!(
+        run.code, 6,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.contains("tenant operators may not"),
+        "{}",
+        run.stderr
+    );
 }

@@ -139,7 +139,9 @@ impl ReplayArgs {
 fn candidate_error(e: CandidateError) -> CliError {
     let exit = match &e {
         CandidateError::Tree { .. } | CandidateError::NoPolicies { .. } => Exit::Invalid,
-        CandidateError::History { .. } => Exit::Unavailable,
+        CandidateError::History { .. } | CandidateError::ObjectStoreUnavailable { .. } => {
+            Exit::Unavailable
+        }
         _ => Exit::Failure,
     };
     CliError {
