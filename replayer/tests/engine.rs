@@ -286,3 +286,45 @@ fn examples_are_capped_per_transition_across_workers() {
         to: DecisionKind::Deny,
     };
 }
+
+#[test]
+fn what_the_policy_alone_did_not_decide_is_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Candidate::from_policy_tree(&tree(dir.path(), unmasked), &tenant()).unwrap();
+    let base = event(&recorder, 1, "finance-agent", pay(100));
+    assert_eq!(NotReplayable::of(&base), None);
+
+    let mut limited = base.clone();
+    limited.decision = DecisionKind::Deny;
+    limited.reasons[0].code = "rate_limited".into();
+    let mut unverified = base.clone();
+    unverified.identity_verified = false;
+    let mut no_tool = base.clone();
+    no_tool.tool_id = None;
+    let cases = [
+        (limited, NotReplayable::DecidedByGateway),
+        (unverified, NotReplayable::UnverifiedIdentity),
+        (no_tool, NotReplayable::MissingInput),
+    ];
+    for (e, cause) in &cases {
+        assert_eq!(NotReplayable::of(e), Some(*cause));
+    }
+    let records = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (e, _))| Record::Decision {
+            sequence: i as u64 + 1,
+            event: Box::new(e.clone()),
+        });
+    let report = report_of(&recorder, records.collect(), 10);
+    assert_eq!(report.counts.replayed, 0);
+    assert_eq!(report.counts.not_replayable, 3);
+    assert_eq!(report.would_deny_rate, None, "nothing replayed, no rate");
+    for cause in NotReplayable::ALL
+        .iter()
+        .filter(|c| **c != NotReplayable::MaskedParams)
+    {
+        assert_eq!(report.counts.not_replayable_by_cause[cause], 1, "{cause:?}");
+    }
+    assert_valid(&report);
+}
