@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod candidate;
+pub mod coverage;
 pub mod engine;
 pub mod histogram;
 pub mod markdown;
@@ -11,6 +12,7 @@ pub mod source;
 pub mod thresholds;
 
 pub use candidate::{Candidate, CandidateError, CandidateInfo, CandidateKind};
+pub use coverage::{CoverageReport, coverage};
 pub use engine::{Engine, EngineError, EngineOptions, NotReplayable, Session, Tally, Transition};
 pub use report::Report;
 pub use run::{ReplayError, mark_thresholds, replay};
