@@ -831,4 +831,60 @@ mod tests {
         assert!(coverage_key(Some(0.0)) < coverage_key(Some(50.0)));
         assert!(coverage_key(Some(100.0)) < coverage_key(None));
     }
+
+    fn event(agent: &str, tool: &str, action: &str, rule: Option<&str>, code: &str) -> DecisionEvent {
+        let decision = if code == "allowed" { "allow" } else { "deny" };
+        serde_json::from_value(serde_json::json!({
+            "id": "dec-00000000000000000000000000000001", "type": "decision", "schema_version": 1,
+            "time": "2026-11-26T08:00:00.000Z", "tenant": "acme", "gateway": "gw1",
+            "identity_verified": true, "agent_id": agent, "call_chain": [], "tool_id": tool,
+            "action": action, "params": {}, "params_digest": "sha256:00", "context": {},
+            "decision": decision,
+            "reasons": [{"code": code, "message": "m", "policy": null, "rule": rule}],
+            "policy": rule.map(|_| "acme/finance-agent"), "rule": rule, "policy_version": 1,
+            "bundle_digest": "sha256:ab", "approval_id": null, "latency_us": 1,
+            "rollout_stage": null, "trace_id": null, "span_id": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_report_without_policies_counts_and_validates() {
+        let tenant = aegis_core::ids::TenantId::new("acme").unwrap();
+        let spec = SliceSpec::all(tenant);
+        let mut tally = CoverageTally::default();
+        for e in [
+            event("finance-agent", "payments", "create_payment", Some("pay"), "allowed"),
+            event("finance-agent", "payments", "create_payment", Some("pay"), "amount_over_limit"),
+            event("finance-agent", "payments", "refund", None, NO_POLICY),
+            event("research-agent", "web", "search", None, NO_POLICY),
+            event("research-agent", "web", "search", None, "no_bundle"),
+        ] {
+            tally.add(&e);
+        }
+        assert_eq!(tally.version_in_force(), Some((1, Some("sha256:ab".into()))));
+        let source = PolicySource {
+            status: PolicySourceStatus::Unavailable,
+            version: Some(1),
+            digest: None,
+            note: "test".into(),
+        };
+        let report = CoverageReport::build(&spec, Default::default(), tally, source, None);
+        let finance = report.agent("finance-agent").unwrap();
+        assert_eq!((finance.counts.calls, finance.counts.covered, finance.counts.default_deny), (3, 2, 1));
+        assert_eq!(finance.counts.coverage_percent, Some(66.67));
+        let research = report.agent("research-agent").unwrap();
+        assert_eq!((research.counts.other, research.counts.coverage_percent), (1, Some(0.0)));
+        assert_eq!(report.agents[0].agent, "research-agent", "lowest coverage first");
+        assert_eq!(report.call("finance-agent", "payments", "refund").unwrap().status, CoverageStatus::DefaultDeny);
+        assert_eq!(report.call("finance-agent", "payments", "create_payment").unwrap().status, CoverageStatus::Covered);
+        assert_eq!(report.calls.len(), 3);
+        let value = serde_json::to_value(&report).unwrap();
+        if let Err(errors) = validate(&value) {
+            panic!("{errors:#?}\n{value:#}");
+        }
+        let back: CoverageReport = serde_json::from_value(value).unwrap();
+        assert_eq!(back, report);
+        assert!(render(&report).contains("| unknown | payments | 3 | 2 | 1 | 0 | 66.67% | finance-agent |"), "{}", render(&report));
+    }
 }
