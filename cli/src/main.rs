@@ -6,7 +6,7 @@ use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegisctl::exit::{CliError, CliResult, EXIT_CODES_HELP, Exit};
 use aegisctl::online::{
     self, Client, CommandArgs, ConnectArgs, OnlineArgs, actors, approvals, audit, block, changes,
-    gateways, issuers, propose, publish, replay, rollout, status, tail, tenant,
+    coverage, gateways, issuers, propose, publish, replay, rollout, status, tail, tenant,
 };
 use aegisctl::{bundle, diff, eval, init, keys, lint, test, token, up};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -265,6 +265,16 @@ enum Command {
     Replay {
         #[command(flatten)]
         args: replay::ReplayArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Policy coverage: per agent and tool, calls decided by an explicit rule vs default deny
+    #[command(
+        after_help = "Examples:\n  aegisctl coverage --tenant acme --trust keys/control-plane.pub.json\n  aegisctl coverage --tenant acme --trust keys/control-plane.pub.json --since 2026-11-19T00:00:00Z --json\n  aegisctl coverage --tenant acme --trust keys/control-plane.pub.json --agent finance-agent --from-seq 1000\n\nReads AEGIS_DECISIONS for the tenant (aegis.decisions.<tenant>.>) from --from-seq or --since\nto --to-seq/--until, or to the last record stored when reading starts. A call is covered when\nan explicit rule decided it, default deny when no rule covers it (reason no_policy); other\ndecisions (no bundle, blocks, errors) are counted but left out of the percentage. Risk tiers\ncome from the newest version that decided a call of the slice, fetched and verified with\n--trust; tools are listed critical first (high, medium, low, unknown), lowest coverage first\nwithin a tier, then the rules that decided nothing. Exit 0 when the slice was read, 1 when\nreading fails, 2 on bad arguments, 6 when NATS does not answer."
+    )]
+    Coverage {
+        #[command(flatten)]
+        args: coverage::CoverageArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -821,6 +831,7 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
             with_client(&online, args, out, audit::verify)
         }
         Command::Replay { args, online } => with_client(&online, args, out, replay::run),
+        Command::Coverage { args, online } => with_client(&online, args, out, coverage::run),
         Command::Gateways { args, connect } => runtime()?
             .block_on(async { gateways::run(&connect.jetstream().await?, &args, out).await }),
         Command::Tail { args, connect } => {

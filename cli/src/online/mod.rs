@@ -14,6 +14,7 @@ pub mod audit;
 pub mod block;
 pub mod changes;
 mod client;
+pub mod coverage;
 pub mod gateways;
 pub mod issuers;
 pub mod nats;
