@@ -433,11 +433,16 @@ impl CoverageReport {
             })
             .collect();
         tools.sort_by(|a, b| {
-            (a.risk_tier, coverage_key(a.counts.coverage_percent), &a.tool).cmp(&(
-                b.risk_tier,
-                coverage_key(b.counts.coverage_percent),
-                &b.tool,
-            ))
+            (
+                a.risk_tier,
+                coverage_key(a.counts.coverage_percent),
+                &a.tool,
+            )
+                .cmp(&(
+                    b.risk_tier,
+                    coverage_key(b.counts.coverage_percent),
+                    &b.tool,
+                ))
         });
         let tool_rank: BTreeMap<&str, usize> = tools
             .iter()
@@ -447,7 +452,10 @@ impl CoverageReport {
         calls.sort_by(|a, b| {
             let key = |c: &CallCoverage| {
                 (
-                    tool_rank.get(c.tool.as_str()).copied().unwrap_or(usize::MAX),
+                    tool_rank
+                        .get(c.tool.as_str())
+                        .copied()
+                        .unwrap_or(usize::MAX),
                     c.risk_tier,
                     coverage_key(c.counts.coverage_percent),
                     c.agent.clone(),
@@ -482,19 +490,18 @@ impl CoverageReport {
             .filter(|(agent, _)| agent_filter.is_empty() || agent_filter.contains(agent))
             .flat_map(|(agent, compiled)| {
                 compiled.rules.iter().filter_map(move |(id, rule)| {
-                    (!rules_seen.contains(&(agent.clone(), id.as_str().to_owned())))
-                    .then(|| UnexercisedRule {
-                        agent: agent.as_str().to_owned(),
-                        rule: id.as_str().to_owned(),
-                        tool: rule.tool_id.as_str().to_owned(),
-                        actions: rule.actions.clone(),
-                        risk_tier: Tier::from(rule.risk_tier),
+                    (!rules_seen.contains(&(agent.clone(), id.as_str().to_owned()))).then(|| {
+                        UnexercisedRule {
+                            agent: agent.as_str().to_owned(),
+                            rule: id.as_str().to_owned(),
+                            tool: rule.tool_id.as_str().to_owned(),
+                            actions: rule.actions.clone(),
+                            risk_tier: Tier::from(rule.risk_tier),
+                        }
                     })
                 })
             })
-            .filter(|r| {
-                tool_filter.is_empty() || tool_filter.iter().any(|t| t.as_str() == r.tool)
-            })
+            .filter(|r| tool_filter.is_empty() || tool_filter.iter().any(|t| t.as_str() == r.tool))
             .collect();
         unexercised_rules.sort_by(|a, b| {
             (a.risk_tier, &a.agent, &a.rule).cmp(&(b.risk_tier, &b.agent, &b.rule))
@@ -650,7 +657,13 @@ pub async fn coverage(
             }
         }
     };
-    Ok(CoverageReport::build(spec, read, tally, source, data.as_ref()))
+    Ok(CoverageReport::build(
+        spec,
+        read,
+        tally,
+        source,
+        data.as_ref(),
+    ))
 }
 
 fn validator() -> Option<&'static jsonschema::Validator> {
@@ -832,7 +845,13 @@ mod tests {
         assert!(coverage_key(Some(100.0)) < coverage_key(None));
     }
 
-    fn event(agent: &str, tool: &str, action: &str, rule: Option<&str>, code: &str) -> DecisionEvent {
+    fn event(
+        agent: &str,
+        tool: &str,
+        action: &str,
+        rule: Option<&str>,
+        code: &str,
+    ) -> DecisionEvent {
         let decision = if code == "allowed" { "allow" } else { "deny" };
         serde_json::from_value(serde_json::json!({
             "id": "dec-00000000000000000000000000000001", "type": "decision", "schema_version": 1,
@@ -854,15 +873,30 @@ mod tests {
         let spec = SliceSpec::all(tenant);
         let mut tally = CoverageTally::default();
         for e in [
-            event("finance-agent", "payments", "create_payment", Some("pay"), "allowed"),
-            event("finance-agent", "payments", "create_payment", Some("pay"), "amount_over_limit"),
+            event(
+                "finance-agent",
+                "payments",
+                "create_payment",
+                Some("pay"),
+                "allowed",
+            ),
+            event(
+                "finance-agent",
+                "payments",
+                "create_payment",
+                Some("pay"),
+                "amount_over_limit",
+            ),
             event("finance-agent", "payments", "refund", None, NO_POLICY),
             event("research-agent", "web", "search", None, NO_POLICY),
             event("research-agent", "web", "search", None, "no_bundle"),
         ] {
             tally.add(&e);
         }
-        assert_eq!(tally.version_in_force(), Some((1, Some("sha256:ab".into()))));
+        assert_eq!(
+            tally.version_in_force(),
+            Some((1, Some("sha256:ab".into())))
+        );
         let source = PolicySource {
             status: PolicySourceStatus::Unavailable,
             version: Some(1),
@@ -871,13 +905,38 @@ mod tests {
         };
         let report = CoverageReport::build(&spec, Default::default(), tally, source, None);
         let finance = report.agent("finance-agent").unwrap();
-        assert_eq!((finance.counts.calls, finance.counts.covered, finance.counts.default_deny), (3, 2, 1));
+        assert_eq!(
+            (
+                finance.counts.calls,
+                finance.counts.covered,
+                finance.counts.default_deny
+            ),
+            (3, 2, 1)
+        );
         assert_eq!(finance.counts.coverage_percent, Some(66.67));
         let research = report.agent("research-agent").unwrap();
-        assert_eq!((research.counts.other, research.counts.coverage_percent), (1, Some(0.0)));
-        assert_eq!(report.agents[0].agent, "research-agent", "lowest coverage first");
-        assert_eq!(report.call("finance-agent", "payments", "refund").unwrap().status, CoverageStatus::DefaultDeny);
-        assert_eq!(report.call("finance-agent", "payments", "create_payment").unwrap().status, CoverageStatus::Covered);
+        assert_eq!(
+            (research.counts.other, research.counts.coverage_percent),
+            (1, Some(0.0))
+        );
+        assert_eq!(
+            report.agents[0].agent, "research-agent",
+            "lowest coverage first"
+        );
+        assert_eq!(
+            report
+                .call("finance-agent", "payments", "refund")
+                .unwrap()
+                .status,
+            CoverageStatus::DefaultDeny
+        );
+        assert_eq!(
+            report
+                .call("finance-agent", "payments", "create_payment")
+                .unwrap()
+                .status,
+            CoverageStatus::Covered
+        );
         assert_eq!(report.calls.len(), 3);
         let value = serde_json::to_value(&report).unwrap();
         if let Err(errors) = validate(&value) {
@@ -885,6 +944,11 @@ mod tests {
         }
         let back: CoverageReport = serde_json::from_value(value).unwrap();
         assert_eq!(back, report);
-        assert!(render(&report).contains("| unknown | payments | 3 | 2 | 1 | 0 | 66.67% | finance-agent |"), "{}", render(&report));
+        assert!(
+            render(&report)
+                .contains("| unknown | payments | 3 | 2 | 1 | 0 | 66.67% | finance-agent |"),
+            "{}",
+            render(&report)
+        );
     }
 }
