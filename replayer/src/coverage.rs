@@ -489,17 +489,19 @@ impl CoverageReport {
             .iter()
             .filter(|(agent, _)| agent_filter.is_empty() || agent_filter.contains(agent))
             .flat_map(|(agent, compiled)| {
-                compiled.rules.iter().filter_map(move |(id, rule)| {
-                    (!rules_seen.contains(&(agent.clone(), id.as_str().to_owned()))).then(|| {
-                        UnexercisedRule {
-                            agent: agent.as_str().to_owned(),
-                            rule: id.as_str().to_owned(),
-                            tool: rule.tool_id.as_str().to_owned(),
-                            actions: rule.actions.clone(),
-                            risk_tier: Tier::from(rule.risk_tier),
-                        }
+                compiled
+                    .rules
+                    .iter()
+                    .filter(move |(id, _)| {
+                        !rules_seen.contains(&(agent.clone(), id.as_str().to_owned()))
                     })
-                })
+                    .map(move |(id, rule)| UnexercisedRule {
+                        agent: agent.as_str().to_owned(),
+                        rule: id.as_str().to_owned(),
+                        tool: rule.tool_id.as_str().to_owned(),
+                        actions: rule.actions.clone(),
+                        risk_tier: Tier::from(rule.risk_tier),
+                    })
             })
             .filter(|r| tool_filter.is_empty() || tool_filter.iter().any(|t| t.as_str() == r.tool))
             .collect();
@@ -825,7 +827,12 @@ pub fn render(report: &CoverageReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
     use super::*;
 
     #[test]
