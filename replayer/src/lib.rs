@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod audit;
 pub mod candidate;
 pub mod engine;
 pub mod histogram;
@@ -10,6 +11,7 @@ pub mod slice;
 pub mod source;
 pub mod thresholds;
 
+pub use audit::{AuditError, AuditOptions, AuditReport, Verdict, audit_replay};
 pub use candidate::{Candidate, CandidateError, CandidateInfo, CandidateKind};
 pub use engine::{Engine, EngineError, EngineOptions, NotReplayable, Session, Tally, Transition};
 pub use report::Report;
