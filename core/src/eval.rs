@@ -463,7 +463,10 @@ mod tests {
 
     fn evaluator(custom: Option<&str>) -> Evaluator {
         let mut files = BTreeMap::new();
-        files.insert("data.json".to_owned(), br#"{"aegis":{"policies":{}}}"#.to_vec());
+        files.insert(
+            "data.json".to_owned(),
+            br#"{"aegis":{"policies":{}}}"#.to_vec(),
+        );
         files.insert(
             "policy.rego".to_owned(),
             crate::policy::set::SHARED_REGO.as_bytes().to_vec(),

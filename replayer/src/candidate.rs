@@ -96,7 +96,13 @@ pub fn verify_bundle(
     tenant: &TenantId,
     source_label: &str,
 ) -> Result<VerifiedBundle, CandidateError> {
-    verify_bundle_at(bytes, trust, tenant, source_label, OffsetDateTime::now_utc())
+    verify_bundle_at(
+        bytes,
+        trust,
+        tenant,
+        source_label,
+        OffsetDateTime::now_utc(),
+    )
 }
 
 /// [`verify_bundle`] with expiry checked at `at` (an audit checks a bundle at the time of the
