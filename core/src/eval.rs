@@ -454,6 +454,7 @@ fn parse_decision(v: &Value) -> Result<Decision, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     fn _assert_send_sync() {
