@@ -19,7 +19,7 @@
 //! A recorded decision **agrees** with its version when the replayed decision and its reason
 //! codes (in order) are the recorded ones.
 
-use crate::candidate::{Candidate, CandidateKind, fetch_verified_at};
+use crate::candidate::{Candidate, CandidateError, CandidateKind, fetch_verified_at};
 use crate::engine::NotReplayable;
 use crate::report::{BoundsView, FilterView};
 use crate::slice::{Bounds, SliceSpec};
@@ -75,6 +75,10 @@ pub enum AuditError {
     WorkerGone,
     #[error("an audit worker panicked")]
     WorkerPanicked,
+    /// The object store itself could not be opened (as opposed to one digest missing from
+    /// it): nothing could be verified, which is not a finding about the log.
+    #[error(transparent)]
+    Bundles(crate::candidate::CandidateError),
 }
 
 /// A recorded version: `policy_version` and `bundle_digest` as the events record them.
@@ -528,46 +532,71 @@ struct Versions<'a> {
 }
 
 impl Versions<'_> {
-    async fn evaluator(&mut self, event: &DecisionEvent) -> Result<Evaluator, String> {
+    /// The version's evaluator, or why it is unverifiable; an error when the object store
+    /// cannot be opened at all.
+    async fn evaluator(
+        &mut self,
+        event: &DecisionEvent,
+    ) -> Result<Result<Evaluator, String>, AuditError> {
         let key = key(event);
         if let Some(known) = self.cache.get(&key) {
-            return known.clone();
+            return Ok(known.clone());
         }
-        let prepared = self.prepare(event).await;
+        let prepared = self.prepare(event).await?;
         self.cache.insert(key, prepared.clone());
-        prepared
+        Ok(prepared)
     }
 
-    async fn prepare(&self, event: &DecisionEvent) -> Result<Evaluator, String> {
+    async fn prepare(
+        &self,
+        event: &DecisionEvent,
+    ) -> Result<Result<Evaluator, String>, AuditError> {
+        match self.verified(event).await {
+            Err(e @ CandidateError::ObjectStoreUnavailable { .. }) => Err(AuditError::Bundles(e)),
+            Err(e) => Ok(Err(e.to_string())),
+            Ok(Err(why)) => Ok(Err(why)),
+            Ok(Ok(evaluator)) => Ok(Ok(evaluator)),
+        }
+    }
+
+    async fn verified(
+        &self,
+        event: &DecisionEvent,
+    ) -> Result<Result<Evaluator, String>, CandidateError> {
         let Some(digest) = &event.bundle_digest else {
-            return Err("the decisions record no bundle digest".to_owned());
+            return Ok(Err("the decisions record no bundle digest".to_owned()));
         };
-        let at = OffsetDateTime::parse(&event.time, &Rfc3339)
-            .map_err(|e| format!("the decision time {:?} does not parse: {e}", event.time))?;
-        let verified = fetch_verified_at(self.js, &self.spec.tenant, digest, self.trust, at)
-            .await
-            .map_err(|e| e.to_string())?;
+        let at = match OffsetDateTime::parse(&event.time, &Rfc3339) {
+            Ok(at) => at,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the decision time {:?} does not parse: {e}",
+                    event.time
+                )));
+            }
+        };
+        let verified =
+            fetch_verified_at(self.js, &self.spec.tenant, digest, self.trust, at).await?;
         if event.policy_version != Some(verified.manifest.version) {
-            return Err(format!(
+            return Ok(Err(format!(
                 "the bundle stored under {digest} is version {}, the decisions record {}",
                 verified.manifest.version,
                 event
                     .policy_version
                     .map_or_else(|| "none".to_owned(), |v| v.to_string())
-            ));
+            )));
         }
         let candidate =
-            Candidate::from_verified(&verified, CandidateKind::PublishedVersion, digest.clone())
-                .map_err(|e| e.to_string())?;
+            Candidate::from_verified(&verified, CandidateKind::PublishedVersion, digest.clone())?;
         let machine = candidate.evaluator.nondeterministic_builtins();
         if !machine.is_empty() {
-            return Err(format!(
+            return Ok(Err(format!(
                 "its policies call {}, whose result depends on the machine: its decisions \
                  cannot be reproduced",
                 machine.join(", ")
-            ));
+            )));
         }
-        Ok(candidate.evaluator)
+        Ok(Ok(candidate.evaluator))
     }
 
     fn status(&self) -> BTreeMap<VersionKey, (VersionStatus, Option<String>)> {
@@ -609,7 +638,7 @@ pub async fn audit_replay(
                     local.not_replayable(&event, cause);
                     continue;
                 }
-                match versions.evaluator(&event).await {
+                match versions.evaluator(&event).await? {
                     Ok(evaluator) => workers.push((sequence, event, evaluator)).await?,
                     Err(_) => local.unverifiable(&event),
                 }

@@ -309,3 +309,37 @@ fn audit_replay_proves_a_recorded_log_and_finds_tampering() {
     };
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// A tenant operator may read its tenant's decisions but not object store `aegis-bundles`
+/// (shared by every tenant): the audit cannot verify anything, which is an error (exit 6,
+/// saying why), not a verdict about the log.
+#[test]
+fn without_access_to_the_bundles_the_audit_is_an_error_not_a_verdict() {
+    let stack = Stack::start_with_accounts();
+    let gw = stack.gateway("gw1");
+    let finance = stack.token("finance-agent", &["planner"]);
+    let (status, answer) = gw.decide(&finance, &balance()).unwrap();
+    assert_eq!(status, 200, "{answer:#}");
+    let ids: BTreeSet<String> = [answer["decision_id"].as_str().unwrap().to_owned()].into();
+    stack.wait_decisions(&format!("aegis.decisions.{ACME}.>"), &ids, WAIT);
+    let url = stack.server.url();
+    let password = Stack::password("acme-operator");
+    let trust = stack.trust_file.display().to_string();
+    let env = [
+        ("AEGIS_NATS_URL", url.as_str()),
+        ("AEGIS_NATS_USER", "acme-operator"),
+        ("AEGIS_NATS_PASSWORD", password.as_str()),
+        ("AEGIS_TENANT", ACME),
+    ];
+    let run = aegis_tests::cli::run(&["audit", "replay", "--trust", &trust], &env);
+    assert_eq!(
+        run.code, 6,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.contains("tenant operators may not"),
+        "{}",
+        run.stderr
+    );
+}

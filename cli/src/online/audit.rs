@@ -1138,7 +1138,8 @@ pub async fn replay(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> 
                     SourceError::TimedOut { .. }
                     | SourceError::Stalled { .. }
                     | SourceError::NoStream,
-                ) => Exit::Unavailable,
+                )
+                | AuditError::Bundles(_) => Exit::Unavailable,
                 _ => Exit::Failure,
             };
             CliError {
