@@ -27,6 +27,9 @@ pub enum Exit {
     /// 8: `gateways`: the fleet has not converged — a gateway is behind the latest published
     /// version, stale, or without a bundle, or no gateway has reported.
     NotConverged,
+    /// 9: `audit replay`: a recorded decision disagrees with the version it records, or a
+    /// recorded version could not be fetched, verified or reproduced.
+    Inconsistent,
 }
 
 impl Exit {
@@ -42,6 +45,7 @@ impl Exit {
             Exit::Unavailable => 6,
             Exit::Conflict => 7,
             Exit::NotConverged => 8,
+            Exit::Inconsistent => 9,
         }
     }
 
@@ -66,7 +70,8 @@ Exit codes:
   5  rejected by the control plane (the reason is printed)
   6  NATS or the control plane unreachable, or not done within --timeout
   7  conflict: someone else edited the same policy concurrently (re-run propose)
-  8  gateways: fleet not converged (a gateway behind, stale or without a bundle, or none)";
+  8  gateways: fleet not converged (a gateway behind, stale or without a bundle, or none)
+  9  audit replay: a recorded decision disagrees with its version, or a version is unverifiable";
 
 /// Why a command stopped, and the exit code it maps to. Details already printed by the command
 /// (diagnostics, failing vectors) are not repeated in the message.

@@ -560,6 +560,17 @@ enum AuditCommand {
         #[command(flatten)]
         online: OnlineArgs,
     },
+    /// Re-evaluate each recorded decision against the bundle version it records (fetched from
+    /// object store aegis-bundles by digest, verified with --trust) and prove they agree
+    #[command(
+        after_help = "Example:\n  aegisctl audit replay --tenant acme --trust trust/controlplane.pub.json --since 2026-11-01T00:00:00Z\n\nExit 0 when consistent (every replayable decision agrees with its own version), 9 on any\ndisagreement (listed with both results) or unverifiable version, 2/6/1 when the audit could not run."
+    )]
+    Replay {
+        #[command(flatten)]
+        args: audit::ReplayArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -829,6 +840,9 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
         }
         Command::Audit(AuditCommand::Verify { args, online }) => {
             with_client(&online, args, out, audit::verify)
+        }
+        Command::Audit(AuditCommand::Replay { args, online }) => {
+            with_client(&online, args, out, audit::replay)
         }
         Command::Replay { args, online } => with_client(&online, args, out, replay::run),
         Command::Coverage { args, online } => with_client(&online, args, out, coverage::run),

@@ -22,6 +22,20 @@ use std::time::Duration;
 /// The rule every bundle is evaluated at.
 pub const ENTRYPOINT: &str = "data.aegis.decide";
 
+/// Builtins whose result depends on the evaluating machine (clock, randomness, host), not on the
+/// input and data: a decision that calls one cannot be reproduced by a replay. Of these only
+/// `rand.intn` is compiled into this build of regorus (features `time`, `uuid`, `http` and
+/// `opa-runtime` are off, so the others do not even compile); the rest are listed so that
+/// turning a feature on does not silently break replay.
+pub const NONDETERMINISTIC_BUILTINS: &[&str] = &[
+    "rand.intn",
+    "time.now_ns",
+    "uuid.rfc4122",
+    "opa.runtime",
+    "http.send",
+    "net.lookup_ip_addr",
+];
+
 /// Why an evaluator could not be built. (Deciding never fails: it denies.)
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -67,6 +81,7 @@ struct Inner {
     data: Value,
     limits: EvalLimits,
     provenance: Provenance,
+    nondeterministic: Vec<String>,
 }
 
 /// A compiled policy set, ready to decide. Cheap to clone and share across threads.
@@ -164,6 +179,14 @@ impl Evaluator {
             .map_err(|e| EvalError::Compile(e.to_string()))?;
         let program = Compiler::compile_from_policy(&compiled, &[ENTRYPOINT])
             .map_err(|e| EvalError::Compile(e.to_string()))?;
+        let mut nondeterministic: Vec<String> = program
+            .builtin_info_table
+            .iter()
+            .map(|b| b.name.clone())
+            .filter(|name| NONDETERMINISTIC_BUILTINS.contains(&name.as_str()))
+            .collect();
+        nondeterministic.sort();
+        nondeterministic.dedup();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         Ok(Evaluator {
             inner: Arc::new(Inner {
@@ -173,12 +196,20 @@ impl Evaluator {
                 data,
                 limits,
                 provenance,
+                nondeterministic,
             }),
         })
     }
 
     pub fn provenance(&self) -> &Provenance {
         &self.inner.provenance
+    }
+
+    /// The builtins of [`NONDETERMINISTIC_BUILTINS`] the compiled policies call (sorted): when
+    /// not empty, a decision may depend on the machine that made it, and replaying it proves
+    /// nothing.
+    pub fn nondeterministic_builtins(&self) -> &[String] {
+        &self.inner.nondeterministic
     }
 
     /// Decides. Never fails and never panics: anything that goes wrong is a deny with reason
@@ -423,10 +454,43 @@ fn parse_decision(v: &Value) -> Result<Decision, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     fn _assert_send_sync() {
         fn is<T: Send + Sync>() {}
         is::<Evaluator>();
+    }
+
+    fn evaluator(custom: Option<&str>) -> Evaluator {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "data.json".to_owned(),
+            br#"{"aegis":{"policies":{}}}"#.to_vec(),
+        );
+        files.insert(
+            "policy.rego".to_owned(),
+            crate::policy::set::SHARED_REGO.as_bytes().to_vec(),
+        );
+        if let Some(rego) = custom {
+            files.insert("custom/t/c.rego".to_owned(), rego.as_bytes().to_vec());
+        }
+        match Evaluator::from_files(&files, Provenance::default(), EvalLimits::default()) {
+            Ok(e) => e,
+            Err(e) => panic!("does not compile: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_shared_logic_calls_no_machine_dependent_builtin() {
+        assert!(evaluator(None).nondeterministic_builtins().is_empty());
+    }
+
+    #[test]
+    fn a_custom_module_calling_rand_is_marked_nondeterministic() {
+        let e = evaluator(Some(
+            "package aegis.custom.c\nimport rego.v1\ndeny contains \"coin\" if rand.intn(\"x\", 2) == 1\n",
+        ));
+        assert_eq!(e.nondeterministic_builtins(), ["rand.intn".to_owned()]);
     }
 }

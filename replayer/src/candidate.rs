@@ -96,7 +96,25 @@ pub fn verify_bundle(
     tenant: &TenantId,
     source_label: &str,
 ) -> Result<VerifiedBundle, CandidateError> {
-    let mut policy = VerifyPolicy::new(OffsetDateTime::now_utc());
+    verify_bundle_at(
+        bytes,
+        trust,
+        tenant,
+        source_label,
+        OffsetDateTime::now_utc(),
+    )
+}
+
+/// [`verify_bundle`] with expiry checked at `at` (an audit checks a bundle at the time of the
+/// decision it made, not at the time of the audit).
+pub fn verify_bundle_at(
+    bytes: &[u8],
+    trust: &TrustStore,
+    tenant: &TenantId,
+    source_label: &str,
+    at: OffsetDateTime,
+) -> Result<VerifiedBundle, CandidateError> {
+    let mut policy = VerifyPolicy::new(at);
     policy.expected_tenant = Some(tenant.clone());
     bundle::verify(bytes, trust, &policy).map_err(|e| CandidateError::Rejected {
         source_label: source_label.to_owned(),
@@ -270,6 +288,17 @@ pub async fn fetch_verified(
     digest: &str,
     trust: &TrustStore,
 ) -> Result<VerifiedBundle, CandidateError> {
+    fetch_verified_at(js, tenant, digest, trust, OffsetDateTime::now_utc()).await
+}
+
+/// [`fetch_verified`] with expiry checked at `at`.
+pub async fn fetch_verified_at(
+    js: &async_nats::jetstream::Context,
+    tenant: &TenantId,
+    digest: &str,
+    trust: &TrustStore,
+    at: OffsetDateTime,
+) -> Result<VerifiedBundle, CandidateError> {
     let fetch = |detail: String| CandidateError::Fetch {
         digest: digest.to_owned(),
         detail,
@@ -295,5 +324,5 @@ pub async fn fetch_verified(
     if actual != digest {
         return Err(fetch(format!("the bytes hash to {actual}")));
     }
-    verify_bundle(&bytes, trust, tenant, digest)
+    verify_bundle_at(&bytes, trust, tenant, digest, at)
 }

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod audit;
 pub mod candidate;
 pub mod coverage;
 pub mod engine;
@@ -11,6 +12,7 @@ pub mod slice;
 pub mod source;
 pub mod thresholds;
 
+pub use audit::{AuditError, AuditOptions, AuditReport, Verdict, audit_replay};
 pub use candidate::{Candidate, CandidateError, CandidateInfo, CandidateKind};
 pub use coverage::{CoverageReport, coverage};
 pub use engine::{Engine, EngineError, EngineOptions, NotReplayable, Session, Tally, Transition};

@@ -1011,3 +1011,150 @@ mod tests {
         assert!(bad[0].detail.contains("tenant globex"), "{bad:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// replay
+
+/// Options for [`replay`]; also the `aegisctl audit replay` arguments (the tenant and the
+/// connection come from the online options).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReplayArgs {
+    /// The control plane's public key(s) (trust file, directory of *.pub.json, or one
+    /// *.pub.json): every recorded version is verified with it before it is evaluated
+    #[arg(long, value_name = "KEY")]
+    pub trust: PathBuf,
+    /// First stream sequence of the slice
+    #[arg(long, value_name = "N", conflicts_with_all = ["since", "until"])]
+    pub from_seq: Option<u64>,
+    /// Last stream sequence of the slice [default: the last one when the audit starts]
+    #[arg(long, value_name = "M", conflicts_with_all = ["since", "until"])]
+    pub to_seq: Option<u64>,
+    /// Start of the slice (RFC 3339, when NATS stored the record)
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub since: Option<time::OffsetDateTime>,
+    /// End of the slice (RFC 3339) [default: the last record when the audit starts]
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time, requires = "since")]
+    pub until: Option<time::OffsetDateTime>,
+    /// Only decisions of this agent (repeatable: any of them)
+    #[arg(long = "agent", value_name = "A")]
+    pub agents: Vec<aegis_core::ids::AgentId>,
+    /// Only decisions on this tool (repeatable: any of them)
+    #[arg(long = "tool", value_name = "T")]
+    pub tools: Vec<aegis_core::ids::ToolId>,
+    /// Only these recorded decisions: allow, deny, sanitize, approval_needed (repeatable)
+    #[arg(long = "decision", value_name = "D", value_parser = parse_decision)]
+    pub decisions: Vec<aegis_core::decision::DecisionKind>,
+    /// List at most N disagreements (the first ones in stream order) [default: all]; all are
+    /// counted either way
+    #[arg(long, value_name = "N")]
+    pub max_disagreements: Option<usize>,
+    /// Worker threads [default: one per core]
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub workers: usize,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+impl super::CommandArgs for ReplayArgs {
+    fn set_json(&mut self, json: bool) {
+        self.json = json;
+    }
+}
+
+fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-26T08:00:00Z): {e}"))
+}
+
+fn parse_decision(text: &str) -> Result<aegis_core::decision::DecisionKind, String> {
+    aegis_core::decision::DecisionKind::parse(text).ok_or_else(|| {
+        format!("unknown decision {text:?}: use allow, deny, sanitize or approval_needed")
+    })
+}
+
+impl ReplayArgs {
+    /// The slice the arguments describe.
+    pub fn spec(&self, tenant: TenantId) -> Result<aegis_replayer::SliceSpec, CliError> {
+        use aegis_replayer::Bounds;
+        let bounds = match (self.since, self.from_seq.or(self.to_seq)) {
+            (Some(since), None) => {
+                if self.until.is_some_and(|u| u < since) {
+                    return Err(CliError::invalid("--until is before --since"));
+                }
+                Bounds::Time {
+                    since,
+                    until: self.until,
+                }
+            }
+            (None, _) => {
+                let from = self.from_seq.unwrap_or(1);
+                if self.to_seq.is_some_and(|to| to < from) {
+                    return Err(CliError::invalid("--to-seq is below --from-seq"));
+                }
+                Bounds::Sequence {
+                    from,
+                    to: self.to_seq,
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(CliError::invalid(
+                    "give a sequence range (--from-seq/--to-seq) or a time range (--since/--until), not both",
+                ));
+            }
+        };
+        Ok(aegis_replayer::SliceSpec {
+            tenant,
+            bounds,
+            filter: aegis_replayer::Filter {
+                agents: self.agents.clone(),
+                tools: self.tools.clone(),
+                decisions: self.decisions.clone(),
+            },
+        })
+    }
+}
+
+/// Re-evaluates each recorded decision of the slice against the version it records and prints
+/// the verdict, the counts per version and every disagreement (text), or the report (JSON,
+/// `schemas/audit-replay-report.schema.json`). Exit 0 when consistent, 9 on any disagreement
+/// or unverifiable version; 2 (bad arguments or trust file), 6 (NATS not answering) or 1 (any
+/// other failure) when the audit could not run.
+pub async fn replay(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> CliResult {
+    use aegis_replayer::source::SourceError;
+    use aegis_replayer::{AuditError, AuditOptions, audit};
+    let spec = args.spec(client.tenant().clone())?;
+    let trust = load_trust(&args.trust)?;
+    let options = AuditOptions {
+        workers: args.workers,
+        max_disagreements: args.max_disagreements,
+        ..AuditOptions::default()
+    };
+    let report = aegis_replayer::audit_replay(client.jetstream(), &spec, &trust, options)
+        .await
+        .map_err(|e| {
+            let exit = match &e {
+                AuditError::Source(
+                    SourceError::TimedOut { .. }
+                    | SourceError::Stalled { .. }
+                    | SourceError::NoStream,
+                )
+                | AuditError::Bundles(_) => Exit::Unavailable,
+                _ => Exit::Failure,
+            };
+            CliError {
+                exit,
+                message: format!("audit replay failed: {e}"),
+            }
+        })?;
+    if args.json {
+        write_json(out, &report)?;
+    } else {
+        write!(out, "{}", audit::render_text(&report))?;
+    }
+    Ok(if report.is_consistent() {
+        Exit::Ok
+    } else {
+        Exit::Inconsistent
+    })
+}
