@@ -3,6 +3,7 @@
 pub mod candidate;
 pub mod engine;
 pub mod histogram;
+pub mod html;
 pub mod markdown;
 pub mod report;
 pub mod run;
