@@ -358,7 +358,7 @@ fn histogram(s: &mut String, h: &ParamHistogram) {
         let _ = writeln!(s, "<p class=\"muted\">No values.</p>");
         return;
     }
-    let (w, left, top, plot_h, bottom) = (1000.0, 40.0, 24.0, 220.0, 70.0);
+    let (w, left, top, plot_h, bottom) = (1000.0, 40.0, 52.0, 220.0, 44.0);
     let plot_w = w - left - 10.0;
     #[allow(clippy::cast_precision_loss)]
     let group = plot_w / h.buckets.len() as f64;
@@ -448,8 +448,8 @@ fn histogram(s: &mut String, h: &ParamHistogram) {
                 s,
                 "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{base:.1}\" stroke=\"{colour}\" stroke-width=\"4\"{dash}/>\
                  <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"{colour}\" font-weight=\"bold\">{what} {} {}</text>",
-                top - 10.0,
-                if dash.is_empty() { top } else { top + 16.0 },
+                4.0,
+                if dash.is_empty() { 14.0 } else { 30.0 },
                 escape(&t.op),
                 escape(&num(v))
             );
