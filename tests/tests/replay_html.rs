@@ -4,6 +4,8 @@
 //! `aegis_replayer::html::render`, loaded from a file in headless Chromium (Debian's
 //! `chromium`, installed by `./scripts/setup.sh`), and the screenshot checked: not blank,
 //! many colours, and the colours of the transition bars, histogram bars and moved bound.
+//! Then the same decisions stored in a real nats-server and replayed by the `aegisctl`
+//! binary (`cargo build -p aegisctl` first): `--format html --output FILE` renders too.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,12 +16,16 @@
 use aegis_core::decision::{DecideInput, DecisionKind};
 use aegis_core::decision_log::{self, DecisionEvent};
 use aegis_core::ids::{AgentId, TenantId, ToolId};
+use aegis_nats::topology::{self, Topology};
+use aegis_nats::{ConnectOptions, Publish, connect, jetstream, provision, publish};
 use aegis_replayer::engine::{Engine, EngineOptions};
 use aegis_replayer::html;
 use aegis_replayer::report::Report;
 use aegis_replayer::source::{Record, SliceStats};
 use aegis_replayer::thresholds::changed_thresholds;
 use aegis_replayer::{Candidate, SliceSpec};
+use aegis_tests::NatsServer;
+use aegis_tests::cli::{Run, finish, spawn};
 use serde_json::{Map, Value, json};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FINANCE: &str = include_str!("../../policies/templates/finance/policy.yaml");
+
+fn aegisctl(args: &[&str], env: &[(&str, &str)], dir: &Path) -> Run {
+    let (child, out_dir) = spawn(args, env, dir);
+    finish(child, &out_dir, Duration::from_secs(60), &args.join(" "))
+}
 
 fn tenant() -> TenantId {
     TenantId::new("acme").unwrap()
@@ -93,7 +104,9 @@ fn event(recorder: &Candidate, n: usize, agent: &str, amount: u64) -> DecisionEv
     }
 }
 
-fn report(dir: &Path) -> Report {
+/// The recording policy (finance template, no log masking) and a stricter one (approval
+/// above 1000 instead of 5000), as policy trees under `dir`.
+fn policies(dir: &Path) -> (Candidate, Candidate) {
     let recorded = unmasked(FINANCE);
     assert!(recorded.contains("lte: 5000\n"));
     let recorder = candidate(&dir.join("recorded"), &recorded);
@@ -101,17 +114,28 @@ fn report(dir: &Path) -> Report {
         &dir.join("strict"),
         &recorded.replace("lte: 5000\n", "lte: 1000\n"),
     );
+    (recorder, strict)
+}
+
+/// What the recording policy decided for payments of many amounts, and one call by an agent
+/// with no policy.
+fn events(recorder: &Candidate) -> Vec<DecisionEvent> {
     let amounts = [
         50, 120, 300, 450, 800, 900, 1200, 1500, 2500, 3000, 4000, 4500, 5000, 7000, 12000, 30000,
     ];
     let mut events = Vec::new();
     for round in 0..4 {
         for (i, a) in amounts.iter().enumerate() {
-            events.push(event(&recorder, round * 100 + i, "finance-agent", *a));
+            events.push(event(recorder, round * 100 + i, "finance-agent", *a));
         }
     }
-    events.push(event(&recorder, 999, "research-agent", 10));
-    let records: Vec<Record> = events
+    events.push(event(recorder, 999, "research-agent", 10));
+    events
+}
+
+fn report(dir: &Path) -> Report {
+    let (recorder, strict) = policies(dir);
+    let records: Vec<Record> = events(&recorder)
         .into_iter()
         .enumerate()
         .map(|(i, e)| Record::Decision {
@@ -324,56 +348,23 @@ fn count_colour(img: &Image, colour: [u8; 3]) -> usize {
         .count()
 }
 
-#[test]
-fn the_html_report_renders_its_charts_in_headless_chromium() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = report(dir.path());
-    let page = dir.path().join("replay.html");
-    std::fs::write(&page, html::render(&report)).unwrap();
-    let png = dir.path().join("replay.png");
-    let (width, height) = (1200, 2400);
-    screenshot(&page, &png, &dir.path().join("profile"), width, height);
-
-    // To look at them: AEGIS_SCREENSHOT_DIR=/tmp/shots cargo test -p aegis-tests --test replay_html
-    if let Some(keep) = std::env::var_os("AEGIS_SCREENSHOT_DIR") {
-        let keep = PathBuf::from(keep);
-        std::fs::create_dir_all(&keep).unwrap();
-        std::fs::copy(&page, keep.join("replay.html")).unwrap();
-        std::fs::copy(&png, keep.join("replay.png")).unwrap();
-    }
-    let img = decode_png(&std::fs::read(&png).unwrap());
-    assert_eq!((img.width, img.height), (width as usize, height as usize));
+/// Not blank, and each chart drew something: the changed transition's bar, the unchanged
+/// ones, the histogram's allow and approval_needed bars, and (when thresholds were compared)
+/// the new bound.
+fn assert_charts(img: &Image, bound_marked: bool) {
     let distinct: std::collections::BTreeSet<[u8; 3]> = img.rgb.iter().copied().collect();
     assert!(
         distinct.len() > 50,
         "the screenshot looks blank: {} distinct colours",
         distinct.len()
     );
-    let white = count_colour(&img, [255, 255, 255]);
+    let white = count_colour(img, [255, 255, 255]);
     assert!(
         white < img.rgb.len() * 97 / 100,
         "the screenshot is almost all white ({white} of {} pixels)",
         img.rgb.len()
     );
-    // The same checks on a blank page fail: they see the charts, not just any page.
-    let blank_page = dir.path().join("blank.html");
-    std::fs::write(&blank_page, "<!DOCTYPE html><html><body></body></html>").unwrap();
-    let blank_png = dir.path().join("blank.png");
-    screenshot(
-        &blank_page,
-        &blank_png,
-        &dir.path().join("profile2"),
-        width,
-        height,
-    );
-    let blank = decode_png(&std::fs::read(&blank_png).unwrap());
-    let blank_colours: std::collections::BTreeSet<[u8; 3]> = blank.rgb.iter().copied().collect();
-    assert!(blank_colours.len() <= 2, "{} colours", blank_colours.len());
-    assert_eq!(count_colour(&blank, hex(html::CHANGED_COLOUR)), 0);
-
-    // Each chart drew something: the changed transition's bar, the unchanged ones, the
-    // histogram's allow and approval_needed bars, and the new bound.
-    for (what, colour, at_least) in [
+    let mut expected = vec![
         ("changed transition bar", html::CHANGED_COLOUR, 500),
         ("unchanged transition bar", html::UNCHANGED_COLOUR, 500),
         (
@@ -386,12 +377,129 @@ fn the_html_report_renders_its_charts_in_headless_chromium() {
             html::decision_colour(DecisionKind::ApprovalNeeded),
             300,
         ),
-        ("the new bound", html::NEW_BOUND_COLOUR, 200),
-    ] {
-        let n = count_colour(&img, hex(colour));
+    ];
+    if bound_marked {
+        expected.push(("the new bound", html::NEW_BOUND_COLOUR, 200));
+    }
+    for (what, colour, at_least) in expected {
+        let n = count_colour(img, hex(colour));
         assert!(
             n >= at_least,
             "{what} ({colour}): {n} pixels in the screenshot, expected at least {at_least}"
         );
     }
+}
+
+const WIDTH: u32 = 1200;
+const HEIGHT: u32 = 2400;
+
+/// Screenshots `page` and decodes the PNG (kept, with the page, in `$AEGIS_SCREENSHOT_DIR`
+/// when set: `AEGIS_SCREENSHOT_DIR=/tmp/shots cargo test -p aegis-tests --test replay_html`).
+fn render(page: &Path, dir: &Path, name: &str) -> Image {
+    let png = dir.join(format!("{name}.png"));
+    screenshot(
+        page,
+        &png,
+        &dir.join(format!("profile-{name}")),
+        WIDTH,
+        HEIGHT,
+    );
+    if let Some(keep) = std::env::var_os("AEGIS_SCREENSHOT_DIR") {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(page, keep.join(format!("{name}.html"))).unwrap();
+        std::fs::copy(&png, keep.join(format!("{name}.png"))).unwrap();
+    }
+    let img = decode_png(&std::fs::read(&png).unwrap());
+    assert_eq!((img.width, img.height), (WIDTH as usize, HEIGHT as usize));
+    img
+}
+
+#[test]
+fn the_html_report_renders_its_charts_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = report(dir.path());
+    let page = dir.path().join("replay.html");
+    std::fs::write(&page, html::render(&report)).unwrap();
+    assert_charts(&render(&page, dir.path(), "replay"), true);
+
+    // The same checks on a blank page fail: they see the charts, not just any page.
+    let blank_page = dir.path().join("blank.html");
+    std::fs::write(&blank_page, "<!DOCTYPE html><html><body></body></html>").unwrap();
+    let blank = render(&blank_page, dir.path(), "blank");
+    let colours: std::collections::BTreeSet<[u8; 3]> = blank.rgb.iter().copied().collect();
+    assert!(colours.len() <= 2, "{} colours", colours.len());
+    assert_eq!(count_colour(&blank, hex(html::CHANGED_COLOUR)), 0);
+}
+
+/// `aegisctl replay --format html --output FILE` over decisions stored in AEGIS_DECISIONS of
+/// a real nats-server writes the report to FILE (nothing on stdout), the same report goes to
+/// stdout without --output, and the file renders with its charts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aegisctl_replay_writes_an_html_file_that_renders() {
+    let server = NatsServer::start().expect("start nats-server (run ./scripts/setup.sh)");
+    let js = jetstream(connect(&ConnectOptions::new(server.url())).await.unwrap());
+    provision(&js, &Topology::single()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (recorder, _) = policies(dir.path());
+    let events = events(&recorder);
+    for e in &events {
+        let subject = topology::decisions_subject(&tenant(), &e.gateway).unwrap();
+        publish(
+            &js,
+            Publish::new(subject, e.to_bytes().unwrap()).msg_id(&e.id),
+        )
+        .await
+        .unwrap();
+    }
+    let url = server.url();
+    let env = [("AEGIS_NATS_URL", url.as_str())];
+    let strict = dir.path().join("strict");
+    let strict = strict.to_str().unwrap();
+    let page = dir.path().join("cli.html");
+    let run = aegisctl(
+        &[
+            "replay",
+            "--tenant",
+            "acme",
+            "--policies",
+            strict,
+            "--format",
+            "html",
+            "--output",
+            page.to_str().unwrap(),
+        ],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "", "the report went to the file");
+    let text = std::fs::read_to_string(&page).unwrap();
+    assert!(text.starts_with("<!DOCTYPE html>"), "{text}");
+    assert!(text.contains(&format!("<td class=\"n\">{}</td>", events.len())));
+
+    let run = aegisctl(
+        &[
+            "replay",
+            "--tenant",
+            "acme",
+            "--policies",
+            strict,
+            "--format",
+            "html",
+        ],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("<!DOCTYPE html>"), "{run:?}");
+    assert!(run.stdout.contains("<svg class=\"chart transitions\""));
+
+    let img = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || render(&page, &dir, "cli")
+    })
+    .await
+    .unwrap();
+    assert_charts(&img, false);
 }
