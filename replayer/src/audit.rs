@@ -31,7 +31,6 @@ use aegis_core::keys::TrustStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -438,31 +437,12 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
-fn validator() -> Option<&'static jsonschema::Validator> {
-    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
-    V.get_or_init(|| {
-        let schema: Value = serde_json::from_str(SCHEMA).ok()?;
-        jsonschema::validator_for(&schema).ok()
-    })
-    .as_ref()
-}
+static CHECK: crate::schema_check::EmbeddedSchema =
+    crate::schema_check::EmbeddedSchema::new("audit report", SCHEMA);
 
 /// Validates an audit report (as JSON) against [`SCHEMA`]; the errors, if any.
 pub fn validate(report: &Value) -> Result<(), Vec<String>> {
-    let Some(v) = validator() else {
-        return Err(vec![
-            "the embedded audit report schema does not compile".to_owned(),
-        ]);
-    };
-    let errors: Vec<String> = v
-        .iter_errors(report)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    CHECK.validate(report)
 }
 
 type Job = (u64, Box<DecisionEvent>, Evaluator);

@@ -9,6 +9,7 @@ pub mod html;
 pub mod markdown;
 pub mod report;
 pub mod run;
+mod schema_check;
 pub mod slice;
 pub mod source;
 pub mod thresholds;

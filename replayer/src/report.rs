@@ -12,7 +12,6 @@ use aegis_core::decision::DecisionKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -351,29 +350,10 @@ fn filter_view(filter: &Filter) -> FilterView {
     }
 }
 
-fn validator() -> Option<&'static jsonschema::Validator> {
-    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
-    V.get_or_init(|| {
-        let schema: Value = serde_json::from_str(SCHEMA).ok()?;
-        jsonschema::validator_for(&schema).ok()
-    })
-    .as_ref()
-}
+static CHECK: crate::schema_check::EmbeddedSchema =
+    crate::schema_check::EmbeddedSchema::new("report", SCHEMA);
 
 /// Validates a report (as JSON) against [`SCHEMA`]; the errors, if any.
 pub fn validate(report: &Value) -> Result<(), Vec<String>> {
-    let Some(v) = validator() else {
-        return Err(vec![
-            "the embedded report schema does not compile".to_owned(),
-        ]);
-    };
-    let errors: Vec<String> = v
-        .iter_errors(report)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    CHECK.validate(report)
 }
