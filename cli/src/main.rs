@@ -1226,7 +1226,7 @@ mod tests {
         };
         assert_eq!(online.tenant.unwrap().as_str(), "acme");
         assert_eq!(
-            (args.version, args.from_seq, args.to_seq),
+            (args.version, args.slice.from_seq, args.slice.to_seq),
             (Some(3), Some(2), None)
         );
         assert_eq!(args.tools.len(), 1);

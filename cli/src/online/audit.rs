@@ -1023,18 +1023,9 @@ pub struct ReplayArgs {
     /// *.pub.json): every recorded version is verified with it before it is evaluated
     #[arg(long, value_name = "KEY")]
     pub trust: PathBuf,
-    /// First stream sequence of the slice
-    #[arg(long, value_name = "N", conflicts_with_all = ["since", "until"])]
-    pub from_seq: Option<u64>,
-    /// Last stream sequence of the slice [default: the last one when the audit starts]
-    #[arg(long, value_name = "M", conflicts_with_all = ["since", "until"])]
-    pub to_seq: Option<u64>,
-    /// Start of the slice (RFC 3339, when NATS stored the record)
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
-    pub since: Option<time::OffsetDateTime>,
-    /// End of the slice (RFC 3339) [default: the last record when the audit starts]
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time, requires = "since")]
-    pub until: Option<time::OffsetDateTime>,
+    /// The slice of the decision log
+    #[command(flatten)]
+    pub slice: super::slice_args::SliceArgs,
     /// Only decisions of this agent (repeatable: any of them)
     #[arg(long = "agent", value_name = "A")]
     pub agents: Vec<aegis_core::ids::AgentId>,
@@ -1042,7 +1033,7 @@ pub struct ReplayArgs {
     #[arg(long = "tool", value_name = "T")]
     pub tools: Vec<aegis_core::ids::ToolId>,
     /// Only these recorded decisions: allow, deny, sanitize, approval_needed (repeatable)
-    #[arg(long = "decision", value_name = "D", value_parser = parse_decision)]
+    #[arg(long = "decision", value_name = "D", value_parser = super::slice_args::parse_decision)]
     pub decisions: Vec<aegis_core::decision::DecisionKind>,
     /// List at most N disagreements (the first ones in stream order) [default: all]; all are
     /// counted either way
@@ -1062,47 +1053,10 @@ impl super::CommandArgs for ReplayArgs {
     }
 }
 
-fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-26T08:00:00Z): {e}"))
-}
-
-fn parse_decision(text: &str) -> Result<aegis_core::decision::DecisionKind, String> {
-    aegis_core::decision::DecisionKind::parse(text).ok_or_else(|| {
-        format!("unknown decision {text:?}: use allow, deny, sanitize or approval_needed")
-    })
-}
-
 impl ReplayArgs {
     /// The slice the arguments describe.
     pub fn spec(&self, tenant: TenantId) -> Result<aegis_replayer::SliceSpec, CliError> {
-        use aegis_replayer::Bounds;
-        let bounds = match (self.since, self.from_seq.or(self.to_seq)) {
-            (Some(since), None) => {
-                if self.until.is_some_and(|u| u < since) {
-                    return Err(CliError::invalid("--until is before --since"));
-                }
-                Bounds::Time {
-                    since,
-                    until: self.until,
-                }
-            }
-            (None, _) => {
-                let from = self.from_seq.unwrap_or(1);
-                if self.to_seq.is_some_and(|to| to < from) {
-                    return Err(CliError::invalid("--to-seq is below --from-seq"));
-                }
-                Bounds::Sequence {
-                    from,
-                    to: self.to_seq,
-                }
-            }
-            (Some(_), Some(_)) => {
-                return Err(CliError::invalid(
-                    "give a sequence range (--from-seq/--to-seq) or a time range (--since/--until), not both",
-                ));
-            }
-        };
+        let bounds = self.slice.bounds()?;
         Ok(aegis_replayer::SliceSpec {
             tenant,
             bounds,

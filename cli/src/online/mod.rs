@@ -23,6 +23,7 @@ pub mod publish;
 pub mod render;
 pub mod replay;
 pub mod rollout;
+pub mod slice_args;
 pub mod status;
 pub mod tail;
 pub mod tenant;

@@ -13,13 +13,10 @@ use aegis_core::keys::TrustStore;
 use aegis_replayer::engine::EngineOptions;
 use aegis_replayer::source::SourceError;
 use aegis_replayer::{
-    Bounds, Candidate, CandidateError, Filter, ReplayError, SliceSpec, html, mark_thresholds,
-    markdown,
+    Candidate, CandidateError, Filter, ReplayError, SliceSpec, html, mark_thresholds, markdown,
 };
 use std::io::Write;
 use std::path::PathBuf;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// How the report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,18 +47,9 @@ pub struct ReplayArgs {
     /// thresholds the candidate moves are marked on the histograms
     #[arg(long, value_name = "KEY")]
     pub trust: Option<PathBuf>,
-    /// First stream sequence of the slice
-    #[arg(long, value_name = "N", conflicts_with_all = ["since", "until"])]
-    pub from_seq: Option<u64>,
-    /// Last stream sequence of the slice [default: the last one when the replay starts]
-    #[arg(long, value_name = "M", conflicts_with_all = ["since", "until"])]
-    pub to_seq: Option<u64>,
-    /// Start of the slice (RFC 3339, when NATS stored the record)
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
-    pub since: Option<OffsetDateTime>,
-    /// End of the slice (RFC 3339) [default: the last record when the replay starts]
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time, requires = "since")]
-    pub until: Option<OffsetDateTime>,
+    /// The slice of the decision log
+    #[command(flatten)]
+    pub slice: super::slice_args::SliceArgs,
     /// Only decisions of this agent (repeatable: any of them)
     #[arg(long = "agent", value_name = "A")]
     pub agents: Vec<AgentId>,
@@ -69,7 +57,7 @@ pub struct ReplayArgs {
     #[arg(long = "tool", value_name = "T")]
     pub tools: Vec<ToolId>,
     /// Only these recorded decisions: allow, deny, sanitize, approval_needed (repeatable)
-    #[arg(long = "decision", value_name = "D", value_parser = parse_decision)]
+    #[arg(long = "decision", value_name = "D", value_parser = super::slice_args::parse_decision)]
     pub decisions: Vec<DecisionKind>,
     /// Output format [default: markdown, or json with --json]
     #[arg(long, value_enum)]
@@ -87,17 +75,6 @@ pub struct ReplayArgs {
     pub json: bool,
 }
 
-fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-26T08:00:00Z): {e}"))
-}
-
-fn parse_decision(text: &str) -> Result<DecisionKind, String> {
-    DecisionKind::parse(text).ok_or_else(|| {
-        format!("unknown decision {text:?}: use allow, deny, sanitize or approval_needed")
-    })
-}
-
 impl super::CommandArgs for ReplayArgs {
     fn set_json(&mut self, json: bool) {
         self.json = json;
@@ -105,34 +82,6 @@ impl super::CommandArgs for ReplayArgs {
 }
 
 impl ReplayArgs {
-    /// The slice the arguments describe.
-    pub fn bounds(&self) -> Result<Bounds, CliError> {
-        match (self.since, self.from_seq.or(self.to_seq)) {
-            (Some(since), None) => {
-                if self.until.is_some_and(|u| u < since) {
-                    return Err(CliError::invalid("--until is before --since"));
-                }
-                Ok(Bounds::Time {
-                    since,
-                    until: self.until,
-                })
-            }
-            (None, _) => {
-                let from = self.from_seq.unwrap_or(1);
-                if self.to_seq.is_some_and(|to| to < from) {
-                    return Err(CliError::invalid("--to-seq is below --from-seq"));
-                }
-                Ok(Bounds::Sequence {
-                    from,
-                    to: self.to_seq,
-                })
-            }
-            (Some(_), Some(_)) => Err(CliError::invalid(
-                "give a sequence range (--from-seq/--to-seq) or a time range (--since/--until), not both",
-            )),
-        }
-    }
-
     fn format(&self) -> ReplayFormat {
         self.format.unwrap_or(if self.json {
             ReplayFormat::Json
@@ -191,7 +140,7 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
             "give exactly one candidate: --bundle FILE, --policies DIR or --version V",
         ));
     }
-    let bounds = args.bounds()?;
+    let bounds = args.slice.bounds()?;
     let trust = args.trust.as_deref().map(load_trust).transpose()?;
     let candidate = if let Some(file) = &args.bundle {
         require_trust(trust.as_ref(), "the bundle")?;
@@ -249,43 +198,4 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
         None => out.write_all(&text)?,
     }
     Ok(Exit::Ok)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn bounds_come_from_sequences_or_times() {
-        let args = ReplayArgs {
-            from_seq: Some(3),
-            to_seq: Some(9),
-            ..ReplayArgs::default()
-        };
-        assert_eq!(
-            args.bounds().unwrap(),
-            Bounds::Sequence {
-                from: 3,
-                to: Some(9)
-            }
-        );
-        assert_eq!(
-            ReplayArgs::default().bounds().unwrap(),
-            Bounds::Sequence { from: 1, to: None }
-        );
-        let bad = ReplayArgs {
-            from_seq: Some(9),
-            to_seq: Some(3),
-            ..ReplayArgs::default()
-        };
-        assert_eq!(bad.bounds().unwrap_err().exit, Exit::Invalid);
-        let since = parse_time("2026-11-26T08:00:00Z").unwrap();
-        let timed = ReplayArgs {
-            since: Some(since),
-            ..ReplayArgs::default()
-        };
-        assert_eq!(timed.bounds().unwrap(), Bounds::Time { since, until: None });
-        assert!(parse_time("yesterday").is_err());
-    }
 }
