@@ -560,3 +560,125 @@ pub fn to_html(report: &DecisionReport) -> String {
     out.push_str("</table></body></html>\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn event(agent: &str, tool: &str, decision: &str, version: u64, time: &str) -> DecisionEvent {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("dec-{time}"), "type": "decision", "schema_version": 1, "time": time,
+            "tenant": "acme", "gateway": "gw1", "identity_verified": true,
+            "agent_id": agent, "tool_id": tool, "action": "a", "params_digest": "sha256:00",
+            "decision": decision, "reasons": [], "policy": null, "rule": null,
+            "policy_version": version, "bundle_digest": format!("sha256:{version}"),
+            "approval_id": null, "latency_us": 1, "rollout_stage": null,
+            "trace_id": null, "span_id": null
+        }))
+        .unwrap()
+    }
+
+    fn sample() -> DecisionReport {
+        let mut c = Counter::new();
+        c.add(&event(
+            "finance-agent",
+            "payments",
+            "allow",
+            1,
+            "2026-11-26T10:00:00.000Z",
+        ));
+        c.add(&event(
+            "finance-agent",
+            "payments",
+            "allow",
+            1,
+            "2026-11-26T10:00:01.000Z",
+        ));
+        c.add(&event(
+            "planner",
+            "payments",
+            "deny",
+            2,
+            "2026-11-26T10:00:02.000Z",
+        ));
+        c.skip();
+        let approval = ApprovalEntry {
+            approval_id: "apr-1".into(),
+            requested_at: "2026-11-26T10:00:00.500Z".into(),
+            agent: "finance-agent".into(),
+            tool: "payments".into(),
+            action: "<script>alert(1)</script>".into(),
+            request_decision: "dec-0".into(),
+            state: "used".into(),
+            decided_by: Some("carol".into()),
+            decided_at: Some("2026-11-26T10:00:00.700Z".into()),
+            note: Some("a, \"quoted\" note".into()),
+            signature: Some(SignatureCheck::Unverified),
+            consumed_by: Some("dec-9".into()),
+            consumed_at: Some("2026-11-26T10:00:00.900Z".into()),
+            problems: vec![],
+        };
+        c.finish(
+            &"acme".parse().unwrap(),
+            "2026-11-26T09:00:00.000Z".into(),
+            None,
+            vec![approval],
+        )
+    }
+
+    #[test]
+    fn counts_versions_and_validates() {
+        let r = sample();
+        assert_eq!((r.decisions, r.skipped), (3, 1));
+        assert_eq!(r.by_outcome["allow"], 2);
+        assert_eq!(r.by_agent["planner"]["deny"], 1);
+        assert_eq!(r.by_tool["payments"].values().sum::<u64>(), 3);
+        assert_eq!(r.cells.len(), 2);
+        assert_eq!(r.policy_versions.len(), 2);
+        assert_eq!(r.policy_versions[0].version, Some(1));
+        assert_eq!(r.policy_versions[0].decisions, 2);
+        assert_eq!(
+            r.policy_versions[0].last_decision,
+            "2026-11-26T10:00:01.000Z"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        validate(&json).unwrap();
+        let mut bad = json.clone();
+        bad["approvals"][0]["state"] = "maybe".into();
+        assert!(validate(&bad).is_err());
+    }
+
+    #[test]
+    fn csv_has_sections_and_html_escapes() {
+        let r = sample();
+        let csv = to_csv(&r);
+        assert!(
+            csv.contains("decision,finance-agent,payments,allow,2,,,,\n"),
+            "{csv}"
+        );
+        assert!(csv.contains("version,,,,2,1,sha256:1,"), "{csv}");
+        assert!(csv.contains("approval,apr-1,"), "{csv}");
+        assert!(csv.contains(",used,carol,"), "{csv}");
+        let html = to_html(&r);
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(html.contains("granted by carol"));
+        assert!(!html.contains("http"));
+    }
+
+    #[test]
+    fn approvals_outside_the_range_are_left_out() {
+        assert!(in_range(
+            "2026-11-26T10:00:00.000Z",
+            "2026-11-26T09:00:00.000Z",
+            Some("2026-11-26T11:00:00.000Z")
+        ));
+        assert!(!in_range(
+            "2026-11-26T12:00:00.000Z",
+            "2026-11-26T09:00:00.000Z",
+            Some("2026-11-26T11:00:00.000Z")
+        ));
+        assert!(!in_range("garbage", "2026-11-26T09:00:00.000Z", None));
+    }
+}
