@@ -113,7 +113,6 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
     }
     decide(&pay(200));
     decide(&aegis_tests::stack::balance());
-    drop(decide);
 
     let ids: BTreeSet<String> = answers
         .iter()
