@@ -541,7 +541,7 @@ enum AuditCommand {
     /// Who changed what, when, who approved, which bundle digest: one row per change event and
     /// per published version
     #[command(
-        after_help = "Example:\n  aegisctl audit export --format csv --output acme-audit.csv --tenant acme"
+        after_help = "Examples:\n  aegisctl audit export --format csv --output acme-audit.csv --tenant acme\n  aegisctl audit export --decisions --since 2026-11-26T08:00:00Z --until 2026-11-26T09:00:00Z \\\n      --format html --output acme-decisions.html --trust keys/controlplane.pub.json --tenant acme"
     )]
     Export {
         #[command(flatten)]

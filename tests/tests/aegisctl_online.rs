@@ -220,6 +220,7 @@ async fn an_operator_proposes_others_approve_a_publisher_publishes_and_the_audit
         &online::audit::ExportArgs {
             format: online::audit::ExportFormat::Csv,
             output: None,
+            ..Default::default()
         },
         &mut csv,
     )

@@ -27,6 +27,8 @@ pub enum ExportFormat {
     #[default]
     Json,
     Csv,
+    /// A self-contained HTML page (the decision report only)
+    Html,
 }
 
 /// Options for [`export`]; also the `aegisctl audit export` arguments.
@@ -37,6 +39,21 @@ pub struct ExportArgs {
     /// Write to FILE instead of stdout
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Export the decision report instead of the change history: decisions in a time range by
+    /// agent, tool and outcome, the policy versions in force, and the runtime approvals
+    /// requested with who decided them
+    #[arg(long, requires = "since")]
+    pub decisions: bool,
+    /// Decision report: start of the range (RFC 3339, when NATS stored the decision)
+    #[arg(long, value_name = "RFC3339", value_parser = super::slice_args::parse_time, requires = "decisions")]
+    pub since: Option<time::OffsetDateTime>,
+    /// Decision report: end of the range (RFC 3339); default: the end of the log when read
+    #[arg(long, value_name = "RFC3339", value_parser = super::slice_args::parse_time, requires = "decisions")]
+    pub until: Option<time::OffsetDateTime>,
+    /// Decision report: the control plane's public key(s), to verify its signed approval
+    /// decisions (otherwise they are reported `unverified`)
+    #[arg(long, value_name = "PATH", requires = "decisions")]
+    pub trust: Option<PathBuf>,
 }
 
 /// What a row is about.
@@ -276,6 +293,14 @@ pub fn write_rows_json(rows: &[AuditRow], out: &mut dyn Write) -> Result<(), Cli
 
 /// Builds the export from the `History`, `Changes` and `Events` queries.
 pub async fn export(client: &Client, args: &ExportArgs, out: &mut dyn Write) -> CliResult {
+    if args.decisions {
+        return export_decisions(client, args, out).await;
+    }
+    if args.format == ExportFormat::Html {
+        return Err(CliError::invalid(
+            "--format html is for the decision report: add --decisions --since T",
+        ));
+    }
     let history = client.history().await?;
     let changes = client.changes(None).await?;
     let events = client.all_events().await?;
@@ -283,6 +308,7 @@ pub async fn export(client: &Client, args: &ExportArgs, out: &mut dyn Write) -> 
     let write = |w: &mut dyn Write| match args.format {
         ExportFormat::Json => write_rows_json(&rows, w),
         ExportFormat::Csv => write_csv(&rows, w),
+        ExportFormat::Html => Ok(()),
     };
     match &args.output {
         None => write(out)?,
@@ -296,6 +322,89 @@ pub async fn export(client: &Client, args: &ExportArgs, out: &mut dyn Write) -> 
                 rows.len(),
                 history.len(),
                 events.len(),
+                path.display()
+            )?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// export --decisions
+
+/// `aegisctl audit export --decisions`: streams the range of `AEGIS_DECISIONS`, reads the
+/// tenant's approvals (see [`super::approvals::read`]) and writes the
+/// [`DecisionReport`](aegis_replayer::DecisionReport) as JSON, CSV or HTML.
+pub async fn export_decisions(
+    client: &Client,
+    args: &ExportArgs,
+    out: &mut dyn Write,
+) -> CliResult {
+    use aegis_replayer::decision_report::{self, to_csv, to_html};
+    use aegis_replayer::source::SourceError;
+    use aegis_replayer::{Bounds, Filter, SliceSpec};
+    let Some(since) = args.since else {
+        return Err(CliError::invalid("--decisions needs --since RFC3339"));
+    };
+    if args.until.is_some_and(|u| u < since) {
+        return Err(CliError::invalid("--until is before --since"));
+    }
+    let trust = args.trust.as_deref().map(load_trust).transpose()?;
+    let tenant = client.tenant().clone();
+    let spec = SliceSpec {
+        tenant: tenant.clone(),
+        bounds: Bounds::Time {
+            since,
+            until: args.until,
+        },
+        filter: Filter::default(),
+    };
+    let counter = decision_report::count(client.jetstream(), &spec)
+        .await
+        .map_err(|e| CliError {
+            exit: match e {
+                SourceError::TimedOut { .. } | SourceError::Stalled { .. } => Exit::Unavailable,
+                _ => Exit::Failure,
+            },
+            message: e.to_string(),
+        })?;
+    let filter =
+        topology::approvals_filter(&tenant).map_err(|e| CliError::invalid(e.to_string()))?;
+    let messages = super::approvals::read(client.jetstream(), &filter).await?;
+    let stamp = |t: time::OffsetDateTime| {
+        aegis_core::events::envelope::format_time(t).map_err(|e| CliError::invalid(e.to_string()))
+    };
+    let since_s = stamp(since)?;
+    let until_s = args.until.map(stamp).transpose()?;
+    let approvals = decision_report::fold_approvals(
+        &tenant,
+        messages
+            .iter()
+            .map(|(s, seq, p)| (s.as_str(), *seq, p.as_slice())),
+        trust.as_ref(),
+        &since_s,
+        until_s.as_deref(),
+    );
+    let report = counter.finish(&tenant, since_s, until_s, approvals);
+    let write = |w: &mut dyn Write| -> Result<(), CliError> {
+        match args.format {
+            ExportFormat::Json => write_json(w, &report),
+            ExportFormat::Csv => Ok(w.write_all(to_csv(&report).as_bytes())?),
+            ExportFormat::Html => Ok(w.write_all(to_html(&report).as_bytes())?),
+        }
+    };
+    match &args.output {
+        None => write(out)?,
+        Some(path) => {
+            let mut file = std::fs::File::create(path).map_err(|e| CliError::io(path, e))?;
+            write(&mut file)?;
+            file.sync_all().map_err(|e| CliError::io(path, e))?;
+            writeln!(
+                out,
+                "wrote the decision report ({} decisions, {} policy versions, {} approvals) to {}",
+                report.decisions,
+                report.policy_versions.len(),
+                report.approvals.len(),
                 path.display()
             )?;
         }
