@@ -25,13 +25,14 @@ use aegis_core::events::roles::may_sign;
 use aegis_core::events::{
     BundleRef, ChangeProposed, ChecksCompleted, DataPlaneFreeze, Envelope, Event, ReceivedEnvelope,
     Role, RoleSet, RolloutAborted, RolloutCandidate, RolloutStage, RolloutStageChanged,
-    TenantControls, TokenIssuerRegistered, TokenIssuerRevoked,
+    ShadowReportAttached, TenantControls, TokenIssuerRegistered, TokenIssuerRevoked,
 };
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyId, Keypair, PublicKey};
 use aegis_core::query::{
     ActView, BlockView, CandidateView, ChangeState, ChangeView, DraftView, EventRecord, FreezeView,
-    IssuerView, KeyView, LiveDocument, LiveView, Outcome, PublishedView, VersionView,
+    IssuerView, KeyView, LiveDocument, LiveView, Outcome, PublishedView, ShadowReportView,
+    VersionView,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -532,6 +533,7 @@ impl Ctx<'_, '_> {
             Event::TenantConfigured(e) => {
                 self.tenant.required_approvals = e.required_approvals;
                 self.tenant.bundle_expiry_days = e.bundle_expiry_days;
+                self.tenant.shadow_report_required = e.shadow_report_required;
             }
             Event::PolicyUpserted(e) => {
                 if e.base_revision != self.previous_subject_seq {
@@ -598,9 +600,21 @@ impl Ctx<'_, '_> {
                 if change.approvals.iter().any(|a| a.actor == env.actor) {
                     reject!("`{}` already approved change {}", env.actor, e.change_id);
                 }
+                if let Some(tier) = self.tenant.shadow_report_required
+                    && change.risk_tier >= tier
+                    && change.shadow_reports.is_empty()
+                {
+                    reject!(
+                        "tenant `{tenant}` requires a shadow report before a {}-risk change is approved, and change {} has none: run `aegisctl replay --change {}` first",
+                        change.risk_tier.as_str(),
+                        e.change_id,
+                        e.change_id
+                    );
+                }
                 change.approvals.push(Self::act(env, e.comment.clone()));
                 self.put_change(&change)?;
             }
+            Event::ShadowReportAttached(e) => return self.attach_shadow_report(env, e),
             Event::ChangeRejected(e) => {
                 let Some(mut change) = self.change(&e.change_id)? else {
                     reject!("no change {} in tenant `{tenant}`", e.change_id);
@@ -1212,6 +1226,8 @@ impl Ctx<'_, '_> {
             risk_tier: aegis_core::policy::model::RiskTier::Low,
             required_approvals: 0,
             approvals: Vec::new(),
+            shadow_reports: Vec::new(),
+            shadow_report_required: false,
             rejected: None,
             published: None,
         };
@@ -1235,6 +1251,43 @@ impl Ctx<'_, '_> {
                 change: e.change_id.clone(),
             });
         }
+        Ok(Ok(()))
+    }
+
+    /// `shadow_report_attached`: the change is open and its checks compiled exactly the
+    /// candidate the report replayed.
+    fn attach_shadow_report(&mut self, env: &Envelope, e: &ShadowReportAttached) -> Step {
+        let tenant = self.tid();
+        let Some(mut change) = self.change(&e.change_id)? else {
+            reject!("no change {} in tenant `{tenant}`", e.change_id);
+        };
+        match change.state {
+            ChangeState::Rejected => reject!("change {} was rejected", e.change_id),
+            ChangeState::Published => reject!("change {} is already published", e.change_id),
+            _ => {}
+        }
+        let Some(checked) = change
+            .checks
+            .as_ref()
+            .and_then(|c| c.candidate_digest.as_ref())
+        else {
+            reject!(
+                "change {} has no compiled candidate yet (checks pending or failed to compile); a shadow report needs one",
+                e.change_id
+            );
+        };
+        if *checked != e.candidate_digest {
+            reject!(
+                "the report replayed candidate {} but the checks of change {} compiled {checked} (the live policies moved since the checks ran, or the report is of another candidate)",
+                e.candidate_digest,
+                e.change_id
+            );
+        }
+        change.shadow_reports.push(ShadowReportView {
+            attached: Self::act(env, None),
+            report: e.clone(),
+        });
+        self.put_change(&change)?;
         Ok(Ok(()))
     }
 
@@ -1602,6 +1655,10 @@ pub fn summary(env: &Envelope) -> String {
             if e.passed { "passed" } else { "failed" }
         ),
         Event::ChangeApproved(e) => format!("approved {}", e.change_id),
+        Event::ShadowReportAttached(e) => format!(
+            "attached a shadow report to {}: {} of {} replayed decisions change",
+            e.change_id, e.changed, e.replayed
+        ),
         Event::ChangeRejected(e) => format!("rejected {}: {}", e.change_id, e.reason),
         Event::ChangePublished(e) => format!("published {} ({})", e.change_id, e.stage),
         Event::RollbackRequested(e) => format!(
@@ -1799,6 +1856,7 @@ mod tests {
                     high: 0,
                 },
                 bundle_expiry_days: None,
+                shadow_report_required: None,
             });
             let change = ChangeId::new("chg-0000000000000001").unwrap();
             self.accept(ChangeProposed {
@@ -2072,6 +2130,7 @@ mod control_tests {
                         high: 0,
                     },
                     bundle_expiry_days: None,
+                    shadow_report_required: None,
                 },
             );
             h

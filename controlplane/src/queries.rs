@@ -1,15 +1,16 @@
 //! Answers to [`QueryRequest`]s, read from the store. Pure reads: the query service calls these
 //! from any thread while the fold writes.
 
-use crate::records::{ActorRecord, DraftRecord, TenantRecord, keys};
+use crate::checks;
+use crate::records::{ActorRecord, DraftRecord, LiveSet, TenantRecord, keys};
 use crate::store::{Family, Store, StoreError};
-use aegis_core::events::Role;
-use aegis_core::ids::{ActorId, TenantId};
+use aegis_core::events::{ChangeProposed, Role};
+use aegis_core::ids::{ActorId, ChangeId, TenantId};
 use aegis_core::keys::PublicKey;
 use aegis_core::query::{
-    ActorView, ChangeState, ChangeView, EventOutcome, EventRecord, IssuerView, KeyView,
-    LiveDocument, LivePolicyView, LiveView, QueryAnswer, QueryError, QueryReply, QueryRequest,
-    TenantStatus, VersionView,
+    ActorView, ChangeCandidate, ChangeState, ChangeView, EventOutcome, EventRecord, IssuerView,
+    KeyView, LiveDocument, LivePolicyView, LiveView, QueryAnswer, QueryError, QueryReply,
+    QueryRequest, TenantStatus, VersionView,
 };
 use std::collections::BTreeMap;
 
@@ -136,6 +137,9 @@ impl Queries<'_> {
             }
             QueryRequest::Live => QueryAnswer::Live(self.live(tenant).map_err(internal)?),
             QueryRequest::Issuers => QueryAnswer::Issuers(self.issuers(tenant).map_err(internal)?),
+            QueryRequest::Candidate { change_id } => {
+                QueryAnswer::Candidate(Box::new(self.candidate(tenant, change_id)?))
+            }
         })
     }
 
@@ -161,6 +165,7 @@ impl Queries<'_> {
                 .count() as u64,
             required_approvals: t.required_approvals,
             bundle_expiry_days: t.bundle_expiry_days,
+            shadow_report_required: t.shadow_report_required,
             live_policies: live
                 .policies
                 .iter()
@@ -224,6 +229,45 @@ impl Queries<'_> {
         })
     }
 
+    /// The candidate policy set of an open change: today's live set with the change applied,
+    /// exactly as the checks apply it.
+    pub fn candidate(
+        &self,
+        tenant: &TenantId,
+        change_id: &ChangeId,
+    ) -> Result<ChangeCandidate, QueryError> {
+        let internal = |e: StoreError| QueryError::internal(e.to_string());
+        let change: ChangeView = self
+            .store
+            .get(Family::State, &keys::change(tenant, change_id))
+            .map_err(internal)?
+            .ok_or_else(|| {
+                QueryError::not_found(format!("no change {change_id} in tenant `{tenant}`"))
+            })?;
+        if matches!(change.state, ChangeState::Rejected | ChangeState::Published) {
+            return Err(QueryError::bad_request(format!(
+                "change {change_id} is {}: only an open change has a candidate to replay",
+                change.state
+            )));
+        }
+        let live = LiveSet::from_view(self.live(tenant).map_err(internal)?);
+        let proposed = ChangeProposed {
+            change_id: change.change_id.clone(),
+            intent: change.intent.clone(),
+            ticket: change.ticket.clone(),
+            documents: change.documents.clone(),
+            deleted: change.deleted.clone(),
+            vectors: change.vectors.clone(),
+        };
+        let candidate = checks::apply_change(&live, &proposed, 0).to_view();
+        Ok(ChangeCandidate {
+            change_id: change.change_id,
+            policies: candidate.policies,
+            vectors: candidate.vectors,
+            checked_digest: change.checks.and_then(|c| c.candidate_digest),
+        })
+    }
+
     /// The tenant's token issuer keys (revoked ones too), by key id.
     pub fn issuers(&self, tenant: &TenantId) -> Result<Vec<IssuerView>, StoreError> {
         Ok(self
@@ -273,6 +317,9 @@ impl Queries<'_> {
 /// open change is approved (checks passed, enough approvals).
 pub fn derive_state(mut c: ChangeView, t: &TenantRecord) -> ChangeView {
     c.required_approvals = t.required_approvals.for_tier(c.risk_tier);
+    c.shadow_report_required = t
+        .shadow_report_required
+        .is_some_and(|tier| c.risk_tier >= tier);
     if c.state == ChangeState::Open
         && c.checks.as_ref().is_some_and(|k| k.passed)
         && c.approvals.len() as u32 >= c.required_approvals

@@ -16,6 +16,9 @@ pub struct TenantRecord {
     pub tenant: TenantId,
     pub required_approvals: RequiredApprovals,
     pub bundle_expiry_days: Option<u32>,
+    /// Changes at this risk tier or above need a shadow report before approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_report_required: Option<aegis_core::policy::model::RiskTier>,
     pub frozen: Option<FreezeView>,
     pub last_version: u64,
     pub chain_position: u64,
@@ -44,6 +47,7 @@ impl TenantRecord {
             tenant,
             required_approvals: RequiredApprovals::default(),
             bundle_expiry_days: None,
+            shadow_report_required: None,
             frozen: None,
             last_version: 0,
             chain_position: 0,

@@ -46,6 +46,8 @@ pub enum QueryRequest {
     /// The tenant's token issuer keys, by key id: registered ones (shipped in every bundle's
     /// `trust.json`) and revoked ones.
     Issuers,
+    /// The candidate policy set of an open change: the live set with the change applied.
+    Candidate { change_id: ChangeId },
 }
 
 impl QueryRequest {
@@ -62,13 +64,23 @@ impl QueryRequest {
             QueryRequest::Drafts => "drafts",
             QueryRequest::Live => "live",
             QueryRequest::Issuers => "issuers",
+            QueryRequest::Candidate { .. } => "candidate",
         }
     }
 
     /// Every op, for registering service endpoints.
-    pub const OPS: [&'static str; 10] = [
-        "status", "changes", "change", "history", "events", "outcome", "actors", "drafts", "live",
+    pub const OPS: [&'static str; 11] = [
+        "status",
+        "changes",
+        "change",
+        "history",
+        "events",
+        "outcome",
+        "actors",
+        "drafts",
+        "live",
         "issuers",
+        "candidate",
     ];
 }
 
@@ -126,6 +138,7 @@ pub enum QueryAnswer {
     Drafts(Vec<DraftView>),
     Live(LiveView),
     Issuers(Vec<IssuerView>),
+    Candidate(Box<ChangeCandidate>),
 }
 
 /// A tenant at a glance.
@@ -141,6 +154,9 @@ pub struct TenantStatus {
     pub required_approvals: RequiredApprovals,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_expiry_days: Option<u32>,
+    /// Changes at this risk tier or above need a shadow report before approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_report_required: Option<RiskTier>,
     pub live_policies: Vec<LivePolicyView>,
     /// Length and head of the tenant's audit hash chain.
     pub chain_position: u64,
@@ -255,10 +271,36 @@ pub struct ChangeView {
     /// Distinct approvals needed (never the proposer's own).
     pub required_approvals: u32,
     pub approvals: Vec<ActView>,
+    /// Shadow reports attached (`aegisctl replay --change`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_reports: Vec<ShadowReportView>,
+    /// Whether the tenant requires a shadow report before this change may be approved (its
+    /// risk tier is at or above the tenant's `shadow_report_required`).
+    #[serde(default)]
+    pub shadow_report_required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<ActView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<PublishedView>,
+}
+
+/// A shadow report attached to a change: who attached it, and its signed summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowReportView {
+    pub attached: ActView,
+    pub report: crate::events::ShadowReportAttached,
+}
+
+/// The candidate policy set of a proposed change: the live documents and vectors with the
+/// change applied, as the control plane's checks compile them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeCandidate {
+    pub change_id: ChangeId,
+    pub policies: Vec<LiveDocument>,
+    pub vectors: Vec<crate::events::VectorDocument>,
+    /// `checks_completed.candidate_digest`, once the checks compiled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_digest: Option<String>,
 }
 
 /// The publish of a change.
@@ -417,6 +459,13 @@ pub struct LiveDocument {
     pub document: String,
 }
 
+impl LiveDocument {
+    /// The file name the document is parsed and reported under: `<name>.<yaml|json>`.
+    pub fn path(&self) -> std::path::PathBuf {
+        format!("{}.{}", self.name, self.format.extension()).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -433,7 +482,7 @@ mod tests {
         for op in QueryRequest::OPS {
             assert!(
                 serde_json::from_str::<QueryRequest>(&format!(r#"{{"op":"{op}"}}"#)).is_ok()
-                    || matches!(op, "change" | "outcome"),
+                    || matches!(op, "change" | "outcome" | "candidate"),
                 "{op}"
             );
         }

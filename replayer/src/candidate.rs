@@ -1,16 +1,18 @@
 //! The policy a slice is replayed against: a bundle file (verified with a trust store), a
 //! policy tree on disk (compiled for the slice's tenant the way `aegisctl bundle build` does),
 //! or a published version (its digest from the control plane's history, its bytes from object
-//! store `aegis-bundles`, verified). Each becomes an [`Evaluator`]; the engine takes any
-//! evaluator, so later candidates (a proposed change's bundle) need only a constructor here.
+//! store `aegis-bundles`, verified), or a proposed change (the control plane's candidate set:
+//! live policies with the change applied, compiled here and pinned to the digest its checks
+//! compiled). Each becomes an [`Evaluator`].
 
-use aegis_core::bundle::{self, VerifiedBundle, VerifyPolicy};
+use aegis_core::bundle::{self, VerifiedBundle, VerifyPolicy, sha256_hex};
 use aegis_core::eval::{EvalError, EvalLimits, Evaluator, Provenance};
 use aegis_core::ids::TenantId;
 use aegis_core::keys::TrustStore;
 use aegis_core::policy::PolicySet;
 use aegis_core::policy::compile::CompiledData;
-use aegis_core::query::{QueryAnswer, QueryReply, QueryRequest};
+use aegis_core::policy::set::parse_document;
+use aegis_core::query::{ChangeCandidate, QueryAnswer, QueryReply, QueryRequest};
 use aegis_nats::topology::{self, BUNDLE_OBJECT_STORE};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub enum CandidateError {
     },
     #[error("policy tree {paths} has no policy of tenant {tenant}")]
     NoPolicies { paths: String, tenant: TenantId },
+    #[error("change {change_id}: {detail}")]
+    Change { change_id: String, detail: String },
     #[error("tenant {tenant} has no published version {version}")]
     NoSuchVersion { tenant: TenantId, version: u64 },
     #[error("asking the control plane for the history of {tenant} failed: {detail}")]
@@ -65,6 +69,7 @@ pub enum CandidateKind {
     BundleFile,
     PolicyTree,
     PublishedVersion,
+    ProposedChange,
 }
 
 /// Where the candidate came from, as shown in a report.
@@ -198,18 +203,78 @@ impl Candidate {
                 tenant: tenant.clone(),
             });
         }
+        Candidate::compile(&set, tenant, CandidateKind::PolicyTree, label)
+    }
+
+    /// The candidate set of a proposed change (the control plane's `candidate` query),
+    /// compiled for `tenant`. Its digest (`sha256:` of the compiled `data.json`) must be the
+    /// one the change's checks compiled: otherwise the live policies moved since the checks
+    /// ran and a report would describe a candidate nobody reviewed.
+    pub fn from_change(
+        change: &ChangeCandidate,
+        tenant: &TenantId,
+    ) -> Result<Candidate, CandidateError> {
+        let failed = |detail: String| CandidateError::Change {
+            change_id: change.change_id.to_string(),
+            detail,
+        };
+        let mut docs = Vec::new();
+        for p in &change.policies {
+            let path = p.path();
+            let doc = parse_document(&path, p.document.clone())
+                .map_err(|d| failed(format!("{} does not parse: {d}", path.display())))?;
+            docs.push((path, doc));
+        }
+        let set = PolicySet::from_documents(docs).map_err(|d| failed(d.to_string()))?;
+        let candidate = Candidate::compile(
+            &set,
+            tenant,
+            CandidateKind::ProposedChange,
+            format!("change {}", change.change_id),
+        )?;
+        let Some(checked) = &change.checked_digest else {
+            return Err(failed(
+                "its checks have not compiled a candidate (pending, or the candidate does not compile)"
+                    .to_owned(),
+            ));
+        };
+        if candidate.info.digest.as_ref() != Some(checked) {
+            return Err(failed(format!(
+                "its candidate compiles to {} today but its checks compiled {checked}: the live policies moved since the checks ran; propose the change again against today's policies",
+                candidate.info.digest.as_deref().unwrap_or("nothing")
+            )));
+        }
+        Ok(candidate)
+    }
+
+    /// Compiles `set` for `tenant`; the digest is `sha256:` of the compiled `data.json`, as
+    /// the control plane's checks compute it.
+    fn compile(
+        set: &PolicySet,
+        tenant: &TenantId,
+        kind: CandidateKind,
+        label: String,
+    ) -> Result<Candidate, CandidateError> {
         let compiled = set.compile_tenant(tenant);
         let evaluator = Evaluator::new(&compiled, Provenance::default(), EvalLimits::default())
             .map_err(|source| CandidateError::Compile {
                 source_label: label.clone(),
                 source,
             })?;
+        let digest = (kind == CandidateKind::ProposedChange)
+            .then(|| {
+                compiled
+                    .files()
+                    .get("data.json")
+                    .map(|d| format!("sha256:{}", sha256_hex(d)))
+            })
+            .flatten();
         Ok(Candidate {
             info: CandidateInfo {
-                kind: CandidateKind::PolicyTree,
+                kind,
                 source: label,
                 version: None,
-                digest: None,
+                digest,
             },
             evaluator,
             data: Some(compiled.data),

@@ -632,6 +632,7 @@ fn slice_and_candidate(s: &mut String, report: &Report) {
         CandidateKind::BundleFile => "bundle file",
         CandidateKind::PolicyTree => "policy tree",
         CandidateKind::PublishedVersion => "published version",
+        CandidateKind::ProposedChange => "proposed change",
     };
     row(s, "candidate", &format!("{kind}: {}", c.source));
     row(s, "candidate version", &opt(c.version));

@@ -9,6 +9,8 @@ use crate::slice::{Bounds, Filter, SliceSpec};
 use crate::source::{SkipCause, SliceStats};
 use crate::thresholds::ThresholdChange;
 use aegis_core::decision::DecisionKind;
+use aegis_core::events::{ShadowReportAttached, ShadowSlice, ShadowTransition};
+use aegis_core::ids::ChangeId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -335,6 +337,46 @@ impl Report {
             .iter()
             .find(|t| t.from == from && t.to == to)
             .map_or(0, |t| t.count)
+    }
+
+    /// The summary attached to a proposed change (`aegisctl replay --change`): counts,
+    /// transitions and the slice read, tied to the full report by `report_digest`. The
+    /// candidate digest is the compiled `data.json` the report replayed.
+    pub fn shadow_attachment(
+        &self,
+        change_id: ChangeId,
+        report_digest: String,
+    ) -> ShadowReportAttached {
+        ShadowReportAttached {
+            change_id,
+            candidate_digest: self.candidate.digest.clone().unwrap_or_default(),
+            slice: ShadowSlice {
+                first_seq: self.slice.read.first_sequence,
+                last_seq: self.slice.read.last_sequence,
+                first_time: self.slice.read.first_time.clone(),
+                last_time: self.slice.read.last_time.clone(),
+            },
+            decisions: self.counts.decisions,
+            replayed: self.counts.replayed,
+            not_replayable: self.counts.not_replayable,
+            changed: self.counts.changed,
+            would_deny: self
+                .transitions
+                .iter()
+                .filter(|t| t.to == DecisionKind::Deny)
+                .map(|t| t.count)
+                .sum(),
+            transitions: self
+                .transitions
+                .iter()
+                .map(|t| ShadowTransition {
+                    from: t.from,
+                    to: t.to,
+                    count: t.count,
+                })
+                .collect(),
+            report_digest,
+        }
     }
 }
 

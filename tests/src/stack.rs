@@ -634,8 +634,38 @@ impl Stack {
     }
 }
 
+/// The finance template's log masking (account numbers).
+pub const FINANCE_MASKING: &str = "  log_masking:\n    params: [account_number]\n";
+
+/// [`finance_with_approval_limit`] for acme without log masking: every decision it records
+/// can be replayed.
+pub fn unmasked_finance(limit: u64) -> String {
+    let policy = finance_with_approval_limit(ACME, limit);
+    assert_eq!(
+        policy.matches(FINANCE_MASKING).count(),
+        1,
+        "the template changed"
+    );
+    policy.replace(FINANCE_MASKING, "")
+}
+
+/// The template's vectors without their expectations on masked parameters (for
+/// [`unmasked_finance`]).
+pub fn unmasked_finance_vectors() -> String {
+    let kept: Vec<&str> = FINANCE_VECTORS
+        .lines()
+        .filter(|l| !(l.trim_start().starts_with("logged_params:") && l.contains("[MASKED]")))
+        .collect();
+    assert_eq!(
+        FINANCE_VECTORS.lines().count() - kept.len(),
+        3,
+        "the template changed"
+    );
+    kept.join("\n") + "\n"
+}
+
 /// The live revision of `tenant`'s finance-agent policy (0 before the first publish).
-async fn live_revision(js: &jetstream::Context, tenant: &TenantId) -> u64 {
+pub async fn live_revision(js: &jetstream::Context, tenant: &TenantId) -> u64 {
     flow::status(&js.client(), tenant)
         .await
         .and_then(|s| {

@@ -24,28 +24,13 @@ use aegis_nats::topology::{self, DECISIONS_STREAM};
 use aegis_replayer::audit::{AuditReport, VersionStatus, validate};
 use aegis_replayer::engine::NotReplayable;
 use aegis_replayer::{AuditOptions, SliceSpec, Verdict};
-use aegis_tests::flow::FINANCE_VECTORS;
-use aegis_tests::stack::{ACME, Stack, WAIT, balance, finance_with_approval_limit, pay};
+use aegis_tests::stack::{
+    ACME, Stack, WAIT, balance, pay, unmasked_finance, unmasked_finance_vectors,
+};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-const MASKING: &str = "  log_masking:\n    params: [account_number]\n";
 const GATEWAY: &str = "gw-audit";
-
-fn unmasked(limit: u64) -> String {
-    let policy = finance_with_approval_limit(ACME, limit);
-    assert_eq!(policy.matches(MASKING).count(), 1, "the template changed");
-    policy.replace(MASKING, "")
-}
-
-fn unmasked_vectors() -> String {
-    FINANCE_VECTORS
-        .lines()
-        .filter(|l| !(l.trim_start().starts_with("logged_params:") && l.contains("[MASKED]")))
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
-}
 
 fn acme() -> TenantId {
     TenantId::new(ACME).unwrap()
@@ -121,7 +106,11 @@ fn audit_replay_proves_a_recorded_log_and_finds_tampering() {
     decide(&balance(), "allow");
 
     // Version 2: approval above 5,900.
-    let v2 = stack.publish_change_with_vectors(ACME, &unmasked(5900), &unmasked_vectors());
+    let v2 = stack.publish_change_with_vectors(
+        ACME,
+        &unmasked_finance(5900),
+        &unmasked_finance_vectors(),
+    );
     assert_eq!(v2, 2);
     gw.wait_version(ACME, v2, WAIT).unwrap();
     let v2_5500 = decide(&pay(5500), "allow");
@@ -129,7 +118,11 @@ fn audit_replay_proves_a_recorded_log_and_finds_tampering() {
     decide(&balance(), "allow");
 
     // Version 3: approval above 5,000; the same 5,500 payment is now held.
-    let v3 = stack.publish_change_with_vectors(ACME, &unmasked(5000), &unmasked_vectors());
+    let v3 = stack.publish_change_with_vectors(
+        ACME,
+        &unmasked_finance(5000),
+        &unmasked_finance_vectors(),
+    );
     assert_eq!(v3, 3);
     gw.wait_version(ACME, v3, WAIT).unwrap();
     let v3_5500 = decide(&pay(5500), "approval_needed");

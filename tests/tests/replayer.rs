@@ -24,36 +24,13 @@ use aegis_nats::topology::DECISIONS_STREAM;
 use aegis_replayer::engine::{EngineOptions, NotReplayable};
 use aegis_replayer::report::{Report, ThresholdStatus, validate};
 use aegis_replayer::{Bounds, Candidate, CandidateKind, Filter, SkipCause, SliceSpec, markdown};
-use aegis_tests::flow::FINANCE_VECTORS;
 use aegis_tests::stack::{
-    ACME, APPROVAL_LIMIT, Stack, WAIT, balance, decide_raw, finance_with_approval_limit, pay,
+    ACME, APPROVAL_LIMIT, Stack, WAIT, balance, decide_raw, pay, unmasked_finance,
+    unmasked_finance_vectors,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-const MASKING: &str = "  log_masking:\n    params: [account_number]\n";
-
-/// The finance policy with approval bound `limit` and no log masking.
-fn unmasked(limit: u64) -> String {
-    let policy = finance_with_approval_limit(ACME, limit);
-    assert_eq!(policy.matches(MASKING).count(), 1, "the template changed");
-    policy.replace(MASKING, "")
-}
-
-/// The template's vectors without their expectations on masked parameters.
-fn unmasked_vectors() -> String {
-    let kept: Vec<&str> = FINANCE_VECTORS
-        .lines()
-        .filter(|l| !(l.trim_start().starts_with("logged_params:") && l.contains("[MASKED]")))
-        .collect();
-    assert_eq!(
-        FINANCE_VECTORS.lines().count() - kept.len(),
-        3,
-        "the template changed"
-    );
-    kept.join("\n") + "\n"
-}
 
 fn acme() -> TenantId {
     TenantId::new(ACME).unwrap()
@@ -147,7 +124,11 @@ fn replays_a_recorded_stream_against_the_same_and_stricter_policies() {
     let v1_last = last_sequence(&stack);
 
     // Version 2: no masking, approval above 5,900.
-    let v2 = stack.publish_change_with_vectors(ACME, &unmasked(5900), &unmasked_vectors());
+    let v2 = stack.publish_change_with_vectors(
+        ACME,
+        &unmasked_finance(5900),
+        &unmasked_finance_vectors(),
+    );
     assert_eq!(v2, 2);
     gw.wait_version(ACME, v2, WAIT).unwrap();
     let since = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
@@ -219,7 +200,7 @@ fn replays_a_recorded_stream_against_the_same_and_stricter_policies() {
     // 2. Version 2's traffic against a policy tree with approval above 1,000: the 3,000,
     //    5,000 and 5,500 payments now need approval, nothing else changes.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("finance.yaml"), unmasked(1000)).unwrap();
+    std::fs::write(dir.path().join("finance.yaml"), unmasked_finance(1000)).unwrap();
     let strict = Candidate::from_policy_tree(&[dir.path().to_owned()], &acme()).unwrap();
     let v2_slice = SliceSpec {
         tenant: acme(),
@@ -289,8 +270,11 @@ fn replays_a_recorded_stream_against_the_same_and_stricter_policies() {
 
     // 3. Version 3 (the template's bound, 5,000), published, through the binary: only the
     //    5,500 payment changes, and the moved bound is marked on the amount histogram.
-    let v3 =
-        stack.publish_change_with_vectors(ACME, &unmasked(APPROVAL_LIMIT), &unmasked_vectors());
+    let v3 = stack.publish_change_with_vectors(
+        ACME,
+        &unmasked_finance(APPROVAL_LIMIT),
+        &unmasked_finance_vectors(),
+    );
     assert_eq!(v3, 3);
     let from = (v1_last + 1).to_string();
     let trust_path = stack.trust_file.display().to_string();
@@ -417,7 +401,7 @@ fn a_tenant_operator_replays_its_own_decisions() {
     stack.wait_decisions(&format!("aegis.decisions.{ACME}.>"), &ids, WAIT);
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("finance.yaml"), unmasked(1000)).unwrap();
+    std::fs::write(dir.path().join("finance.yaml"), unmasked_finance(1000)).unwrap();
     let url = stack.server.url();
     let password = Stack::password("acme-operator");
     let env = [

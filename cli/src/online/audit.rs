@@ -825,6 +825,8 @@ mod tests {
                 act("bob", "2026-01-01T00:00:02.000Z", "evt-2"),
                 act("dave", "2026-01-01T00:00:03.000Z", "evt-3"),
             ],
+            shadow_reports: vec![],
+            shadow_report_required: false,
             rejected: None,
             published: Some(PublishedView {
                 by: act("carol", "2026-01-01T00:00:05.000Z", "evt-5"),

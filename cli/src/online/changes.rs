@@ -126,6 +126,7 @@ pub fn write_change(c: &ChangeView, out: &mut dyn Write) -> io::Result<()> {
     for a in &c.approvals {
         writeln!(out, "  approved by {}", act(a))?;
     }
+    write_shadow_reports(c, out)?;
     if let Some(r) = &c.rejected {
         writeln!(out, "rejected:  {}", act(r))?;
     }
@@ -164,6 +165,67 @@ pub fn write_change(c: &ChangeView, out: &mut dyn Write) -> io::Result<()> {
     match &c.checks {
         Some(checks) => write_checks(checks, c.required_approvals, out)?,
         None => writeln!(out, "checks: pending")?,
+    }
+    Ok(())
+}
+
+/// The shadow reports attached to a change (`aegisctl replay --change`), and whether the
+/// tenant requires one before approval.
+fn write_shadow_reports(c: &ChangeView, out: &mut dyn Write) -> io::Result<()> {
+    if c.shadow_reports.is_empty() {
+        if c.shadow_report_required {
+            writeln!(
+                out,
+                "shadow:    none yet; required before approval (aegisctl replay --change {})",
+                c.change_id
+            )?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "shadow reports: {}", c.shadow_reports.len())?;
+    for v in &c.shadow_reports {
+        let r = &v.report;
+        let slice = match (r.slice.first_seq, r.slice.last_seq) {
+            (Some(a), Some(b)) => format!(
+                "seq {a}..={b} ({} .. {})",
+                r.slice.first_time.as_deref().unwrap_or("?"),
+                r.slice.last_time.as_deref().unwrap_or("?")
+            ),
+            _ => "an empty slice".to_owned(),
+        };
+        writeln!(out, "  by {}", act(&v.attached))?;
+        writeln!(out, "    slice:      {slice}")?;
+        writeln!(
+            out,
+            "    decisions:  {} ({} replayed, {} not replayable)",
+            r.decisions, r.replayed, r.not_replayable
+        )?;
+        let pct = |n: u64| {
+            if r.replayed == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.2}%", n as f64 * 100.0 / r.replayed as f64)
+            }
+        };
+        writeln!(
+            out,
+            "    changed:    {} ({}); would deny {} ({})",
+            r.changed,
+            pct(r.changed),
+            r.would_deny,
+            pct(r.would_deny)
+        )?;
+        for t in r.transitions.iter().filter(|t| t.from != t.to) {
+            writeln!(
+                out,
+                "    {} -> {}: {}",
+                t.from.as_str(),
+                t.to.as_str(),
+                t.count
+            )?;
+        }
+        writeln!(out, "    candidate:  {}", r.candidate_digest)?;
+        writeln!(out, "    report:     {}", r.report_digest)?;
     }
     Ok(())
 }

@@ -5,8 +5,9 @@ use aegis_core::events::{Envelope, EnvelopeError, Event, EventType};
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyError, Keypair};
 use aegis_core::query::{
-    ActorView, ChangeState, ChangeView, DraftView, EventOutcome, EventRecord, IssuerView, LiveView,
-    QueryAnswer, QueryError, QueryReply, QueryRequest, TenantStatus, VersionView,
+    ActorView, ChangeCandidate, ChangeState, ChangeView, DraftView, EventOutcome, EventRecord,
+    IssuerView, LiveView, QueryAnswer, QueryError, QueryReply, QueryRequest, TenantStatus,
+    VersionView,
 };
 use aegis_nats::topology::{self, CHANGES_STREAM};
 use aegis_nats::{ConnectError, ConnectOptions, Publish, PublishError, TopologyError};
@@ -592,6 +593,19 @@ impl Client {
         }
     }
 
+    /// [`QueryRequest::Candidate`]: the candidate policy set of an open change.
+    pub async fn candidate(&self, change_id: &ChangeId) -> Result<ChangeCandidate, ClientError> {
+        match self
+            .query(QueryRequest::Candidate {
+                change_id: change_id.clone(),
+            })
+            .await?
+        {
+            QueryAnswer::Candidate(c) => Ok(*c),
+            other => Err(unexpected("candidate", &other)),
+        }
+    }
+
     /// [`QueryRequest::History`], oldest first.
     pub async fn history(&self) -> Result<Vec<VersionView>, ClientError> {
         match self.query(QueryRequest::History).await? {
@@ -720,6 +734,7 @@ fn answer_kind(answer: &QueryAnswer) -> &'static str {
         QueryAnswer::Drafts(_) => "drafts",
         QueryAnswer::Live(_) => "live",
         QueryAnswer::Issuers(_) => "issuers",
+        QueryAnswer::Candidate(_) => "candidate",
     }
 }
 

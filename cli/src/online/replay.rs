@@ -3,12 +3,14 @@
 //! Markdown for a pull request, or a self-contained HTML file with charts. The work is done by the `aegis-replayer` crate; this module
 //! turns arguments into a slice and a candidate, and errors into exit codes.
 
-use super::Client;
 use super::audit::load_trust;
+use super::{Client, outcome_exit, outcome_line};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
+use aegis_core::bundle::sha256_hex;
 use aegis_core::decision::DecisionKind;
-use aegis_core::ids::{AgentId, ToolId};
+use aegis_core::events::Event;
+use aegis_core::ids::{AgentId, ChangeId, ToolId};
 use aegis_core::keys::TrustStore;
 use aegis_replayer::engine::EngineOptions;
 use aegis_replayer::source::SourceError;
@@ -42,6 +44,15 @@ pub struct ReplayArgs {
     /// object store aegis-bundles), verified with --trust
     #[arg(long, value_name = "V")]
     pub version: Option<u64>,
+    /// Candidate: proposed change ID (the control plane's candidate set: live policies with the
+    /// change applied, pinned to the digest its checks compiled). The report's summary is then
+    /// attached to the change as a signed `shadow_report_attached` event (needs --actor/--key),
+    /// shown to approvers in `aegisctl changes show`
+    #[arg(long, value_name = "ID")]
+    pub change: Option<ChangeId>,
+    /// With --change: only print the report, attach nothing
+    #[arg(long, requires = "change")]
+    pub no_attach: bool,
     /// Trust store (trust file, directory of *.pub.json, or one *.pub.json): required with
     /// --bundle and --version; with it, the recorded version's bundle is fetched too, so the
     /// thresholds the candidate moves are marked on the histograms
@@ -129,15 +140,22 @@ fn require_trust(trust: Option<&TrustStore>, what: &str) -> Result<(), CliError>
 
 /// Runs the replay and prints the report. Exit 0 whatever the report says; 1 (bundle rejected,
 /// read failure), 2 (bad arguments, policy tree problems) or 6 (NATS or the control plane not
-/// answering) when it could not run.
+/// answering) when it could not run; with `--change`, 5 when the control plane refused the
+/// attachment.
 pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> CliResult {
     let tenant = client.tenant().clone();
     let given = usize::from(args.bundle.is_some())
         + usize::from(!args.policies.is_empty())
-        + usize::from(args.version.is_some());
+        + usize::from(args.version.is_some())
+        + usize::from(args.change.is_some());
     if given != 1 {
         return Err(CliError::invalid(
-            "give exactly one candidate: --bundle FILE, --policies DIR or --version V",
+            "give exactly one candidate: --bundle FILE, --policies DIR, --version V or --change ID",
+        ));
+    }
+    if args.change.is_some() && !args.no_attach && client.actor().is_none() {
+        return Err(CliError::invalid(
+            "--change attaches the report to the change as a signed event: give --actor and --key (or --no-attach to only print it)",
         ));
     }
     let bounds = args.slice.bounds()?;
@@ -162,6 +180,9 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
         )
         .await
         .map_err(candidate_error)?
+    } else if let Some(change_id) = &args.change {
+        let set = client.candidate(change_id).await?;
+        Candidate::from_change(&set, &tenant).map_err(candidate_error)?
     } else {
         Candidate::from_policy_tree(&args.policies, &tenant).map_err(candidate_error)?
     };
@@ -183,12 +204,10 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
         .await
         .map_err(replay_error)?;
     let report = mark_thresholds(client.jetstream(), report, &candidate, trust.as_ref()).await;
+    let mut json = Vec::new();
+    write_json(&mut json, &report)?;
     let text = match args.format() {
-        ReplayFormat::Json => {
-            let mut buf = Vec::new();
-            write_json(&mut buf, &report)?;
-            buf
-        }
+        ReplayFormat::Json => json.clone(),
         ReplayFormat::Markdown => markdown::render(&report).into_bytes(),
         ReplayFormat::Html => html::render(&report).into_bytes(),
     };
@@ -197,5 +216,29 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
             .map_err(|e| CliError::failure(format!("cannot write {}: {e}", path.display())))?,
         None => out.write_all(&text)?,
     }
-    Ok(Exit::Ok)
+    match &args.change {
+        Some(change_id) if !args.no_attach => attach(client, &report, change_id, &json).await,
+        _ => Ok(Exit::Ok),
+    }
+}
+
+/// Signs the report's summary as `shadow_report_attached` on the change and waits for the
+/// control plane's verdict, reported on stderr (stdout carries the report). The digest is of
+/// the JSON report exactly as `--format json` writes it.
+async fn attach(
+    client: &Client,
+    report: &aegis_replayer::Report,
+    change_id: &ChangeId,
+    json: &[u8],
+) -> CliResult {
+    let digest = format!("sha256:{}", sha256_hex(json));
+    let event = report.shadow_attachment(change_id.clone(), digest.clone());
+    let record = client
+        .publish_event(Event::ShadowReportAttached(event))
+        .await?;
+    eprintln!(
+        "shadow report {digest} attached to change {change_id}: {}",
+        outcome_line(&record.outcome)
+    );
+    Ok(outcome_exit(&record.outcome))
 }

@@ -1,8 +1,11 @@
-//! `aegisctl tenant configure`: required approvals per risk tier, bundle expiry.
+//! `aegisctl tenant configure`: required approvals per risk tier, bundle expiry, and from which
+//! risk tier a change needs a shadow report before approval.
 
 use super::{Client, submit};
 use crate::exit::CliResult;
 use aegis_core::events::{Event, RequiredApprovals, TenantConfigured};
+use aegis_core::policy::model::RiskTier;
+use aegis_core::query::TenantStatus;
 use std::io::Write;
 
 /// Options for [`configure`]; also the `aegisctl tenant configure` arguments. Unset fields
@@ -20,17 +23,32 @@ pub struct ConfigureArgs {
     /// Published bundles never expire
     #[arg(long, conflicts_with = "bundle_expiry_days")]
     pub no_bundle_expiry: bool,
+    /// Changes at this risk tier or above (low, medium, high) cannot be approved until a
+    /// shadow report is attached (`aegisctl replay --change`)
+    #[arg(long, value_name = "TIER", value_parser = parse_tier)]
+    pub shadow_report_required: Option<RiskTier>,
+    /// No change needs a shadow report
+    #[arg(long, conflicts_with = "shadow_report_required")]
+    pub no_shadow_report_required: bool,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
     #[arg(skip)]
     pub json: bool,
 }
 
+fn parse_tier(text: &str) -> Result<RiskTier, String> {
+    match text {
+        "low" => Ok(RiskTier::Low),
+        "medium" => Ok(RiskTier::Medium),
+        "high" => Ok(RiskTier::High),
+        _ => Err(format!(
+            "unknown risk tier {text:?}: use low, medium or high"
+        )),
+    }
+}
+
 /// The settings `args` asks for, starting from the current ones.
-pub fn configured(
-    current: RequiredApprovals,
-    current_expiry: Option<u32>,
-    args: &ConfigureArgs,
-) -> TenantConfigured {
+pub fn configured(status: &TenantStatus, args: &ConfigureArgs) -> TenantConfigured {
+    let current = status.required_approvals;
     TenantConfigured {
         required_approvals: RequiredApprovals {
             low: args.low.unwrap_or(current.low),
@@ -40,7 +58,13 @@ pub fn configured(
         bundle_expiry_days: if args.no_bundle_expiry {
             None
         } else {
-            args.bundle_expiry_days.or(current_expiry)
+            args.bundle_expiry_days.or(status.bundle_expiry_days)
+        },
+        shadow_report_required: if args.no_shadow_report_required {
+            None
+        } else {
+            args.shadow_report_required
+                .or(status.shadow_report_required)
         },
     }
 }
@@ -48,18 +72,22 @@ pub fn configured(
 /// Reads the current settings (`Status`), applies the flags and publishes `tenant_configured`.
 pub async fn configure(client: &Client, args: &ConfigureArgs, out: &mut dyn Write) -> CliResult {
     let status = client.status().await?;
-    let event = configured(status.required_approvals, status.bundle_expiry_days, args);
+    let event = configured(&status, args);
     if !args.json {
         writeln!(
             out,
-            "required approvals: low {}, medium {}, high {}; bundle expiry: {}",
+            "required approvals: low {}, medium {}, high {}; bundle expiry: {}; shadow report required from: {}",
             event.required_approvals.low,
             event.required_approvals.medium,
             event.required_approvals.high,
             event
                 .bundle_expiry_days
                 .map(|d| format!("{d} days"))
-                .unwrap_or_else(|| "none".to_owned())
+                .unwrap_or_else(|| "none".to_owned()),
+            event
+                .shadow_report_required
+                .map(|t| format!("{} risk", t.as_str()))
+                .unwrap_or_else(|| "never".to_owned())
         )?;
     }
     submit(client, Event::TenantConfigured(event), args.json, out).await
@@ -67,14 +95,29 @@ pub async fn configure(client: &Client, args: &ConfigureArgs, out: &mut dyn Writ
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn status(expiry: Option<u32>, shadow: Option<&str>) -> TenantStatus {
+        serde_json::from_value(serde_json::json!({
+            "tenant": "acme",
+            "open_changes": 0,
+            "required_approvals": {"low": 0, "medium": 1, "high": 2},
+            "bundle_expiry_days": expiry,
+            "shadow_report_required": shadow,
+            "live_policies": [],
+            "chain_position": 0,
+            "chain_head": "x",
+            "applied_seq": 0,
+        }))
+        .unwrap()
+    }
 
     #[test]
     fn unset_flags_keep_the_current_settings() {
-        let current = RequiredApprovals::default();
+        let current = status(Some(30), Some("high"));
         let e = configured(
-            current,
-            Some(30),
+            &current,
             &ConfigureArgs {
                 high: Some(3),
                 ..ConfigureArgs::default()
@@ -89,14 +132,24 @@ mod tests {
             }
         );
         assert_eq!(e.bundle_expiry_days, Some(30));
+        assert_eq!(e.shadow_report_required, Some(RiskTier::High));
         let e = configured(
-            current,
-            Some(30),
+            &current,
             &ConfigureArgs {
                 no_bundle_expiry: true,
+                shadow_report_required: Some(RiskTier::Medium),
                 ..ConfigureArgs::default()
             },
         );
         assert_eq!(e.bundle_expiry_days, None);
+        assert_eq!(e.shadow_report_required, Some(RiskTier::Medium));
+        let e = configured(
+            &current,
+            &ConfigureArgs {
+                no_shadow_report_required: true,
+                ..ConfigureArgs::default()
+            },
+        );
+        assert_eq!(e.shadow_report_required, None);
     }
 }

@@ -121,13 +121,17 @@ impl RequiredApprovals {
 }
 
 /// Tenant settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfigured {
     pub required_approvals: RequiredApprovals,
     /// Days a published bundle stays valid; gateways refuse it afterwards. None: no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_expiry_days: Option<u32>,
+    /// Changes whose risk tier is this or higher need a shadow report
+    /// ([`ShadowReportAttached`]) before anyone may approve them. None: never required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_report_required: Option<RiskTier>,
 }
 
 /// An edit of one policy's draft: the newest text of the policy, before it is proposed.
@@ -241,6 +245,59 @@ pub struct ChangeApproved {
     pub change_id: ChangeId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+}
+
+/// A shadow report on a proposed change: what its candidate policy set would have decided for
+/// a slice of the tenant's recorded decisions (`aegisctl replay --change`). The summary is
+/// signed by whoever ran the replay; `report_digest` ties it to the full report they keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowReportAttached {
+    pub change_id: ChangeId,
+    /// `sha256:<hex>` of the replayed candidate's compiled `data.json`; must be the change's
+    /// checked candidate (`checks_completed.candidate_digest`).
+    pub candidate_digest: String,
+    /// The slice of `AEGIS_DECISIONS` replayed.
+    pub slice: ShadowSlice,
+    /// Recorded decisions in the slice (after filters).
+    pub decisions: u64,
+    /// Re-evaluated against the candidate.
+    pub replayed: u64,
+    /// Not re-evaluated (masked inputs, decided by the gateway outside the policy, ...).
+    pub not_replayable: u64,
+    /// Replayed decisions whose outcome the candidate changes.
+    pub changed: u64,
+    /// Replayed decisions the candidate denies.
+    pub would_deny: u64,
+    /// Counts by recorded → candidate outcome (unchanged ones included).
+    pub transitions: Vec<ShadowTransition>,
+    /// `sha256:<hex>` of the full JSON report (`schemas/replay-report.schema.json`).
+    pub report_digest: String,
+}
+
+/// The slice a shadow report covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSlice {
+    /// First and last stream sequence read (absent when the slice was empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+    /// When NATS stored the first and last record read (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<String>,
+}
+
+/// One recorded → candidate outcome pair of a shadow report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowTransition {
+    pub from: crate::decision::DecisionKind,
+    pub to: crate::decision::DecisionKind,
+    pub count: u64,
 }
 
 /// An approver rejects a change; it can no longer be approved or published.
@@ -601,6 +658,7 @@ macro_rules! for_each_event {
             ChangeProposed => "change_proposed",
             ChecksCompleted => "checks_completed",
             ChangeApproved => "change_approved",
+            ShadowReportAttached => "shadow_report_attached",
             ChangeRejected => "change_rejected",
             ChangePublished => "change_published",
             RollbackRequested => "rollback_requested",
@@ -661,6 +719,7 @@ impl EventType {
             Event::ChangeProposed(e) => format!("change.{}", e.change_id),
             Event::ChecksCompleted(e) => format!("change.{}", e.change_id),
             Event::ChangeApproved(e) => format!("change.{}", e.change_id),
+            Event::ShadowReportAttached(e) => format!("change.{}", e.change_id),
             Event::ChangeRejected(e) => format!("change.{}", e.change_id),
             Event::ChangePublished(e) => format!("change.{}", e.change_id),
             Event::RollbackRequested(_)

@@ -56,6 +56,9 @@ impl Role {
                 &[Role::Admin, Role::Editor]
             }
             T::ChangeApproved | T::ChangeRejected => &[Role::Admin, Role::Approver],
+            T::ShadowReportAttached => {
+                &[Role::Admin, Role::Editor, Role::Approver, Role::Publisher]
+            }
             T::ChangePublished
             | T::RollbackRequested
             | T::RolloutStageChanged

@@ -306,6 +306,7 @@ mod tests {
         clippy::indexing_slicing
     )]
     use super::*;
+    use crate::decision::DecisionKind;
     use crate::events::chain::{self, ChainEntry};
     use crate::events::envelope::{Envelope, format_time};
     use crate::events::kinds::*;
@@ -369,6 +370,7 @@ mod tests {
                     high: 2,
                 },
                 bundle_expiry_days: Some(30),
+                shadow_report_required: Some(RiskTier::High),
             }
             .into(),
             EventType::PolicyUpserted => PolicyUpserted {
@@ -433,6 +435,35 @@ mod tests {
             EventType::ChangeApproved => ChangeApproved {
                 change_id: change,
                 comment: Some("Limit matches the finance runbook.".into()),
+            }
+            .into(),
+            EventType::ShadowReportAttached => ShadowReportAttached {
+                change_id: change,
+                candidate_digest: format!("sha256:{}", sha("data.json")),
+                slice: ShadowSlice {
+                    first_seq: Some(1),
+                    last_seq: Some(5000),
+                    first_time: Some("2026-11-18T00:00:00.123456789Z".into()),
+                    last_time: Some("2026-11-25T00:00:00Z".into()),
+                },
+                decisions: 5000,
+                replayed: 4990,
+                not_replayable: 10,
+                changed: 12,
+                would_deny: 40,
+                transitions: vec![
+                    ShadowTransition {
+                        from: DecisionKind::Allow,
+                        to: DecisionKind::Allow,
+                        count: 4950,
+                    },
+                    ShadowTransition {
+                        from: DecisionKind::Allow,
+                        to: DecisionKind::ApprovalNeeded,
+                        count: 12,
+                    },
+                ],
+                report_digest: format!("sha256:{}", sha("report.json")),
             }
             .into(),
             EventType::ChangeRejected => ChangeRejected {
