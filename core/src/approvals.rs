@@ -11,7 +11,14 @@
 //!    `Nats-Expected-Last-Subject-Sequence` = the grant's sequence, so of two gateways racing
 //!    for one grant exactly one succeeds: the grant is used once, across all gateways.
 //!
-//! Readers tell the messages apart by `type`.
+//! Readers tell the messages apart by `type` ([`ApprovalMessage::parse`]) and fold a subject's
+//! messages into one [`Approval`] with [`fold`]: its [`ApprovalState`] at a given instant
+//! (pending, granted, denied, used, expired — a request undecided or a grant unused past its
+//! expiry — or unreadable). `aegisctl approvals` and the decision report both use that fold.
+
+mod fold;
+
+pub use fold::{Approval, ApprovalState, Decision, fold};
 
 use crate::canonical::to_canonical_vec_of;
 use crate::decision::Reason;

@@ -230,6 +230,17 @@ pub fn approvals_subject(tenant: &TenantId, approval: &str) -> Result<String, To
     ))
 }
 
+/// The approval id of `aegis.approvals.<tenant>.<approval>` (the inverse of
+/// [`approvals_subject`]); None for a subject of another tenant or kind, or with more tokens.
+pub fn approval_id_of<'a>(tenant: &TenantId, subject: &'a str) -> Option<&'a str> {
+    let id = subject
+        .strip_prefix(APPROVALS_PREFIX)?
+        .strip_prefix('.')?
+        .strip_prefix(tenant.as_str())?
+        .strip_prefix('.')?;
+    approval_token(id).ok()
+}
+
 /// `aegis.approvals.<tenant>.>`: every approval of one tenant (consumer filter).
 pub fn approvals_filter(tenant: &TenantId) -> Result<String, TopologyError> {
     Ok(format!("{APPROVALS_PREFIX}.{}.>", tenant_token(tenant)?))
@@ -501,6 +512,18 @@ mod tests {
             approvals_subject(&acme, "ap-1").unwrap(),
             "aegis.approvals.acme.ap-1"
         );
+        assert_eq!(
+            approval_id_of(&acme, "aegis.approvals.acme.ap-1"),
+            Some("ap-1")
+        );
+        for other in [
+            "aegis.approvals.acme2.ap-1",
+            "aegis.approvals.acme.ap-1.x",
+            "aegis.approvals.acme.",
+            "aegis.decisions.acme.ap-1",
+        ] {
+            assert_eq!(approval_id_of(&acme, other), None, "{other}");
+        }
         assert_eq!(audit_subject(&acme).unwrap(), "aegis.audit.acme");
         assert_eq!(gateway_kv_key(&acme, "gw1").unwrap(), "acme.gw1");
         assert_eq!(

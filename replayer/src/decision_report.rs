@@ -6,22 +6,27 @@
 //!
 //! Decisions are streamed with a [`SliceReader`] (nothing but counters is kept). Approvals are
 //! folded from the tenant's messages on `aegis.approvals.<tenant>.>` (read by the caller, e.g.
-//! `aegisctl`'s approvals reader) with [`fold_approvals`]: the request, the control plane's
-//! signed `runtime_approval_decided` (its signature checked when a trust store is given,
-//! otherwise reported `unverified`) and the gateway's `approval_consumed`.
+//! `aegisctl`'s approvals reader) with [`fold_approvals`], which uses the one fold of approval
+//! subjects that `aegisctl approvals` uses too ([`aegis_core::approvals::fold`]): the request,
+//! the control plane's signed `runtime_approval_decided` (its signature checked here when a
+//! trust store is given, otherwise reported `unverified`) and the gateway's
+//! `approval_consumed`, with the state at the report's end (a lapsed grant reads `expired`).
 
 use crate::html::escape;
 use crate::slice::SliceSpec;
 use crate::source::{Record, SliceReader, SourceError};
-use aegis_core::approvals::ApprovalMessage;
+use aegis_core::approvals::{self, Approval, ApprovalState, Decision};
 use aegis_core::decision_log::DecisionEvent;
+use aegis_core::events::envelope::parse_time;
 use aegis_core::ids::TenantId;
 use aegis_core::keys::TrustStore;
+use aegis_nats::topology;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
+use time::OffsetDateTime;
 
 /// `schemas/decision-report.schema.json`.
 pub const SCHEMA: &str = include_str!("../../schemas/decision-report.schema.json");
@@ -85,8 +90,10 @@ pub struct ApprovalEntry {
     pub action: String,
     /// The decision that answered `approval_needed`.
     pub request_decision: String,
-    /// `pending` (undecided), `granted` (unused), `denied` or `used`.
-    pub state: String,
+    /// At the report's end: `pending` (undecided), `granted` (unused, the grant not expired),
+    /// `denied`, `used`, or `expired` (undecided past the request's expiry, or granted and
+    /// unused past the grant's).
+    pub state: ApprovalState,
     /// The approver (from the control plane's signed relay), when decided.
     pub decided_by: Option<String>,
     pub decided_at: Option<String>,
@@ -244,19 +251,10 @@ pub async fn count(
     Ok(counter)
 }
 
-#[derive(Default)]
-struct Folding {
-    entry: Option<ApprovalEntry>,
-    digest: Option<String>,
-    granted: Option<bool>,
-    problems: Vec<String>,
-}
-
 /// Folds a tenant's approval messages, `(subject, stream sequence, payload)` in stream order,
-/// into the approvals requested within `[since, until]` (request times, RFC 3339 strings
-/// compared as instants of the same fixed-width format). Each subject keeps its first
-/// request, first decision (for the same call) and first use after a grant; the rest is noted
-/// as a problem. With `trust`, the control plane's signature on each decision is checked.
+/// into the approvals requested within `[since, until]` (request times), with their states at
+/// the report's end: `until`, or now when `until` is open or later (see
+/// [`fold_approvals_at`]).
 pub fn fold_approvals<'a>(
     tenant: &TenantId,
     messages: impl IntoIterator<Item = (&'a str, u64, &'a [u8])>,
@@ -264,101 +262,77 @@ pub fn fold_approvals<'a>(
     since: &str,
     until: Option<&str>,
 ) -> Vec<ApprovalEntry> {
-    let prefix = format!(
-        "{}.{}.",
-        aegis_nats::topology::APPROVALS_PREFIX,
-        tenant.as_str()
-    );
-    let mut by_id: BTreeMap<String, Folding> = BTreeMap::new();
-    for (subject, seq, payload) in messages {
-        let Some(id) = subject.strip_prefix(&prefix) else {
-            continue;
-        };
-        if id.is_empty() || id.contains('.') {
-            continue;
-        }
-        let f = by_id.entry(id.to_owned()).or_default();
-        let problem = |f: &mut Folding, p: String| f.problems.push(format!("seq {seq}: {p}"));
-        match ApprovalMessage::parse(payload) {
-            Err(e) => problem(f, format!("unreadable: {e}")),
-            Ok(ApprovalMessage::Requested(r)) => {
-                if &r.tenant != tenant || r.approval_id != id || f.entry.is_some() {
-                    problem(f, "a request that does not fit; ignored".to_owned());
-                    continue;
-                }
-                f.digest = Some(r.call_digest.clone());
-                f.entry = Some(ApprovalEntry {
-                    approval_id: r.approval_id.clone(),
-                    requested_at: r.requested_at.clone(),
-                    agent: r.agent_id.as_str().to_owned(),
-                    tool: r.tool_id.as_str().to_owned(),
-                    action: r.action.clone(),
-                    request_decision: r.decision_id.clone(),
-                    state: "pending".to_owned(),
-                    decided_by: None,
-                    decided_at: None,
-                    note: None,
-                    signature: None,
-                    consumed_by: None,
-                    consumed_at: None,
-                    problems: Vec::new(),
-                });
-            }
-            Ok(ApprovalMessage::Decided(envelope, d)) => {
-                let fits = &envelope.envelope.tenant == tenant
-                    && d.approval_id == id
-                    && f.granted.is_none()
-                    && f.digest.as_deref() == Some(d.call_digest.as_str());
-                let Some(entry) = f.entry.as_mut().filter(|_| fits) else {
-                    problem(f, "a decision that does not fit; ignored".to_owned());
-                    continue;
-                };
-                let check = match trust {
-                    None => SignatureCheck::Unverified,
-                    Some(t) => match t.lookup(&envelope.envelope.key_id) {
-                        Ok(key) if envelope.verify(key).is_ok() => SignatureCheck::Verified,
-                        _ => SignatureCheck::Invalid,
-                    },
-                };
-                entry.state = if d.granted { "granted" } else { "denied" }.to_owned();
-                entry.decided_by = Some(d.by.as_str().to_owned());
-                entry.decided_at = Some(d.at.clone());
-                entry.note = d.note.clone();
-                entry.signature = Some(check);
-                f.granted = Some(d.granted);
-            }
-            Ok(ApprovalMessage::Consumed(c)) => {
-                let fits = &c.tenant == tenant && c.approval_id == id && f.granted == Some(true);
-                match f.entry.as_mut() {
-                    Some(entry) if fits && entry.consumed_by.is_none() => {
-                        entry.state = "used".to_owned();
-                        entry.consumed_by = Some(c.decision_id.clone());
-                        entry.consumed_at = Some(c.at.clone());
-                    }
-                    _ => problem(f, "a use that does not fit; ignored".to_owned()),
-                }
-            }
-        }
-    }
-    let mut out: Vec<ApprovalEntry> = by_id
-        .into_values()
-        .filter_map(|f| {
-            let mut e = f.entry?;
-            e.problems = f.problems;
-            Some(e)
-        })
-        .filter(|e| in_range(&e.requested_at, since, until))
-        .collect();
-    out.sort_by(|a, b| {
-        a.requested_at
-            .cmp(&b.requested_at)
-            .then_with(|| a.approval_id.cmp(&b.approval_id))
+    fold_approvals_at(
+        tenant,
+        messages,
+        trust,
+        since,
+        until,
+        OffsetDateTime::now_utc(),
+    )
+}
+
+/// [`fold_approvals`] with `now` given. Each subject is folded by the shared fold
+/// ([`aegis_core::approvals::fold`]: the first request, the first decision for the same call,
+/// the first use after a grant; the rest is noted in `problems`) and evaluated at `until`, or
+/// at `now` when that is earlier or `until` is open: a grant unused past its expiry, like a
+/// request undecided past its own, is `expired`. Subjects without a request are left out.
+/// With `trust`, the control plane's signature on each decision is checked.
+pub fn fold_approvals_at<'a>(
+    tenant: &TenantId,
+    messages: impl IntoIterator<Item = (&'a str, u64, &'a [u8])>,
+    trust: Option<&TrustStore>,
+    since: &str,
+    until: Option<&str>,
+    now: OffsetDateTime,
+) -> Vec<ApprovalEntry> {
+    let at = until
+        .and_then(|u| parse_time(u).ok())
+        .map_or(now, |u| u.min(now));
+    let by_id = messages.into_iter().filter_map(|(subject, seq, payload)| {
+        Some((topology::approval_id_of(tenant, subject)?, seq, payload))
     });
-    out
+    approvals::fold(tenant, by_id, at)
+        .into_iter()
+        .filter_map(|a| entry(a, trust))
+        .filter(|e| in_range(&e.requested_at, since, until))
+        .collect()
+}
+
+/// The report's row for a folded approval; None without a request.
+fn entry(a: Approval, trust: Option<&TrustStore>) -> Option<ApprovalEntry> {
+    let r = a.request?;
+    let d = a.decision.as_ref();
+    Some(ApprovalEntry {
+        approval_id: a.approval_id,
+        requested_at: r.requested_at,
+        agent: r.agent_id.as_str().to_owned(),
+        tool: r.tool_id.as_str().to_owned(),
+        action: r.action,
+        request_decision: r.decision_id,
+        state: a.state,
+        decided_by: d.map(|d| d.decided.by.as_str().to_owned()),
+        decided_at: d.map(|d| d.decided.at.clone()),
+        note: d.and_then(|d| d.decided.note.clone()),
+        signature: d.map(|d| signature(d, trust)),
+        consumed_by: a.consumed.as_ref().map(|c| c.decision_id.clone()),
+        consumed_at: a.consumed.map(|c| c.at),
+        problems: a.problems,
+    })
+}
+
+/// The control plane's signature on a relayed decision, against `trust`.
+fn signature(d: &Decision, trust: Option<&TrustStore>) -> SignatureCheck {
+    let Some(trust) = trust else {
+        return SignatureCheck::Unverified;
+    };
+    match trust.lookup(&d.envelope.envelope.key_id) {
+        Ok(key) if d.envelope.verify(key).is_ok() => SignatureCheck::Verified,
+        _ => SignatureCheck::Invalid,
+    }
 }
 
 fn in_range(at: &str, since: &str, until: Option<&str>) -> bool {
-    use aegis_core::events::envelope::parse_time;
     let (Ok(t), Ok(s)) = (parse_time(at), parse_time(since)) else {
         return false;
     };
@@ -447,7 +421,7 @@ pub fn to_csv(report: &DecisionReport) -> String {
             csv_field(&a.agent),
             csv_field(&a.tool),
             csv_field(&a.action),
-            csv_field(&a.state),
+            a.state.as_str(),
             csv_field(opt(&a.decided_by)),
             csv_field(opt(&a.decided_at)),
             a.signature.map(SignatureCheck::as_str).unwrap_or(""),
@@ -540,8 +514,8 @@ pub fn to_html(report: &DecisionReport) -> String {
     out.push_str("</table><h2>Runtime approvals</h2><table><tr><th>approval</th><th>requested</th><th>agent</th><th>tool</th><th>action</th><th>state</th><th>decided by</th><th>signature</th><th>used by decision</th></tr>");
     for a in &report.approvals {
         let sig = a.signature.map(SignatureCheck::as_str).unwrap_or("");
-        let by = match (&a.decided_by, a.state.as_str()) {
-            (Some(who), "denied") => format!("denied by {}", escape(who)),
+        let by = match (&a.decided_by, a.state) {
+            (Some(who), ApprovalState::Denied) => format!("denied by {}", escape(who)),
             (Some(who), _) => format!("granted by {}", escape(who)),
             (None, _) => String::new(),
         };
@@ -553,7 +527,7 @@ pub fn to_html(report: &DecisionReport) -> String {
             escape(&a.agent),
             escape(&a.tool),
             escape(&a.action),
-            escape(&a.state),
+            a.state.as_str(),
             escape(opt(&a.consumed_by)),
         );
     }
@@ -610,7 +584,7 @@ mod tests {
             tool: "payments".into(),
             action: "<script>alert(1)</script>".into(),
             request_decision: "dec-0".into(),
-            state: "used".into(),
+            state: ApprovalState::Used,
             decided_by: Some("carol".into()),
             decided_at: Some("2026-11-26T10:00:00.700Z".into()),
             note: Some("a, \"quoted\" note".into()),
@@ -647,6 +621,14 @@ mod tests {
         let mut bad = json.clone();
         bad["approvals"][0]["state"] = "maybe".into();
         assert!(validate(&bad).is_err());
+        // Every state a requested approval can be in is in the schema.
+        for state in ["pending", "granted", "denied", "used", "expired"] {
+            let mut ok = json.clone();
+            ok["approvals"][0]["state"] = state.into();
+            validate(&ok).unwrap();
+            let back: DecisionReport = serde_json::from_value(ok).unwrap();
+            assert_eq!(back.approvals[0].state.as_str(), state);
+        }
     }
 
     #[test]
@@ -665,6 +647,88 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(html.contains("granted by carol"));
         assert!(!html.contains("http"));
+    }
+
+    /// A gateway's request on its subject, as read from the stream.
+    fn requested(tenant: &str, id: &str, at: &str, expires: &str) -> (String, Vec<u8>) {
+        let body = format!(
+            r#"{{"type":"approval_requested","approval_id":"{id}","tenant":"{tenant}","gateway":"gw1","decision_id":"dec-{id}","agent_id":"finance-agent","call_chain":[],"tool_id":"payments","action":"create_payment","params":{{}},"call_digest":"sha256:00","reasons":[],"policy":null,"rule":null,"policy_version":1,"requested_at":"{at}","expires_at":"{expires}"}}"#
+        );
+        (format!("aegis.approvals.{tenant}.{id}"), body.into_bytes())
+    }
+
+    #[test]
+    fn approvals_are_folded_once_and_judged_at_the_end_of_the_report() {
+        let messages = [
+            requested(
+                "acme",
+                "apr-a",
+                "2026-11-26T10:00:00.000Z",
+                "2026-11-26T10:30:00.000Z",
+            ),
+            requested(
+                "acme",
+                "apr-b",
+                "2026-11-26T10:10:00.000Z",
+                "2026-11-26T11:30:00.000Z",
+            ),
+            ("aegis.approvals.acme.apr-b".to_owned(), b"garbage".to_vec()),
+            requested(
+                "acme",
+                "apr-late",
+                "2026-11-26T12:00:00.000Z",
+                "2026-11-26T13:00:00.000Z",
+            ),
+            requested(
+                "globex",
+                "apr-g",
+                "2026-11-26T10:00:00.000Z",
+                "2026-11-26T10:30:00.000Z",
+            ),
+        ];
+        let fold_until = |until: Option<&str>, now: OffsetDateTime| {
+            let states: Vec<(String, ApprovalState, usize)> = fold_approvals_at(
+                &"acme".parse().unwrap(),
+                messages
+                    .iter()
+                    .zip(1u64..)
+                    .map(|((s, p), seq)| (s.as_str(), seq, p.as_slice())),
+                None,
+                "2026-11-26T09:00:00.000Z",
+                until,
+                now,
+            )
+            .into_iter()
+            .map(|e| (e.approval_id, e.state, e.problems.len()))
+            .collect();
+            states
+        };
+        let (a, b) = ("apr-a".to_owned(), "apr-b".to_owned());
+        let now = time::macros::datetime!(2026-11-26 12:30 UTC);
+        // At the end of the range (before now): apr-a lapsed, apr-b still pending; apr-late
+        // was requested after the range, globex's is another tenant's.
+        let until = Some("2026-11-26T11:00:00.000Z");
+        assert_eq!(
+            fold_until(until, now),
+            [
+                (a.clone(), ApprovalState::Expired, 0),
+                (b.clone(), ApprovalState::Pending, 1)
+            ]
+        );
+        // A range ending after now is judged now.
+        let early = time::macros::datetime!(2026-11-26 10:20 UTC);
+        assert_eq!(
+            fold_until(until, early),
+            [
+                (a.clone(), ApprovalState::Pending, 0),
+                (b.clone(), ApprovalState::Pending, 1)
+            ]
+        );
+        // An open range is judged now, and holds every later request.
+        let all = fold_until(None, now);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all[1], (b, ApprovalState::Expired, 1));
+        assert_eq!(all[2], ("apr-late".to_owned(), ApprovalState::Pending, 0));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `aegisctl audit export --decisions` over a decision log written by a real gateway, with a
 //! runtime approval granted by carol through `aegisctl approvals grant` (relayed and signed by
-//! the real control plane) and a new policy version published mid-way.
+//! the real control plane), a second one granted for a second and left to lapse (reported
+//! `expired`), and a new policy version published mid-way.
 //!
 //! The binaries come from `target/<profile>/`: `cargo build --bins` first.
 #![allow(
@@ -103,6 +104,22 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
     let again = decide(&retry);
     assert_eq!(code(&again), "approval_used", "{again:#}");
 
+    // A second request, granted for one second and never used: it lapses before the report.
+    let second = decide(&pay(6_000));
+    assert_eq!(second["decision"], "approval_needed", "{second:#}");
+    let lapsed = second["approval"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(lapsed, id);
+    ok(
+        aegisctl(
+            &stack,
+            keys,
+            "carol",
+            &["approvals", "grant", &lapsed, "--ttl", "1s"],
+        ),
+        "short grant",
+    );
+    let grant_lapses = Instant::now() + Duration::from_secs(1);
+
     // Version 2 mid-way; decisions until the gateway answers with it, then two more.
     let v2 = stack.publish_change(&finance_with_approval_limit(ACME, 5_500));
     assert_eq!(v2, 2);
@@ -120,6 +137,8 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
         .collect();
     let recorded = stack.wait_decisions("aegis.decisions.acme.>", &ids, WAIT);
     assert_eq!(recorded.len(), ids.len());
+    // The report is judged at its end (or when it is made): past the short grant's expiry.
+    std::thread::sleep(grant_lapses.saturating_duration_since(Instant::now()));
     let until = OffsetDateTime::now_utc() + Duration::from_secs(1);
     let (since_s, until_s) = (
         since.format(&Rfc3339).unwrap(),
@@ -141,7 +160,7 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
             .entry(e["policy_version"].as_u64().unwrap())
             .or_default() += 1;
     }
-    assert_eq!(by_outcome["approval_needed"], 1);
+    assert_eq!(by_outcome["approval_needed"], 2);
     assert_eq!(by_outcome["deny"], 1);
 
     let export = |format: &str, with_trust: bool| -> String {
@@ -184,7 +203,7 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
     assert!(cells.iter().any(|c| c["agent"] == "finance-agent"
         && c["tool"] == "payments"
         && c["outcome"] == "approval_needed"
-        && c["count"] == 1));
+        && c["count"] == 2));
 
     // Both versions, v1's range before v2's.
     let versions = report["policy_versions"].as_array().unwrap();
@@ -196,9 +215,10 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
     assert!(versions[0]["last_decision"].as_str() <= versions[1]["first_decision"].as_str());
     assert_ne!(versions[0]["digest"], versions[1]["digest"]);
 
-    // The approval: granted by carol (signature verified), used by the allowed retry.
+    // The approvals, in request order. The first: granted by carol (signature verified), used by
+    // the allowed retry.
     let approvals = report["approvals"].as_array().unwrap();
-    assert_eq!(approvals.len(), 1, "{approvals:#?}");
+    assert_eq!(approvals.len(), 2, "{approvals:#?}");
     let a = &approvals[0];
     assert_eq!(a["approval_id"], id.as_str());
     assert_eq!(a["state"], "used");
@@ -206,6 +226,13 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
     assert_eq!(a["signature"], "verified");
     assert_eq!(a["consumed_by"], allowed["decision_id"]);
     assert_eq!(a["request_decision"], first["decision_id"]);
+    // The second: granted by carol, unused past the grant's expiry.
+    let b = &approvals[1];
+    assert_eq!(b["approval_id"], lapsed.as_str());
+    assert_eq!(b["state"], "expired", "{b:#}");
+    assert_eq!(b["decided_by"], "carol");
+    assert_eq!(b["signature"], "verified");
+    assert_eq!(b["consumed_by"], Value::Null);
 
     // Without --trust the relay is reported unverified.
     let plain: Value = serde_json::from_str(&export("json", false)).unwrap();
@@ -218,7 +245,7 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
         "{csv}"
     );
     assert!(
-        csv.contains("decision,finance-agent,payments,approval_needed,1,"),
+        csv.contains("decision,finance-agent,payments,approval_needed,2,"),
         "{csv}"
     );
     assert!(
@@ -230,6 +257,10 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
         .find(|l| l.starts_with(&format!("approval,{id},")))
         .unwrap();
     assert!(approval_row.contains(",used,carol,"), "{approval_row}");
+    assert!(
+        csv.contains(&format!("approval,{lapsed},")) && csv.contains(",expired,carol,"),
+        "{csv}"
+    );
     assert!(
         approval_row.contains(allowed["decision_id"].as_str().unwrap()),
         "{approval_row}"
