@@ -38,15 +38,14 @@ use aegis_core::ids::{ActorId, ChangeId, EventId, PolicyName, TenantId};
 use aegis_core::keys::{Keypair, PublicKey};
 use aegis_core::query::Outcome;
 use aegis_nats::topology::{CHANGES_PREFIX, CHANGES_STREAM};
+use aegis_tests::NatsServer;
 use anyhow::{Context as _, bail};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FINANCE_POLICY: &str = include_str!("../../policies/templates/finance/policy.yaml");
@@ -101,160 +100,6 @@ impl Params {
             );
         }
         Ok(p)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// nats-server
-
-/// A `nats-server` child process with JetStream in a temporary directory; killed on drop.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    version: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl std::fmt::Debug for NatsServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsServer")
-            .field("port", &self.port)
-            .finish()
-    }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn find_nats_server() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("AEGIS_NATS_SERVER").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!(
-            "AEGIS_NATS_SERVER={} does not exist; install nats-server with ./scripts/setup.sh",
-            p.display()
-        );
-    }
-    let local = workspace_root().join("tools/bin/nats-server");
-    if local.is_file() {
-        return Ok(local);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join("nats-server");
-            if c.is_file() {
-                return Ok(c);
-            }
-        }
-    }
-    bail!(
-        "nats-server not found ($AEGIS_NATS_SERVER, {}, PATH); install it with ./scripts/setup.sh",
-        local.display()
-    )
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-impl NatsServer {
-    fn start() -> anyhow::Result<NatsServer> {
-        let binary = find_nats_server()?;
-        let out = Command::new(&binary).arg("--version").output()?;
-        let version = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .trim_start_matches("nats-server: ")
-            .to_owned();
-        let dir = tempfile::Builder::new()
-            .prefix("aegis-bench-nats-")
-            .tempdir()?;
-        let store = dir.path().join("jetstream");
-        std::fs::create_dir(&store)?;
-        let log = dir.path().join("nats-server.log");
-        let port = free_port()?;
-        let quote = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
-        // As nats/conf/single.conf: 8 MB payloads, fsync every write before acknowledging it.
-        let config = format!(
-            "server_name: \"aegis-bench\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\n\
-             log_file: {log}\njetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n",
-            log = quote(&log),
-            store = quote(&store),
-        );
-        let conf = dir.path().join("nats-server.conf");
-        std::fs::write(&conf, config)?;
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = NatsServer {
-            child: Some(child),
-            port,
-            version,
-            log,
-            _dir: dir,
-        };
-        server.wait_ready()?;
-        Ok(server)
-    }
-
-    /// Until the client port greets with an INFO saying JetStream is on.
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let start = Instant::now();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "nats-server exited during startup ({status}); log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            let info = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .ok()
-                .and_then(|s| {
-                    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-                    let mut line = String::new();
-                    BufReader::new(s)
-                        .take(64 * 1024)
-                        .read_line(&mut line)
-                        .ok()?;
-                    Some(line)
-                })
-                .unwrap_or_default();
-            if info.starts_with("INFO ") && info.contains("\"jetstream\":true") {
-                return Ok(());
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "nats-server not ready after 30s; log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -1112,6 +957,7 @@ fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("aegis-bench-fold-")
         .tempdir()?;
+    // As nats/conf/single.conf: fsync every write before acknowledging it.
     let nats = NatsServer::start()?;
     let url = nats.url();
     eprintln!(
@@ -1119,7 +965,7 @@ fn main() -> anyhow::Result<()> {
         params.events,
         if params.full { "full" } else { "smoke" },
         cpu_model(),
-        nats.version
+        nats.version()
     );
 
     // Keys, as `aegis-controlplane run` loads them.
@@ -1267,7 +1113,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "nats-server: {} (JetStream, sync_interval: always, R1)",
-        nats.version
+        nats.version()
     );
     println!();
     println!("| measurement                                   |   events/s |  seconds |");
@@ -1417,7 +1263,7 @@ fn main() -> anyhow::Result<()> {
         "cpu": cpu_model(),
         "loadavg_start": load_start,
         "loadavg_end": load_end,
-        "nats_server": nats.version,
+        "nats_server": nats.version().to_string(),
     });
     println!("{json}");
     drop(js);

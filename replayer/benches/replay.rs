@@ -33,14 +33,12 @@ use aegis_core::ids::{AgentId, TenantId, ToolId};
 use aegis_replayer::engine::{Engine, EngineOptions};
 use aegis_replayer::slice::{Bounds, Filter};
 use aegis_replayer::{Candidate, SliceSpec};
+use aegis_tests::{NatsServer, NatsServerOptions};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,143 +49,6 @@ const SUBJECT: &str = "aegis.decisions.acme.gw1";
 const IN_FLIGHT: usize = 2000;
 /// Distinct inputs the raw loop keeps in memory (it cycles over them).
 const RAW_POOL: usize = 65_536;
-
-// ---------------------------------------------------------------------------------------------
-// nats-server
-
-/// A `nats-server` child process with JetStream in a temporary directory; killed on drop.
-#[derive(Debug)]
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    version: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn find_nats_server() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("AEGIS_NATS_SERVER").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!("AEGIS_NATS_SERVER={} does not exist", p.display());
-    }
-    let local = workspace_root().join("tools/bin/nats-server");
-    if local.is_file() {
-        return Ok(local);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join("nats-server");
-            if c.is_file() {
-                return Ok(c);
-            }
-        }
-    }
-    bail!(
-        "nats-server not found ($AEGIS_NATS_SERVER, {}, PATH); install it with ./scripts/setup.sh",
-        local.display()
-    )
-}
-
-impl NatsServer {
-    fn start() -> anyhow::Result<NatsServer> {
-        let binary = find_nats_server()?;
-        let out = Command::new(&binary).arg("--version").output()?;
-        let version = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .trim_start_matches("nats-server: ")
-            .to_owned();
-        let dir = tempfile::Builder::new()
-            .prefix("aegis-bench-replay-")
-            .tempdir()?;
-        let store = dir.path().join("jetstream");
-        std::fs::create_dir(&store)?;
-        let log = dir.path().join("nats-server.log");
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        let quote = |p: &Path| Value::String(p.display().to_string()).to_string();
-        // No `sync_interval: always`: loading the data is not what is measured.
-        let config = format!(
-            "server_name: \"aegis-bench\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\n\
-             log_file: {log}\njetstream {{\n  store_dir: {store}\n}}\n",
-            log = quote(&log),
-            store = quote(&store),
-        );
-        let conf = dir.path().join("nats-server.conf");
-        std::fs::write(&conf, config)?;
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut server = NatsServer {
-            child: Some(child),
-            port,
-            version,
-            log,
-            _dir: dir,
-        };
-        server.wait_ready()?;
-        Ok(server)
-    }
-
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let start = Instant::now();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "nats-server exited during startup ({status}); log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            let info = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-                .ok()
-                .and_then(|s| {
-                    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-                    let mut line = String::new();
-                    BufReader::new(s)
-                        .take(64 * 1024)
-                        .read_line(&mut line)
-                        .ok()?;
-                    Some(line)
-                })
-                .unwrap_or_default();
-            if info.starts_with("INFO ") && info.contains("\"jetstream\":true") {
-                return Ok(());
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("nats-server not ready after 30s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Memory
@@ -439,7 +300,8 @@ fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    let server = NatsServer::start()?;
+    // No `sync_interval: always`: loading the data is not what is measured.
+    let server = NatsServer::start_with(NatsServerOptions::default().without_sync_always())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -519,7 +381,7 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!(
         "replay benchmark: N = {n}, {workers} workers, {cores} cores, nats-server {}",
-        server.version
+        server.version()
     );
     println!(
         "load: {n} events ({:.1} MB) published in {load_secs:.2}s ({:.0}/s)",

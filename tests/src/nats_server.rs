@@ -352,6 +352,9 @@ pub struct NatsServerOptions {
     /// Environment variables set for the server process (the passwords `accounts.conf`
     /// refers to as `$AEGIS_NATS_..._PASSWORD`).
     pub env: Vec<(String, String)>,
+    /// `sync_interval: always` (fsync every write before acknowledging it, as shipped in
+    /// `nats/conf/single.conf`). Off only for benchmarks that load data to measure reads.
+    pub sync_always: bool,
 }
 
 impl Default for NatsServerOptions {
@@ -360,6 +363,7 @@ impl Default for NatsServerOptions {
             startup_timeout: Duration::from_secs(30),
             extra_config: String::new(),
             env: Vec::new(),
+            sync_always: true,
         }
     }
 }
@@ -369,6 +373,13 @@ impl NatsServerOptions {
     pub fn with_config(mut self, text: &str) -> Self {
         self.extra_config.push_str(text);
         self.extra_config.push('\n');
+        self
+    }
+
+    /// Lets the server acknowledge writes before they are fsynced (see
+    /// [`NatsServerOptions::sync_always`]).
+    pub fn without_sync_always(mut self) -> Self {
+        self.sync_always = false;
         self
     }
 
@@ -495,7 +506,7 @@ impl NatsServer {
              listen: \"127.0.0.1:{port}\"\n\
              http: \"127.0.0.1:{monitor_port}\"\n\
              log_file: {log}\n\
-             jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n\
+             jetstream {{\n  store_dir: {store}\n{sync}}}\n\
              {cluster}\
              {extra}\n",
             name = quote(&spec.server_name),
@@ -503,6 +514,11 @@ impl NatsServer {
             monitor_port = spec.monitor_port,
             log = quote_path(&log_file)?,
             store = quote_path(&store_dir)?,
+            sync = if options.sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            },
             extra = options.extra_config,
         );
         fs::write(&config_file, config).map_err(NatsServerError::io(format!(
