@@ -580,16 +580,10 @@ impl Ctx<'_, '_> {
             Event::ChangeProposed(e) => return self.propose(env, e),
             Event::ChecksCompleted(e) => return self.checks_completed(e),
             Event::ChangeApproved(e) => {
-                let Some(mut change) = self.change(&e.change_id)? else {
-                    reject!("no change {} in tenant `{tenant}`", e.change_id);
+                let mut change = match self.open_change(&e.change_id)? {
+                    Ok(c) => c,
+                    Err(reason) => reject!("{reason}"),
                 };
-                match change.state {
-                    ChangeState::Rejected => reject!("change {} was rejected", e.change_id),
-                    ChangeState::Published => {
-                        reject!("change {} is already published", e.change_id)
-                    }
-                    _ => {}
-                }
                 if change.proposed.actor == env.actor {
                     reject!(
                         "four eyes: `{}` proposed change {} and cannot approve it",
@@ -1126,6 +1120,19 @@ impl Ctx<'_, '_> {
         Ok(self.txn.get(&keys::change(&self.tenant.tenant, id))?)
     }
 
+    /// The change, if it exists and is still open (neither rejected nor published); else why
+    /// not.
+    fn open_change(&self, id: &ChangeId) -> Result<Result<ChangeView, String>, FoldError> {
+        Ok(match self.change(id)? {
+            None => Err(format!("no change {id} in tenant `{}`", self.tenant.tenant)),
+            Some(c) if c.state == ChangeState::Rejected => Err(format!("change {id} was rejected")),
+            Some(c) if c.state == ChangeState::Published => {
+                Err(format!("change {id} is already published"))
+            }
+            Some(c) => Ok(c),
+        })
+    }
+
     fn put_change(&mut self, change: &ChangeView) -> Result<(), FoldError> {
         let k = keys::change(&self.tenant.tenant, &change.change_id);
         self.txn.put(k, change)?;
@@ -1257,15 +1264,10 @@ impl Ctx<'_, '_> {
     /// `shadow_report_attached`: the change is open and its checks compiled exactly the
     /// candidate the report replayed.
     fn attach_shadow_report(&mut self, env: &Envelope, e: &ShadowReportAttached) -> Step {
-        let tenant = self.tid();
-        let Some(mut change) = self.change(&e.change_id)? else {
-            reject!("no change {} in tenant `{tenant}`", e.change_id);
+        let mut change = match self.open_change(&e.change_id)? {
+            Ok(c) => c,
+            Err(reason) => reject!("{reason}"),
         };
-        match change.state {
-            ChangeState::Rejected => reject!("change {} was rejected", e.change_id),
-            ChangeState::Published => reject!("change {} is already published", e.change_id),
-            _ => {}
-        }
         let Some(checked) = change
             .checks
             .as_ref()
@@ -1321,14 +1323,10 @@ impl Ctx<'_, '_> {
             ),
             _ => {}
         }
-        let Some(mut change) = self.change(&e.change_id)? else {
-            reject!("no change {} in tenant `{tenant}`", e.change_id);
+        let mut change = match self.open_change(&e.change_id)? {
+            Ok(c) => c,
+            Err(reason) => reject!("{reason}"),
         };
-        match change.state {
-            ChangeState::Rejected => reject!("change {} was rejected", e.change_id),
-            ChangeState::Published => reject!("change {} is already published", e.change_id),
-            _ => {}
-        }
         let Some(checks) = &change.checks else {
             reject!("change {} has no checks yet", e.change_id);
         };
@@ -1358,14 +1356,7 @@ impl Ctx<'_, '_> {
         if let Some(reason) = Self::stale(&live, &change) {
             reject!("{reason}");
         }
-        let proposal = ChangeProposed {
-            change_id: change.change_id.clone(),
-            intent: change.intent.clone(),
-            ticket: change.ticket.clone(),
-            documents: change.documents.clone(),
-            deleted: change.deleted.clone(),
-            vectors: change.vectors.clone(),
-        };
+        let proposal = change.proposal();
         // Other changes may have gone live since the checks ran: check again against now.
         let recheck = checks::run(&tenant, &live, &proposal);
         if !recheck.passed {

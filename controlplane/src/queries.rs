@@ -4,7 +4,7 @@
 use crate::checks;
 use crate::records::{ActorRecord, DraftRecord, LiveSet, TenantRecord, keys};
 use crate::store::{Family, Store, StoreError};
-use aegis_core::events::{ChangeProposed, Role};
+use aegis_core::events::Role;
 use aegis_core::ids::{ActorId, ChangeId, TenantId};
 use aegis_core::keys::PublicKey;
 use aegis_core::query::{
@@ -251,15 +251,7 @@ impl Queries<'_> {
             )));
         }
         let live = LiveSet::from_view(self.live(tenant).map_err(internal)?);
-        let proposed = ChangeProposed {
-            change_id: change.change_id.clone(),
-            intent: change.intent.clone(),
-            ticket: change.ticket.clone(),
-            documents: change.documents.clone(),
-            deleted: change.deleted.clone(),
-            vectors: change.vectors.clone(),
-        };
-        let candidate = checks::apply_change(&live, &proposed, 0).to_view();
+        let candidate = checks::apply_change(&live, &change.proposal(), 0).to_view();
         Ok(ChangeCandidate {
             change_id: change.change_id,
             policies: candidate.policies,

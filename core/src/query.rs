@@ -284,6 +284,20 @@ pub struct ChangeView {
     pub published: Option<PublishedView>,
 }
 
+impl ChangeView {
+    /// The change as proposed (what the checks apply to the live set).
+    pub fn proposal(&self) -> crate::events::ChangeProposed {
+        crate::events::ChangeProposed {
+            change_id: self.change_id.clone(),
+            intent: self.intent.clone(),
+            ticket: self.ticket.clone(),
+            documents: self.documents.clone(),
+            deleted: self.deleted.clone(),
+            vectors: self.vectors.clone(),
+        }
+    }
+}
+
 /// A shadow report attached to a change: who attached it, and its signed summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShadowReportView {

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
 use time::OffsetDateTime;
 
 /// `schemas/decision-report.schema.json`.
@@ -344,29 +343,12 @@ fn in_range(at: &str, since: &str, until: Option<&str>) -> bool {
     t >= s && before_end
 }
 
-fn validator() -> Option<&'static jsonschema::Validator> {
-    static V: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
-    V.get_or_init(|| {
-        let schema: Value = serde_json::from_str(SCHEMA).ok()?;
-        jsonschema::validator_for(&schema).ok()
-    })
-    .as_ref()
-}
+static CHECK: crate::schema_check::EmbeddedSchema =
+    crate::schema_check::EmbeddedSchema::new("decision report", SCHEMA);
 
 /// Validates a report (as JSON) against [`SCHEMA`]; the errors, if any.
 pub fn validate(report: &Value) -> Result<(), Vec<String>> {
-    let Some(v) = validator() else {
-        return Err(vec!["the embedded schema does not compile".to_owned()]);
-    };
-    let errors: Vec<String> = v
-        .iter_errors(report)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    CHECK.validate(report)
 }
 
 fn csv_field(s: &str) -> String {

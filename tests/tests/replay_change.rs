@@ -148,25 +148,15 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
 
     // Replaying a change attaches its report, so it needs an identity (or --no-attach).
     let from = first.to_string();
-    let run = ctl(
-        &stack,
-        &["replay", "--change", id.as_str(), "--from-seq", &from],
-        &[],
-    );
+    let replay = |extra: &[&str], who: &[(&str, &str)]| {
+        let mut args = vec!["replay", "--change", id.as_str(), "--from-seq", &from];
+        args.extend(extra);
+        ctl(&stack, &args, who)
+    };
+    let run = replay(&[], &[]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("--actor"), "{}", run.stderr);
-    let run = ctl(
-        &stack,
-        &[
-            "replay",
-            "--change",
-            id.as_str(),
-            "--from-seq",
-            &from,
-            "--no-attach",
-        ],
-        &[],
-    );
+    let run = replay(&["--no-attach"], &[]);
     ok(&run);
     assert!(
         run.stdout.contains("amount_requires_approval"),
@@ -178,21 +168,7 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
     // Bob replays it and attaches the report.
     let file = dir.path().join("report.json");
     let file_arg = file.display().to_string();
-    let run = ctl(
-        &stack,
-        &[
-            "replay",
-            "--change",
-            id.as_str(),
-            "--from-seq",
-            &from,
-            "--format",
-            "json",
-            "--output",
-            &file_arg,
-        ],
-        &env(&as_bob),
-    );
+    let run = replay(&["--format", "json", "--output", &file_arg], &env(&as_bob));
     ok(&run);
     assert!(run.stderr.contains("accepted"), "{}", run.stderr);
     let bytes = std::fs::read(&file).unwrap();

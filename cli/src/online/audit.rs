@@ -56,6 +56,26 @@ pub struct ExportArgs {
     pub trust: Option<PathBuf>,
 }
 
+/// Writes an export with `write` to stdout, or to `output` (synced), then says on stdout
+/// what was written where.
+fn write_export(
+    output: Option<&std::path::Path>,
+    out: &mut dyn Write,
+    write: impl Fn(&mut dyn Write) -> Result<(), CliError>,
+    what: &str,
+) -> Result<(), CliError> {
+    match output {
+        None => write(out),
+        Some(path) => {
+            let mut file = std::fs::File::create(path).map_err(|e| CliError::io(path, e))?;
+            write(&mut file)?;
+            file.sync_all().map_err(|e| CliError::io(path, e))?;
+            writeln!(out, "wrote {what} to {}", path.display())?;
+            Ok(())
+        }
+    }
+}
+
 /// What a row is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -305,27 +325,21 @@ pub async fn export(client: &Client, args: &ExportArgs, out: &mut dyn Write) -> 
     let changes = client.changes(None).await?;
     let events = client.all_events().await?;
     let rows = build_rows(&history, &changes, &events);
-    let write = |w: &mut dyn Write| match args.format {
-        ExportFormat::Json => write_rows_json(&rows, w),
-        ExportFormat::Csv => write_csv(&rows, w),
-        ExportFormat::Html => Ok(()),
-    };
-    match &args.output {
-        None => write(out)?,
-        Some(path) => {
-            let mut file = std::fs::File::create(path).map_err(|e| CliError::io(path, e))?;
-            write(&mut file)?;
-            file.sync_all().map_err(|e| CliError::io(path, e))?;
-            writeln!(
-                out,
-                "wrote {} rows ({} versions, {} events) to {}",
-                rows.len(),
-                history.len(),
-                events.len(),
-                path.display()
-            )?;
+    let write = |w: &mut dyn Write| -> Result<(), CliError> {
+        match args.format {
+            ExportFormat::Json => write_rows_json(&rows, w)?,
+            ExportFormat::Csv => write_csv(&rows, w)?,
+            ExportFormat::Html => {}
         }
-    }
+        Ok(())
+    };
+    let what = format!(
+        "{} rows ({} versions, {} events)",
+        rows.len(),
+        history.len(),
+        events.len()
+    );
+    write_export(args.output.as_deref(), out, write, &what)?;
     Ok(Exit::Ok)
 }
 
@@ -393,22 +407,13 @@ pub async fn export_decisions(
             ExportFormat::Html => Ok(w.write_all(to_html(&report).as_bytes())?),
         }
     };
-    match &args.output {
-        None => write(out)?,
-        Some(path) => {
-            let mut file = std::fs::File::create(path).map_err(|e| CliError::io(path, e))?;
-            write(&mut file)?;
-            file.sync_all().map_err(|e| CliError::io(path, e))?;
-            writeln!(
-                out,
-                "wrote the decision report ({} decisions, {} policy versions, {} approvals) to {}",
-                report.decisions,
-                report.policy_versions.len(),
-                report.approvals.len(),
-                path.display()
-            )?;
-        }
-    }
+    let what = format!(
+        "the decision report ({} decisions, {} policy versions, {} approvals)",
+        report.decisions,
+        report.policy_versions.len(),
+        report.approvals.len()
+    );
+    write_export(args.output.as_deref(), out, write, &what)?;
     Ok(Exit::Ok)
 }
 
