@@ -1,8 +1,10 @@
-//! `aegisctl tenant configure`: required approvals per risk tier, bundle expiry.
+//! `aegisctl tenant configure`: required approvals per risk tier, bundle expiry, rollout
+//! readiness thresholds.
 
 use super::{Client, submit};
 use crate::exit::CliResult;
-use aegis_core::events::{Event, RequiredApprovals, TenantConfigured};
+use aegis_core::events::{Event, ReadinessThresholds, RequiredApprovals, TenantConfigured};
+use aegis_core::readiness::percent;
 use std::io::Write;
 
 /// Options for [`configure`]; also the `aegisctl tenant configure` arguments. Unset fields
@@ -20,6 +22,17 @@ pub struct ConfigureArgs {
     /// Published bundles never expire
     #[arg(long, conflicts_with = "bundle_expiry_days")]
     pub no_bundle_expiry: bool,
+    /// Rollout readiness: days a candidate must have been in shadow or partial before a
+    /// publisher alone may promote it (default 7)
+    #[arg(long, value_name = "D")]
+    pub min_shadow_days: Option<u32>,
+    /// Rollout readiness: most disagreement between candidate and stable, in basis points of
+    /// the decisions compared (100 = 1%; default 100)
+    #[arg(long, value_name = "BP", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub max_disagreement_basis_points: Option<u32>,
+    /// Rollout readiness: fewest decisions compared (default 100)
+    #[arg(long, value_name = "N")]
+    pub min_decisions: Option<u64>,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
     #[arg(skip)]
     pub json: bool,
@@ -29,6 +42,7 @@ pub struct ConfigureArgs {
 pub fn configured(
     current: RequiredApprovals,
     current_expiry: Option<u32>,
+    current_readiness: ReadinessThresholds,
     args: &ConfigureArgs,
 ) -> TenantConfigured {
     TenantConfigured {
@@ -42,13 +56,29 @@ pub fn configured(
         } else {
             args.bundle_expiry_days.or(current_expiry)
         },
+        rollout_readiness: ReadinessThresholds {
+            min_shadow_days: args
+                .min_shadow_days
+                .unwrap_or(current_readiness.min_shadow_days),
+            max_disagreement_basis_points: args
+                .max_disagreement_basis_points
+                .unwrap_or(current_readiness.max_disagreement_basis_points),
+            min_decisions: args
+                .min_decisions
+                .unwrap_or(current_readiness.min_decisions),
+        },
     }
 }
 
 /// Reads the current settings (`Status`), applies the flags and publishes `tenant_configured`.
 pub async fn configure(client: &Client, args: &ConfigureArgs, out: &mut dyn Write) -> CliResult {
     let status = client.status().await?;
-    let event = configured(status.required_approvals, status.bundle_expiry_days, args);
+    let event = configured(
+        status.required_approvals,
+        status.bundle_expiry_days,
+        status.rollout_readiness,
+        args,
+    );
     if !args.json {
         writeln!(
             out,
@@ -61,6 +91,14 @@ pub async fn configure(client: &Client, args: &ConfigureArgs, out: &mut dyn Writ
                 .map(|d| format!("{d} days"))
                 .unwrap_or_else(|| "none".to_owned())
         )?;
+        let r = &event.rollout_readiness;
+        writeln!(
+            out,
+            "rollout readiness (promotion by a publisher alone): at least {} day(s) as candidate, at least {} decision(s) compared, at most {} disagreement",
+            r.min_shadow_days,
+            r.min_decisions,
+            percent(u64::from(r.max_disagreement_basis_points))
+        )?;
     }
     submit(client, Event::TenantConfigured(event), args.json, out).await
 }
@@ -72,13 +110,23 @@ mod tests {
     #[test]
     fn unset_flags_keep_the_current_settings() {
         let current = RequiredApprovals::default();
+        let readiness = ReadinessThresholds::default();
         let e = configured(
             current,
             Some(30),
+            readiness,
             &ConfigureArgs {
                 high: Some(3),
+                min_decisions: Some(10),
                 ..ConfigureArgs::default()
             },
+        );
+        assert_eq!(
+            e.rollout_readiness,
+            ReadinessThresholds {
+                min_decisions: 10,
+                ..readiness
+            }
         );
         assert_eq!(
             e.required_approvals,
@@ -92,6 +140,7 @@ mod tests {
         let e = configured(
             current,
             Some(30),
+            readiness,
             &ConfigureArgs {
                 no_bundle_expiry: true,
                 ..ConfigureArgs::default()
