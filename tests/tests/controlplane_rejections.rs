@@ -472,6 +472,7 @@ async fn required_approvals_follow_the_tenant_configuration() {
         root.sign(TenantConfigured {
             required_approvals: RequiredApprovals { low, medium, high },
             bundle_expiry_days: Some(30),
+            rollout_readiness: Default::default(),
         })
     };
     // Only an admin configures the tenant.
@@ -484,6 +485,7 @@ async fn required_approvals_follow_the_tenant_configuration() {
                 high: 0,
             },
             bundle_expiry_days: None,
+            rollout_readiness: Default::default(),
         }),
         "needs role admin",
     )
