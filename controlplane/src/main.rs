@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     /// Run: provision the topology, fold events, publish bundles and checkpoints, answer queries
     #[command(
