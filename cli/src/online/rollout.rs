@@ -797,6 +797,73 @@ mod tests {
     }
 
     #[test]
+    fn readiness_reads_as_measurement_thresholds_verdict_and_approvals() {
+        use aegis_core::events::RolloutReadinessMeasured;
+        use aegis_core::query::ActView;
+        let measurement = RolloutReadinessMeasured {
+            version: 5,
+            from_sequence: 3,
+            to_sequence: 40,
+            decisions: 200,
+            disagreements: 3,
+            would_deny: 2,
+            measured_at: "2026-11-26T10:00:00.000Z".into(),
+            top_agents: vec![ReadinessEntry {
+                id: "finance-agent".into(),
+                decisions: 150,
+                disagreements: 3,
+                would_deny: 2,
+            }],
+            top_tools: vec![],
+        };
+        let thresholds = ReadinessThresholds::default();
+        let since = time::macros::datetime!(2026-11-25 10:00 UTC);
+        let mut view = ReadinessView {
+            version: 5,
+            since: "2026-11-25T10:00:00.000Z".into(),
+            thresholds,
+            verdict: verdict(
+                &thresholds,
+                since,
+                since + time::Duration::days(1),
+                &measurement.counts(),
+            ),
+            measurement: Some(measurement),
+            approvals: vec![],
+            as_of: "2026-11-26T10:00:00.000Z".into(),
+        };
+        let text = |view: &ReadinessView| {
+            let mut out = Vec::new();
+            write_readiness(view, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let t = text(&view);
+        for needle in [
+            "readiness of candidate 5 (candidate since 2026-11-25T10:00:00.000Z):",
+            "measured: 200 decision(s) compared, 3 disagree (1.50%), 2 would be denied by the candidate only (decision stream 3..=40",
+            "most disagreements by agent: finance-agent 3/150 (2 would-deny)",
+            "thresholds: at least 7 day(s) as candidate, at least 100 decision(s) compared, at most 1.00% disagreement",
+            "not ready: candidate for 1d 0h 0m, at least 7 day(s) needed; disagreement 1.50% (3 of 200 decisions), at most 1.00% allowed",
+            "promotion approvals: none",
+            "`aegisctl rollout approve --version 5`",
+        ] {
+            assert!(t.contains(needle), "{needle:?} in\n{t}");
+        }
+        view.approvals.push(ActView {
+            actor: aegis_core::ids::ActorId::new("carol").unwrap(),
+            at: "2026-11-26T09:00:00.000Z".into(),
+            event_id: aegis_core::ids::EventId::new("evt-1").unwrap(),
+            note: Some("intended".into()),
+        });
+        let t = text(&view);
+        assert!(
+            t.contains("    carol at 2026-11-26T09:00:00.000Z: intended"),
+            "{t}"
+        );
+        assert!(t.contains("other than carol may promote it"), "{t}");
+    }
+
+    #[test]
     fn cohorts_read_as_agents_and_percent() {
         let mut v = RolloutVersion {
             version: 4,
