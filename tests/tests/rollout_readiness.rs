@@ -406,6 +406,15 @@ fn a_candidate_that_meets_the_thresholds_is_promoted_by_the_publisher_alone() {
     let m = r.measurement.unwrap();
     assert_eq!((m.decisions, m.disagreements, m.would_deny), (8, 0, 0));
     assert!(r.verdict.ready, "{}", r.verdict);
+    // More traffic: the next measurement goes on from where the last one stopped.
+    for _ in 0..4 {
+        assert_eq!(decide(&stack, &gw, &balance())["decision"], "allow");
+    }
+    let r = wait_measured(&stack, 12);
+    let next = r.measurement.unwrap();
+    assert_eq!((next.decisions, next.disagreements), (12, 0));
+    assert_eq!(next.from_sequence, m.from_sequence);
+    assert!(next.to_sequence > m.to_sequence, "{next:#?} after {m:#?}");
     let status = ok(
         aegisctl(&stack, keys, "pat", &["rollout", "status"]),
         "rollout status",
