@@ -346,19 +346,28 @@ pub async fn read_controls(client: &Client) -> Result<Option<(TenantControls, Ke
 /// `tenant_controls` (with the blocks and the data-plane freeze in force), else derived from the
 /// history.
 pub async fn status(client: &Client, args: &StatusArgs, out: &mut dyn Write) -> CliResult {
-    let status = client.status().await?;
     let view = match read_controls(client).await {
         Ok(Some((controls, key))) => {
             let mut view = RolloutView::from_controls(client.tenant().clone(), &controls, key);
-            // Only while the control plane's candidate is the one gateways run.
-            view.readiness = status.readiness.clone().filter(|r| {
-                view.candidate
-                    .as_ref()
-                    .is_some_and(|c| c.version == r.version)
-            });
+            // The readiness comes from the control plane; the rest does not need it.
+            match client.status().await {
+                // Only while the control plane's candidate is the one gateways run.
+                Ok(status) => {
+                    view.readiness = status.readiness.filter(|r| {
+                        view.candidate
+                            .as_ref()
+                            .is_some_and(|c| c.version == r.version)
+                    });
+                }
+                Err(e) if view.candidate.is_some() => {
+                    view.note = Some(format!("the candidate's readiness is unknown: {e}"));
+                }
+                Err(_) => {}
+            }
             view
         }
         other => {
+            let status = client.status().await?;
             let history = client.history().await?;
             let mut view = rollout_view(&status, &history);
             view.note = other.err();
@@ -421,6 +430,9 @@ pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
             writeln!(out, "note: {note}")?;
         }
         return Ok(());
+    }
+    if let Some(note) = &view.note {
+        writeln!(out, "note: {note}")?;
     }
     match &view.data_plane_frozen {
         Some(f) => writeln!(
