@@ -209,7 +209,8 @@ enum Command {
         #[command(flatten)]
         online: OnlineArgs,
     },
-    /// Staged rollout of a published version: shadow, partial (a cohort), global, abort, status
+    /// Staged rollout of a published version: shadow, partial (a cohort), global, abort, status,
+    /// readiness (measured now) and approve (a promotion below the readiness thresholds)
     #[command(subcommand)]
     Rollout(RolloutCommand),
     /// Kill switch: every gateway denies the agent or tool at once, without a policy change
@@ -321,10 +322,33 @@ enum RolloutCommand {
         #[command(flatten)]
         online: OnlineArgs,
     },
-    /// The tenant's stable version and candidate (version, stage, cohort)
+    /// The tenant's stable version and candidate (version, stage, cohort), and the candidate's
+    /// readiness for promotion (measurement, thresholds, verdict, approvals)
     Status {
         #[command(flatten)]
         args: rollout::StatusArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Approve promoting the candidate V to global although it may not meet the tenant's
+    /// readiness thresholds (counts for any promoter but you)
+    #[command(
+        after_help = "Example:\n  aegisctl rollout approve --version 5 --comment 'the disagreements are the intended limit'\n\nrollout_promotion_approved; approver, publisher or admin. Below the thresholds\n(`aegisctl tenant configure --min-shadow-days/--max-disagreement-basis-points/--min-decisions`)\n`rollout global` needs such an approval by someone other than the promoter."
+    )]
+    Approve {
+        #[command(flatten)]
+        args: rollout::ApproveArgs,
+        #[command(flatten)]
+        online: OnlineArgs,
+    },
+    /// Measure the candidate (or V) now from the decision stream: decisions compared,
+    /// disagreements, would-deny, and the verdict against the tenant's thresholds
+    #[command(
+        after_help = "Example:\n  aegisctl rollout readiness\n  aegisctl rollout readiness --version 5 --json"
+    )]
+    Readiness {
+        #[command(flatten)]
+        args: rollout::ReadinessArgs,
         #[command(flatten)]
         online: OnlineArgs,
     },
@@ -812,6 +836,12 @@ fn run_online(command: Command, out: &mut dyn Write) -> CliResult {
         Command::Rollout(RolloutCommand::Status { args, online }) => {
             with_client(&online, args, out, rollout::status)
         }
+        Command::Rollout(RolloutCommand::Approve { args, online }) => {
+            with_client(&online, args, out, rollout::approve)
+        }
+        Command::Rollout(RolloutCommand::Readiness { args, online }) => {
+            with_client(&online, args, out, rollout::readiness)
+        }
         Command::Block(BlockCommand::Agent { args, online }) => {
             with_client(&online, args, out, block::block_agent)
         }
@@ -1015,6 +1045,18 @@ mod tests {
             parse(&["rollout", "status", "--json"]),
             Command::Rollout(RolloutCommand::Status { online, .. }) if online.json
         ));
+        let Command::Rollout(RolloutCommand::Approve { args, .. }) =
+            parse(&["rollout", "approve", "--version", "4", "--comment", "c"])
+        else {
+            panic!("not rollout approve");
+        };
+        assert_eq!((args.version, args.comment.as_deref()), (4, Some("c")));
+        let Command::Rollout(RolloutCommand::Readiness { args, .. }) =
+            parse(&["rollout", "readiness"])
+        else {
+            panic!("not rollout readiness");
+        };
+        assert_eq!(args.version, None);
 
         let Command::Rollback { args, .. } =
             parse(&["rollback", "--to", "3", "--reason", "r", "--emergency"])

@@ -16,7 +16,8 @@
 use crate::bundles::{BundleInput, build_bundle, expiry};
 use crate::checks;
 use crate::records::{
-    ActorRecord, ApprovalDecisionRecord, ControlsOutbox, DraftRecord, LiveSet, TenantRecord, keys,
+    ActorRecord, ApprovalDecisionRecord, ControlsOutbox, DraftRecord, LiveSet, ReadinessRecord,
+    TenantRecord, keys,
 };
 use crate::store::{Store, StoreError, Txn};
 use aegis_core::bundle::TrustData;
@@ -24,8 +25,9 @@ use aegis_core::events::chain::{ChainEntry, event_hash, link, raw_event_id};
 use aegis_core::events::roles::may_sign;
 use aegis_core::events::{
     BundleRef, ChangeProposed, ChecksCompleted, DataPlaneFreeze, Envelope, Event, ReceivedEnvelope,
-    Role, RoleSet, RolloutAborted, RolloutCandidate, RolloutStage, RolloutStageChanged,
-    ShadowReportAttached, TenantControls, TokenIssuerRegistered, TokenIssuerRevoked,
+    Role, RoleSet, RolloutAborted, RolloutCandidate, RolloutPromotionApproved,
+    RolloutReadinessMeasured, RolloutStage, RolloutStageChanged, ShadowReportAttached,
+    TenantControls, TokenIssuerRegistered, TokenIssuerRevoked,
 };
 use aegis_core::ids::{ActorId, ChangeId, EventId, TenantId};
 use aegis_core::keys::{KeyId, Keypair, PublicKey};
@@ -377,6 +379,11 @@ impl Ctx<'_, '_> {
         if outcome.is_ok() && self.tenant.controls_key() != before {
             self.queue_controls(env)?;
         }
+        // Readiness belongs to one candidate: it goes when the candidate does.
+        let current = self.tenant.candidate.as_ref().map(|c| c.version);
+        if self.tenant.readiness.as_ref().map(|r| r.version) != current {
+            self.tenant.readiness = None;
+        }
         Ok(outcome)
     }
 
@@ -534,6 +541,7 @@ impl Ctx<'_, '_> {
                 self.tenant.required_approvals = e.required_approvals;
                 self.tenant.bundle_expiry_days = e.bundle_expiry_days;
                 self.tenant.shadow_report_required = e.shadow_report_required;
+                self.tenant.rollout_readiness = e.rollout_readiness;
             }
             Event::PolicyUpserted(e) => {
                 if e.base_revision != self.previous_subject_seq {
@@ -642,7 +650,9 @@ impl Ctx<'_, '_> {
                 }
                 self.tenant.frozen = None;
             }
-            Event::RolloutStageChanged(e) => return self.stage_change(e),
+            Event::RolloutStageChanged(e) => return self.stage_change(env, e),
+            Event::RolloutReadinessMeasured(e) => return self.readiness_measured(e),
+            Event::RolloutPromotionApproved(e) => return self.promotion_approved(env, e),
             Event::RolloutAborted(e) => return self.abort(e),
             Event::TokenIssuerRegistered(e) => return self.register_issuer(env, e),
             Event::TokenIssuerRevoked(e) => return self.revoke_issuer(env, e),
@@ -933,9 +943,124 @@ impl Ctx<'_, '_> {
         }
     }
 
+    /// The readiness record of candidate `version` (a fresh one when none is kept for it).
+    fn readiness_of(&self, version: u64) -> ReadinessRecord {
+        self.tenant
+            .readiness
+            .clone()
+            .filter(|r| r.version == version)
+            .unwrap_or(ReadinessRecord {
+                version,
+                ..ReadinessRecord::default()
+            })
+    }
+
+    /// `rollout_readiness_measured` (control plane only): the version is the candidate, the
+    /// counts are consistent, and it covers at least as much of the decision stream as the
+    /// measurement it replaces (an older one, e.g. from a control plane that lags, is stale).
+    /// Accepted while frozen: it only records.
+    fn readiness_measured(&mut self, e: &RolloutReadinessMeasured) -> Step {
+        if let Some(reason) = self.not_the_candidate(e.version) {
+            reject!("{reason}");
+        }
+        if e.from_sequence > e.to_sequence {
+            reject!(
+                "the measurement covers decision-stream sequences {}..={}: from after to",
+                e.from_sequence,
+                e.to_sequence
+            );
+        }
+        if e.disagreements > e.decisions || e.would_deny > e.disagreements {
+            reject!(
+                "inconsistent counts: {} decisions, {} disagreements, {} would-deny (each at most the one before)",
+                e.decisions,
+                e.disagreements,
+                e.would_deny
+            );
+        }
+        let mut record = self.readiness_of(e.version);
+        if let Some(m) = &record.measurement
+            && e.to_sequence < m.to_sequence
+        {
+            reject!(
+                "stale measurement of version {}: it reads the decision stream up to sequence {}, the one recorded up to {}",
+                e.version,
+                e.to_sequence,
+                m.to_sequence
+            );
+        }
+        record.measurement = Some(e.clone());
+        self.tenant.readiness = Some(record);
+        Ok(Ok(()))
+    }
+
+    /// `rollout_promotion_approved`: the version is the candidate, and the signer has not
+    /// approved it yet. Accepted while frozen: it changes nothing live.
+    fn promotion_approved(&mut self, env: &Envelope, e: &RolloutPromotionApproved) -> Step {
+        if let Some(reason) = self.not_the_candidate(e.version) {
+            reject!("{reason}");
+        }
+        let mut record = self.readiness_of(e.version);
+        if let Some(a) = record.approvals.iter().find(|a| a.actor == env.actor) {
+            reject!(
+                "`{}` already approved the promotion of version {} (at {})",
+                env.actor,
+                e.version,
+                a.at
+            );
+        }
+        record.approvals.push(Self::act(env, e.comment.clone()));
+        self.tenant.readiness = Some(record);
+        Ok(Ok(()))
+    }
+
+    /// Whether the candidate `v` may go global by `env`'s signer: its verdict as of the
+    /// event's time meets the tenant's thresholds, or an actor other than the signer approved
+    /// the promotion. Otherwise why not, and how to get the approval.
+    fn promotion_refusal(&self, env: &Envelope, v: &VersionView) -> Option<String> {
+        let tenant = &self.tenant.tenant;
+        let record = self.readiness_of(v.version);
+        if record.approvals.iter().any(|a| a.actor != env.actor) {
+            return None;
+        }
+        let (Ok(since), Ok(at)) = (
+            aegis_core::events::envelope::parse_time(&v.created_at),
+            aegis_core::events::envelope::parse_time(&env.time),
+        ) else {
+            return Some(format!(
+                "unreadable times (published {}, promoted {}): cannot judge readiness",
+                v.created_at, env.time
+            ));
+        };
+        let counts = record
+            .measurement
+            .as_ref()
+            .map(RolloutReadinessMeasured::counts)
+            .unwrap_or_default();
+        let verdict =
+            aegis_core::readiness::verdict(&self.tenant.rollout_readiness, since, at, &counts);
+        if verdict.ready {
+            return None;
+        }
+        let unmet: Vec<String> = verdict.unmet.iter().map(ToString::to_string).collect();
+        let own = if record.approvals.is_empty() {
+            String::new()
+        } else {
+            format!(" (`{}`'s own approval does not count)", env.actor)
+        };
+        Some(format!(
+            "version {} does not meet tenant `{tenant}`'s rollout readiness thresholds: {}. Promoting it now needs an approval by someone other than `{}`{own}: `aegisctl rollout approve --version {}` (approver, publisher or admin); `aegisctl rollout status` shows the readiness",
+            v.version,
+            unmet.join("; "),
+            env.actor,
+            v.version
+        ))
+    }
+
     /// `rollout_stage_changed`: not frozen; the version exists and is the candidate. Shadow and
-    /// partial set the candidate's stage and cohort; global promotes it to stable.
-    fn stage_change(&mut self, e: &RolloutStageChanged) -> Step {
+    /// partial set the candidate's stage and cohort; global promotes it to stable, if it is
+    /// ready or another actor approved ([`Ctx::promotion_refusal`]).
+    fn stage_change(&mut self, env: &Envelope, e: &RolloutStageChanged) -> Step {
         let tenant = self.tid();
         if let Some(reason) = self.frozen_reason("change the rollout stage") {
             reject!("{reason}");
@@ -952,6 +1077,11 @@ impl Ctx<'_, '_> {
         }
         if e.percent.is_some_and(|p| p > 100) {
             reject!("percent must be 0..=100");
+        }
+        if e.stage == RolloutStage::Global
+            && let Some(reason) = self.promotion_refusal(env, &v)
+        {
+            reject!("{reason}");
         }
         match e.stage {
             RolloutStage::Global => {
@@ -1680,6 +1810,19 @@ pub fn summary(env: &Envelope) -> String {
         Event::RuntimeApprovalDenied(e) => {
             format!("denied runtime approval {}: {}", e.approval_id, e.reason)
         }
+        Event::RolloutReadinessMeasured(e) => format!(
+            "readiness of version {}: {} of {} decisions disagree ({}), {} would be denied (decision stream {}..={})",
+            e.version,
+            e.disagreements,
+            e.decisions,
+            aegis_core::readiness::percent(e.counts().disagreement_basis_points()),
+            e.would_deny,
+            e.from_sequence,
+            e.to_sequence
+        ),
+        Event::RolloutPromotionApproved(e) => {
+            format!("approved promoting version {} to global", e.version)
+        }
         Event::TenantControls(e) => format!("gateway controls at epoch {}", e.epoch),
         Event::RuntimeApprovalDecided(e) => format!(
             "runtime approval {} {} by {}",
@@ -1848,6 +1991,7 @@ mod tests {
                 },
                 bundle_expiry_days: None,
                 shadow_report_required: None,
+                rollout_readiness: Default::default(),
             });
             let change = ChangeId::new("chg-0000000000000001").unwrap();
             self.accept(ChangeProposed {
@@ -2077,6 +2221,8 @@ mod control_tests {
         changes: u64,
         tenant: TenantId,
         actors: BTreeMap<String, Keypair>,
+        /// Added to every event's time (to let days pass).
+        later: time::Duration,
     }
 
     fn time_of(seq: u64) -> time::OffsetDateTime {
@@ -2111,6 +2257,7 @@ mod control_tests {
                 changes: 0,
                 tenant: TenantId::new("acme").unwrap(),
                 actors: BTreeMap::new(),
+                later: time::Duration::ZERO,
             };
             h.ok(
                 "root",
@@ -2122,6 +2269,7 @@ mod control_tests {
                     },
                     bundle_expiry_days: None,
                     shadow_report_required: None,
+                    rollout_readiness: Default::default(),
                 },
             );
             h
@@ -2131,6 +2279,7 @@ mod control_tests {
             self.seq += 1;
             let key = match actor {
                 "root" => self.root.clone(),
+                "control-plane" => self.config.signing_key.clone(),
                 a => self.actors[a].clone(),
             };
             let env = Envelope::sign(
@@ -2138,7 +2287,7 @@ mod control_tests {
                 self.tenant.clone(),
                 ActorId::new(actor).unwrap(),
                 &key,
-                time_of(self.seq),
+                time_of(self.seq) + self.later,
                 event.into(),
             )
             .unwrap();
@@ -2443,7 +2592,16 @@ mod control_tests {
         h.no("root", stage(2, RolloutStage::Global), "is frozen");
         h.ok("root", TenantUnfrozen { reason: None });
 
-        // Global: promoted.
+        // Global: promoted (v2 is far below the default readiness thresholds: another
+        // actor approves the promotion).
+        h.actor("ann", 41, &[Role::Approver]);
+        h.ok(
+            "ann",
+            RolloutPromotionApproved {
+                version: 2,
+                comment: None,
+            },
+        );
         h.ok("root", stage(2, RolloutStage::Global));
         let t = h.tenant();
         assert_eq!((t.stable(), t.candidate.clone()), (Some(2), None));
@@ -2961,6 +3119,217 @@ mod control_tests {
     }
 
     /// One scenario through every new rule, folded twice: the same state bytes.
+    /// A control-plane measurement of `version` over decision-stream sequences `from..=to`.
+    fn measured(
+        version: u64,
+        from: u64,
+        to: u64,
+        decisions: u64,
+        disagreements: u64,
+    ) -> RolloutReadinessMeasured {
+        RolloutReadinessMeasured {
+            version,
+            from_sequence: from,
+            to_sequence: to,
+            decisions,
+            disagreements,
+            would_deny: disagreements,
+            measured_at: "2026-11-26T10:00:00Z".into(),
+            top_agents: vec![],
+            top_tools: vec![],
+        }
+    }
+
+    fn approve(version: u64) -> RolloutPromotionApproved {
+        RolloutPromotionApproved {
+            version,
+            comment: Some("looked at the diff".into()),
+        }
+    }
+
+    fn thresholds(days: u32, basis_points: u32, decisions: u64) -> TenantConfigured {
+        TenantConfigured {
+            required_approvals: RequiredApprovals {
+                low: 0,
+                medium: 0,
+                high: 0,
+            },
+            bundle_expiry_days: None,
+            rollout_readiness: aegis_core::events::ReadinessThresholds {
+                min_shadow_days: days,
+                max_disagreement_basis_points: basis_points,
+                min_decisions: decisions,
+            },
+            ..TenantConfigured::default()
+        }
+    }
+
+    #[test]
+    fn promotion_below_the_thresholds_needs_another_actors_approval() {
+        let mut h = H::new();
+        h.actor("pat", 40, &[Role::Publisher]);
+        h.actor("ann", 41, &[Role::Approver]);
+        h.actor("eve", 42, &[Role::Editor]);
+        h.publish(1001, RolloutStage::Global);
+        assert_eq!(h.publish(1002, RolloutStage::Shadow), 2);
+        let status = h.status();
+        assert_eq!(
+            status.rollout_readiness,
+            aegis_core::events::ReadinessThresholds::default()
+        );
+        let r = status.readiness.expect("the candidate's readiness");
+        assert_eq!((r.version, r.since.clone()), (2, h.version(2).created_at));
+        assert!(!r.verdict.ready);
+
+        // The publisher alone, below the default thresholds (7 days, 100 decisions): refused,
+        // with every unmet condition and the way out.
+        let reason = h.no(
+            "pat",
+            stage(2, RolloutStage::Global),
+            "does not meet tenant `acme`'s rollout readiness thresholds",
+        );
+        for needle in [
+            "at least 7 day(s) needed",
+            "0 decision(s) compared with the stable version, at least 100 needed",
+            "needs an approval by someone other than `pat`",
+            "`aegisctl rollout approve --version 2`",
+        ] {
+            assert!(reason.contains(needle), "{needle:?} not in {reason:?}");
+        }
+        assert_eq!(h.tenant().candidate.map(|c| c.version), Some(2));
+
+        // Their own approval does not count.
+        h.ok("pat", approve(2));
+        h.no(
+            "pat",
+            approve(2),
+            "`pat` already approved the promotion of version 2",
+        );
+        h.no(
+            "pat",
+            stage(2, RolloutStage::Global),
+            "`pat`'s own approval does not count",
+        );
+        // Only the candidate, only by approvers, publishers and admins.
+        h.no("ann", approve(1), "is not the candidate");
+        h.no(
+            "eve",
+            approve(2),
+            "needs role admin or approver or publisher",
+        );
+
+        // A new candidate starts over: approvals of the one it replaces do not carry.
+        h.ok("ann", approve(2));
+        assert_eq!(h.publish(1003, RolloutStage::Shadow), 3);
+        assert_eq!(h.tenant().readiness, None);
+        h.no("pat", stage(3, RolloutStage::Global), "needs an approval");
+        h.ok("ann", approve(3));
+        let r = h.status().readiness.unwrap();
+        let approvers: Vec<&str> = r.approvals.iter().map(|a| a.actor.as_str()).collect();
+        assert_eq!(approvers, ["ann"]);
+        assert_eq!(r.approvals[0].note.as_deref(), Some("looked at the diff"));
+        // Another actor approved: the publisher may promote; approver alone may not publish.
+        h.no(
+            "ann",
+            stage(3, RolloutStage::Global),
+            "needs role admin or publisher",
+        );
+        h.ok("pat", stage(3, RolloutStage::Global));
+        let t = h.tenant();
+        assert_eq!(
+            (t.stable(), t.candidate, t.readiness),
+            (Some(3), None, None)
+        );
+        h.no("ann", approve(3), "no rollout is in progress");
+    }
+
+    #[test]
+    fn promotion_by_the_publisher_alone_once_a_measurement_meets_the_thresholds() {
+        let mut h = H::new();
+        h.actor("pat", 40, &[Role::Publisher]);
+        h.ok("root", thresholds(0, 100, 100));
+        h.publish(1001, RolloutStage::Global);
+        h.publish(1002, RolloutStage::Shadow);
+        h.no(
+            "pat",
+            stage(2, RolloutStage::Global),
+            "0 decision(s) compared with the stable version, at least 100 needed",
+        );
+
+        // Measurements come from the control plane, for the candidate, and add up.
+        h.no(
+            "root",
+            measured(2, 1, 40, 200, 3),
+            "signed by the control plane only",
+        );
+        h.no(
+            "control-plane",
+            measured(1, 1, 40, 200, 3),
+            "is not the candidate",
+        );
+        h.no(
+            "control-plane",
+            measured(2, 41, 40, 200, 3),
+            "from after to",
+        );
+        h.no(
+            "control-plane",
+            measured(2, 1, 40, 3, 200),
+            "inconsistent counts",
+        );
+        // 3 of 200 = 1.5%: too many disagreements.
+        h.ok("control-plane", measured(2, 1, 40, 200, 3));
+        let reason = h.no(
+            "pat",
+            stage(2, RolloutStage::Global),
+            "disagreement 1.50% (3 of 200 decisions), at most 1.00% allowed",
+        );
+        assert!(!reason.contains("day(s)"), "{reason}");
+        assert!(!reason.contains("decision(s) compared"), "{reason}");
+        // An older measurement (a lagging control plane) does not replace a newer one.
+        h.no(
+            "control-plane",
+            measured(2, 1, 39, 400, 0),
+            "stale measurement of version 2",
+        );
+        // 4 of 400 = 1%: ready.
+        h.ok("control-plane", measured(2, 1, 90, 400, 4));
+        let r = h.status().readiness.unwrap();
+        assert!(r.verdict.ready, "{}", r.verdict);
+        assert_eq!(r.measurement.as_ref().map(|m| m.decisions), Some(400));
+        h.ok("pat", stage(2, RolloutStage::Global));
+        assert_eq!(h.tenant().stable(), Some(2));
+        h.no(
+            "control-plane",
+            measured(2, 1, 95, 500, 4),
+            "no rollout is in progress",
+        );
+    }
+
+    #[test]
+    fn shadow_time_counts_from_the_publish_to_the_promotion() {
+        let mut h = H::new();
+        h.actor("pat", 40, &[Role::Publisher]);
+        h.ok("root", thresholds(1, 10_000, 0));
+        h.publish(1001, RolloutStage::Global);
+        h.publish(1002, RolloutStage::Shadow);
+        h.ok(
+            "pat",
+            RolloutStageChanged {
+                percent: Some(50),
+                ..stage(2, RolloutStage::Partial)
+            },
+        );
+        h.no(
+            "pat",
+            stage(2, RolloutStage::Global),
+            "at least 1 day(s) needed",
+        );
+        // A day later (partial counts too: the clock runs from the publish).
+        h.later = time::Duration::days(1);
+        h.ok("pat", stage(2, RolloutStage::Global));
+    }
+
     #[test]
     fn the_same_events_fold_to_the_same_state() {
         let run = || {
@@ -2977,6 +3346,14 @@ mod control_tests {
                     percent: Some(25),
                 },
             );
+            h.ok("control-plane", measured(2, 1, 40, 200, 3));
+            h.ok(
+                "root",
+                RolloutPromotionApproved {
+                    version: 2,
+                    comment: Some("ok".into()),
+                },
+            );
             h.ok(
                 "pat",
                 RolloutAborted {
@@ -2984,6 +3361,15 @@ mod control_tests {
                     reason: "x".into(),
                 },
             );
+            h.publish(1003, RolloutStage::Shadow);
+            h.ok(
+                "root",
+                RolloutPromotionApproved {
+                    version: 3,
+                    comment: None,
+                },
+            );
+            h.ok("pat", stage(3, RolloutStage::Global));
             h.ok(
                 "pat",
                 AgentBlocked {

@@ -4,6 +4,7 @@ pub mod bundles;
 pub mod checks;
 pub mod fold;
 pub mod queries;
+pub mod readiness;
 pub mod records;
 pub mod runtime;
 pub mod store;

@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Command {
     /// Run: provision the topology, fold events, publish bundles and checkpoints, answer queries
     #[command(
@@ -78,6 +79,10 @@ struct RunArgs {
     /// Fold only: publish nothing (no checks, bundles or checkpoints) and answer no queries
     #[arg(long)]
     fold_only: bool,
+    /// Measure rollout candidates on live decisions every this many seconds and publish
+    /// `rollout_readiness_measured` when the counts change (0: never)
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    readiness_interval: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -197,6 +202,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         until_caught_up: args.until_caught_up,
         checkpoint_every: args.checkpoint_every.max(1),
         checkpoint_idle: Duration::from_millis(args.checkpoint_idle_ms),
+        readiness_interval: (args.readiness_interval > 0)
+            .then(|| Duration::from_secs(args.readiness_interval)),
     };
     let shutdown = shutdown_signal();
     let summary = aegis_controlplane::run(js, config, shutdown).await?;

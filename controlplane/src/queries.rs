@@ -10,8 +10,9 @@ use aegis_core::keys::PublicKey;
 use aegis_core::query::{
     ActorView, ChangeCandidate, ChangeState, ChangeView, EventOutcome, EventRecord, IssuerView,
     KeyView, LiveDocument, LivePolicyView, LiveView, QueryAnswer, QueryError, QueryReply,
-    QueryRequest, TenantStatus, VersionView,
+    QueryRequest, ReadinessView, TenantStatus, VersionView,
 };
+use aegis_core::readiness::verdict;
 use std::collections::BTreeMap;
 
 /// The store plus what the queries need from the configuration.
@@ -155,6 +156,7 @@ impl Queries<'_> {
         let history = self.history(tenant)?;
         let changes = self.changes(tenant)?;
         let live = self.live(tenant)?;
+        let readiness = self.readiness(&t)?;
         Ok(TenantStatus {
             tenant: tenant.clone(),
             frozen: t.frozen.clone(),
@@ -183,7 +185,43 @@ impl Queries<'_> {
             blocked_agents: t.blocked_agents,
             blocked_tools: t.blocked_tools,
             data_plane_frozen: t.data_plane_frozen,
+            rollout_readiness: t.rollout_readiness,
+            readiness,
         })
+    }
+
+    /// The candidate's readiness, judged as of now.
+    fn readiness(&self, t: &TenantRecord) -> Result<Option<ReadinessView>, StoreError> {
+        let Some(candidate) = &t.candidate else {
+            return Ok(None);
+        };
+        let Some(version) = self
+            .store
+            .get::<VersionView>(Family::State, &keys::version(&t.tenant, candidate.version))?
+        else {
+            return Ok(None);
+        };
+        let record = t
+            .readiness
+            .clone()
+            .filter(|r| r.version == candidate.version)
+            .unwrap_or_default();
+        let now = time::OffsetDateTime::now_utc();
+        let since = aegis_core::events::envelope::parse_time(&version.created_at).unwrap_or(now);
+        let counts = record
+            .measurement
+            .as_ref()
+            .map(|m| m.counts())
+            .unwrap_or_default();
+        Ok(Some(ReadinessView {
+            version: candidate.version,
+            since: version.created_at,
+            thresholds: t.rollout_readiness,
+            verdict: verdict(&t.rollout_readiness, since, now, &counts),
+            measurement: record.measurement,
+            approvals: record.approvals,
+            as_of: aegis_core::events::envelope::format_time(now).unwrap_or_default(),
+        }))
     }
 
     pub fn changes(&self, tenant: &TenantId) -> Result<Vec<ChangeView>, StoreError> {

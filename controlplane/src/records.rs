@@ -3,10 +3,15 @@
 //! (`#` cannot occur in an id).
 
 use crate::store::pad;
-use aegis_core::events::{DocumentFormat, RequiredApprovals, Role, VectorDocument};
+use aegis_core::events::{
+    DocumentFormat, ReadinessThresholds, RequiredApprovals, Role, RolloutReadinessMeasured,
+    VectorDocument,
+};
 use aegis_core::ids::{ActorId, ChangeId, EventId, PolicyName, TenantId};
 use aegis_core::keys::KeyId;
-use aegis_core::query::{BlockView, CandidateView, FreezeView, KeyView, LiveDocument, LiveView};
+use aegis_core::query::{
+    ActView, BlockView, CandidateView, FreezeView, KeyView, LiveDocument, LiveView,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,6 +43,25 @@ pub struct TenantRecord {
     /// The data-plane freeze in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_plane_frozen: Option<FreezeView>,
+    /// When a publisher alone may promote a candidate (`tenant_configured`).
+    #[serde(default)]
+    pub rollout_readiness: ReadinessThresholds,
+    /// The candidate's measurement and promotion approvals; only while `version` is the
+    /// candidate (not part of the gateway controls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessRecord>,
+}
+
+/// What the fold knows about the candidate's readiness for promotion.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ReadinessRecord {
+    pub version: u64,
+    /// The latest accepted `rollout_readiness_measured` for `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<RolloutReadinessMeasured>,
+    /// Accepted `rollout_promotion_approved` events for `version`, in stream order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ActView>,
 }
 
 impl TenantRecord {
@@ -57,6 +81,8 @@ impl TenantRecord {
             blocked_agents: BTreeMap::new(),
             blocked_tools: BTreeMap::new(),
             data_plane_frozen: None,
+            rollout_readiness: ReadinessThresholds::default(),
+            readiness: None,
         }
     }
 

@@ -15,6 +15,9 @@
 //!   on `aegis.approvals.<tenant>.<approval_id>`, and signed audit checkpoints on
 //!   `aegis.audit.<tenant>` (published with an expected last subject sequence so two control
 //!   planes cannot both extend the checkpoint chain).
+//! - **Readiness task.** While a tenant has a rollout candidate, measures it on the tenant's
+//!   live decisions every `readiness_interval` and publishes a signed
+//!   `rollout_readiness_measured` when the counts change (see [`crate::readiness`]).
 //! - **Query service.** The async-nats `service` API, one endpoint per query op on
 //!   `aegis.query.*.<op>`, in a queue group so several control planes share the load.
 
@@ -57,6 +60,9 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     /// …or when this long has passed since the last new entry.
     pub checkpoint_idle: Duration,
+    /// Measure rollout candidates on live decisions this often and publish
+    /// `rollout_readiness_measured` (with `effects`; None: never).
+    pub readiness_interval: Option<Duration>,
 }
 
 /// Why the control plane stopped with an error.
@@ -168,6 +174,15 @@ pub async fn run(
         None
     };
 
+    // The readiness task: reads AEGIS_DECISIONS, publishes measurements; never waits on the
+    // fold.
+    let readiness = match config.readiness_interval {
+        Some(interval) if config.effects && !interval.is_zero() => Some(tokio::spawn(
+            crate::readiness::run(js.clone(), store.clone(), config.fold.clone(), interval),
+        )),
+        _ => None,
+    };
+
     // The query service.
     let service = if config.serve_queries {
         Some(tokio::spawn(serve_queries(
@@ -252,6 +267,9 @@ pub async fn run(
     }
     if let Some(s) = service {
         s.abort();
+    }
+    if let Some(r) = readiness {
+        r.abort();
     }
     store.flush()?;
     result?;

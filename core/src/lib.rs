@@ -13,6 +13,7 @@ pub mod ids;
 pub mod keys;
 pub mod policy;
 pub mod query;
+pub mod readiness;
 pub mod rollout;
 pub mod schemas;
 pub mod token;

@@ -3,11 +3,13 @@
 //! the request as JSON and the reply is a [`QueryReply`].
 
 use crate::events::{
-    ChecksCompleted, EventType, RequiredApprovals, Role, RolloutStage, chain::ChainEntry,
+    ChecksCompleted, EventType, RequiredApprovals, Role, RolloutReadinessMeasured, RolloutStage,
+    chain::ChainEntry,
 };
 use crate::ids::{ActorId, AgentId, ChangeId, EventId, PolicyName, TenantId};
 use crate::keys::KeyId;
 use crate::policy::model::RiskTier;
+use crate::readiness::{ReadinessThresholds, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -178,6 +180,31 @@ pub struct TenantStatus {
     /// Set while the data plane is frozen (gateways keep the bundles they run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_plane_frozen: Option<FreezeView>,
+    /// When a publisher alone may promote a rollout candidate (`tenant_configured`).
+    #[serde(default)]
+    pub rollout_readiness: ReadinessThresholds,
+    /// The candidate's readiness for promotion, while there is a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessView>,
+}
+
+/// A rollout candidate's readiness for promotion to global.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadinessView {
+    pub version: u64,
+    /// When it became the candidate: the time of the event that published it.
+    pub since: String,
+    pub thresholds: ReadinessThresholds,
+    /// The latest `rollout_readiness_measured` the control plane folded for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<RolloutReadinessMeasured>,
+    /// `rollout_promotion_approved` events for it (each counts for any promoter but its signer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ActView>,
+    /// The verdict as of `as_of` (the control plane's clock when it answered). The fold judges
+    /// a promotion as of the promoting event's time instead.
+    pub verdict: Verdict,
+    pub as_of: String,
 }
 
 /// The candidate version of a rollout: its stage and, for `partial`, its cohort.

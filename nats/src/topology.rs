@@ -178,7 +178,8 @@ pub fn changes_subject(tenant: &TenantId, rest: &str) -> Result<String, Topology
 
 /// The subject a change event goes on: `aegis.changes.<tenant>.<suffix>`, the suffix given by
 /// [`EventType::changes_subject_suffix`](aegis_core::events::EventType::changes_subject_suffix)
-/// (`actors`, `config`, `policy.<name>`, `change.<id>`, `control`).
+/// (`actors`, `config`, `policy.<name>`, `change.<id>`, `control`, `issuers`,
+/// `approval.<id>`, `readiness`).
 pub fn change_event_subject(
     tenant: &TenantId,
     event: &aegis_core::events::Event,

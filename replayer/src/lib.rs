@@ -8,6 +8,7 @@ pub mod engine;
 pub mod histogram;
 pub mod html;
 pub mod markdown;
+pub mod readiness;
 pub mod report;
 pub mod run;
 mod schema_check;

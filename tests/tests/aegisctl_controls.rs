@@ -30,8 +30,8 @@ use aegis_core::events::envelope::{format_time, parse_time};
 use aegis_core::events::{
     AgentBlocked, AgentUnblocked, BlockEntry, BundleRef, ChangeApproved, ChangePublished,
     DataPlaneFrozen, DataPlaneUnfrozen, Envelope, Event, ReceivedEnvelope, Role, RollbackRequested,
-    RolloutAborted, RolloutCandidate, RolloutStage, RolloutStageChanged, RuntimeApprovalDecided,
-    TenantControls, ToolBlocked, ToolUnblocked,
+    RolloutAborted, RolloutCandidate, RolloutPromotionApproved, RolloutStage, RolloutStageChanged,
+    RuntimeApprovalDecided, TenantControls, ToolBlocked, ToolUnblocked,
 };
 use aegis_core::ids::{ActorId, AgentId, ChangeId, EventId, TenantId, ToolId};
 use aegis_core::keys::Keypair;
@@ -824,6 +824,20 @@ async fn rollout_kill_switch_and_freeze_commands_publish_signed_control_events()
 
     // The new control events: each lands signed, with exactly this payload.
     let cases: Vec<(Vec<&str>, Event)> = vec![
+        (
+            vec![
+                "rollout",
+                "approve",
+                "--version",
+                "2",
+                "--comment",
+                "disagreements are the new bound",
+            ],
+            Event::RolloutPromotionApproved(RolloutPromotionApproved {
+                version: 2,
+                comment: Some("disagreements are the new bound".into()),
+            }),
+        ),
         (
             vec![
                 "rollout",

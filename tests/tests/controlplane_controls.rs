@@ -239,17 +239,30 @@ async fn rollout_kill_switch_and_data_plane_freeze_reach_the_controls_subject_si
     )
     .await;
 
-    // Global: stable v2, no candidate.
-    let r = accept(
+    // Global: below the default readiness thresholds (7 days, 100 decisions compared) the
+    // publisher alone may not promote; after another actor approves, they may. Stable v2, no
+    // candidate.
+    let promote = RolloutStageChanged {
+        version: 2,
+        stage: RolloutStage::Global,
+        agents: vec![],
+        percent: None,
+    };
+    refuse(
         &js,
-        &pat.sign(RolloutStageChanged {
+        &pat.sign(promote.clone()),
+        "`aegisctl rollout approve --version 2`",
+    )
+    .await;
+    accept(
+        &js,
+        &ops[1].sign(RolloutPromotionApproved {
             version: 2,
-            stage: RolloutStage::Global,
-            agents: vec![],
-            percent: None,
+            comment: None,
         }),
     )
     .await;
+    let r = accept(&js, &pat.sign(promote)).await;
     let c = controls_at(&js, &tenant, &cp_key, &r).await;
     assert_eq!(c.payload.stable.as_ref().map(|b| b.version), Some(2));
     assert_eq!(c.payload.candidate, None);

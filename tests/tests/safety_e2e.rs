@@ -8,7 +8,9 @@
 //!   the other gateway, a second retry is denied, another amount cannot use the grant, and
 //!   `aegisctl block agent planner` stops the planner at both gateways until `unblock`;
 //! - a staged rollout with `aegisctl publish --stage shadow`, `rollout partial`, `rollout abort`
-//!   and `rollout global`, read back from the decision events of two gateways;
+//!   and `rollout global` (refused for the publisher alone below the readiness thresholds,
+//!   accepted after another actor's `rollout approve`), read back from the decision events of
+//!   two gateways;
 //! - a data-plane freeze holding both gateways on their bundle while a new version is
 //!   published, and an emergency rollback by the admin that reaches them.
 //!
@@ -369,6 +371,24 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
         ACME,
         &finance_with_approval_limit(ACME, 5_600),
         aegis_core::events::RolloutStage::Shadow,
+    );
+    // Freshly published, v3 is far below the tenant's readiness thresholds: the publisher
+    // alone is refused and told how to get an approval; once carol approves, pat promotes it.
+    let alone = aegis_rollout_global(&stack, &keys, v3);
+    assert_eq!(alone.code, 5, "{alone:#?}");
+    let told = format!("{}{}", alone.stdout, alone.stderr);
+    assert!(
+        told.contains(&format!("aegisctl rollout approve --version {v3}")),
+        "{alone:#?}"
+    );
+    ok(
+        aegisctl(
+            &stack,
+            &keys,
+            "carol",
+            &["rollout", "approve", "--version", &v3.to_string()],
+        ),
+        "rollout approve",
     );
     ok(aegis_rollout_global(&stack, &keys, v3), "rollout global");
     for gw in &gws {

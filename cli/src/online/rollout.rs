@@ -13,18 +13,28 @@
 //! gateways apply: stable and candidate versions with the cohort, the kill switch, the
 //! data-plane freeze), read with a direct get of `aegis.bundles.<tenant>.controls`; before the
 //! control plane publishes one it derives the versions from the history ([`rollout_view`]).
+//! With a candidate it also shows its readiness for promotion, from the control plane's status
+//! query: candidate since, the latest `rollout_readiness_measured`, the tenant's thresholds, the
+//! verdict with every unmet condition, and the promotion approvals.
+//!
+//! Promotion (`rollout global`) by a publisher alone is accepted when the candidate meets the
+//! tenant's readiness thresholds; below them another actor must first run `rollout approve`
+//! (`rollout_promotion_approved`; approver, publisher or admin). `rollout readiness` measures
+//! the candidate right now, client-side, from the decision stream (the same tally the control
+//! plane's readiness task publishes) and prints the verdict.
 
 use super::render::Table;
 use super::{Client, submit};
-use crate::exit::{CliResult, Exit};
+use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
 use aegis_core::events::{
-    BlockEntry, DataPlaneFreeze, Event, ReceivedEnvelope, RolloutAborted, RolloutStage,
-    RolloutStageChanged, TenantControls,
+    BlockEntry, DataPlaneFreeze, Event, ReadinessThresholds, ReceivedEnvelope, RolloutAborted,
+    RolloutPromotionApproved, RolloutStage, RolloutStageChanged, TenantControls,
 };
 use aegis_core::ids::{AgentId, TenantId};
 use aegis_core::keys::KeyId;
-use aegis_core::query::{TenantStatus, VersionView};
+use aegis_core::query::{ReadinessView, TenantStatus, VersionView};
+use aegis_core::readiness::{Counts, ReadinessEntry, Tally, Verdict, percent, verdict};
 use aegis_nats::topology::{self, BUNDLES_STREAM};
 use serde::Serialize;
 use std::io::{self, Write};
@@ -85,6 +95,43 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Options for `rollout approve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApproveArgs {
+    /// The candidate version whose promotion to global you approve
+    #[arg(long, value_name = "V")]
+    pub version: u64,
+    /// Why, for the record
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+impl super::CommandArgs for ApproveArgs {
+    fn set_json(&mut self, json: bool) {
+        self.json = json;
+    }
+}
+
+/// Options for `rollout readiness`.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ReadinessArgs {
+    /// The version to measure (default: the current candidate)
+    #[arg(long, value_name = "V")]
+    pub version: Option<u64>,
+    /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
+    #[arg(skip)]
+    pub json: bool,
+}
+
+impl super::CommandArgs for ReadinessArgs {
+    fn set_json(&mut self, json: bool) {
+        self.json = json;
+    }
+}
+
 /// The `rollout_stage_changed` event for `stage`.
 pub fn stage_event(
     version: u64,
@@ -120,6 +167,15 @@ pub async fn partial(client: &Client, args: &PartialArgs, out: &mut dyn Write) -
 /// `rollout global`: `--version` becomes the stable version everywhere.
 pub async fn global(client: &Client, args: &StageArgs, out: &mut dyn Write) -> CliResult {
     let event = stage_event(args.version, RolloutStage::Global, Vec::new(), None);
+    submit(client, event, args.json, out).await
+}
+
+/// `rollout approve`: approve promoting the candidate `--version` below the thresholds.
+pub async fn approve(client: &Client, args: &ApproveArgs, out: &mut dyn Write) -> CliResult {
+    let event = Event::RolloutPromotionApproved(RolloutPromotionApproved {
+        version: args.version,
+        comment: args.comment.clone(),
+    });
     submit(client, event, args.json, out).await
 }
 
@@ -176,6 +232,9 @@ pub struct RolloutView {
     /// Why the `tenant_controls` message could not be used, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The candidate's readiness for promotion (from the control plane's status query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessView>,
 }
 
 impl RolloutView {
@@ -209,6 +268,7 @@ impl RolloutView {
                 signed_by,
             },
             note: None,
+            readiness: None,
         }
     }
 }
@@ -249,6 +309,7 @@ pub fn rollout_view(status: &TenantStatus, history: &[VersionView]) -> RolloutVi
         data_plane_frozen: None,
         source: ViewSource::History,
         note: None,
+        readiness: status.readiness.clone(),
     }
 }
 
@@ -287,7 +348,23 @@ pub async fn read_controls(client: &Client) -> Result<Option<(TenantControls, Ke
 pub async fn status(client: &Client, args: &StatusArgs, out: &mut dyn Write) -> CliResult {
     let view = match read_controls(client).await {
         Ok(Some((controls, key))) => {
-            RolloutView::from_controls(client.tenant().clone(), &controls, key)
+            let mut view = RolloutView::from_controls(client.tenant().clone(), &controls, key);
+            // The readiness comes from the control plane; the rest does not need it.
+            match client.status().await {
+                // Only while the control plane's candidate is the one gateways run.
+                Ok(status) => {
+                    view.readiness = status.readiness.filter(|r| {
+                        view.candidate
+                            .as_ref()
+                            .is_some_and(|c| c.version == r.version)
+                    });
+                }
+                Err(e) if view.candidate.is_some() => {
+                    view.note = Some(format!("the candidate's readiness is unknown: {e}"));
+                }
+                Err(_) => {}
+            }
+            view
         }
         other => {
             let status = client.status().await?;
@@ -340,6 +417,9 @@ pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
         }
     }
     table.write(out)?;
+    if let Some(r) = &view.readiness {
+        write_readiness(r, out)?;
+    }
     if derived {
         writeln!(
             out,
@@ -350,6 +430,9 @@ pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
             writeln!(out, "note: {note}")?;
         }
         return Ok(());
+    }
+    if let Some(note) = &view.note {
+        writeln!(out, "note: {note}")?;
     }
     match &view.data_plane_frozen {
         Some(f) => writeln!(
@@ -373,6 +456,216 @@ pub fn write_view(view: &RolloutView, out: &mut dyn Write) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The thresholds in words.
+fn thresholds_line(t: &ReadinessThresholds) -> String {
+    format!(
+        "at least {} day(s) as candidate, at least {} decision(s) compared, at most {} disagreement",
+        t.min_shadow_days,
+        t.min_decisions,
+        percent(u64::from(t.max_disagreement_basis_points))
+    )
+}
+
+/// One line of counts.
+fn counts_line(c: &Counts) -> String {
+    format!(
+        "{} decision(s) compared, {} disagree ({}), {} would be denied by the candidate only",
+        c.decisions,
+        c.disagreements,
+        percent(c.disagreement_basis_points()),
+        c.would_deny
+    )
+}
+
+fn write_entries(what: &str, entries: &[ReadinessEntry], out: &mut dyn Write) -> io::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}/{} ({} would-deny)",
+                e.id, e.disagreements, e.decisions, e.would_deny
+            )
+        })
+        .collect();
+    writeln!(out, "  most disagreements by {what}: {}", list.join(", "))
+}
+
+/// What a verdict means for `rollout global`.
+fn promotion_line(version: u64, verdict: &Verdict, approvers: &[String]) -> String {
+    if verdict.ready {
+        "promotion: a publisher alone may promote it (`aegisctl rollout global`)".to_owned()
+    } else if approvers.is_empty() {
+        format!(
+            "promotion: needs an approval by someone other than the promoter first (`aegisctl rollout approve --version {version}`)"
+        )
+    } else {
+        format!(
+            "promotion: anyone with the publisher role other than {} may promote it (approved)",
+            approvers.join(", ")
+        )
+    }
+}
+
+/// The readiness part of `rollout status`.
+pub fn write_readiness(r: &ReadinessView, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "readiness of candidate {} (candidate since {}):",
+        r.version, r.since
+    )?;
+    match &r.measurement {
+        Some(m) => {
+            writeln!(
+                out,
+                "  measured: {} (decision stream {}..={}, at {})",
+                counts_line(&m.counts()),
+                m.from_sequence,
+                m.to_sequence,
+                m.measured_at
+            )?;
+            write_entries("agent", &m.top_agents, out)?;
+            write_entries("tool", &m.top_tools, out)?;
+        }
+        None => writeln!(
+            out,
+            "  measured: not yet (the control plane measures every --readiness-interval once decisions carry both answers)"
+        )?,
+    }
+    writeln!(out, "  thresholds: {}", thresholds_line(&r.thresholds))?;
+    writeln!(out, "  verdict (as of {}): {}", r.as_of, r.verdict)?;
+    let approvers: Vec<String> = r.approvals.iter().map(|a| a.actor.to_string()).collect();
+    if r.approvals.is_empty() {
+        writeln!(out, "  promotion approvals: none")?;
+    } else {
+        writeln!(out, "  promotion approvals:")?;
+        for a in &r.approvals {
+            match &a.note {
+                Some(n) => writeln!(out, "    {} at {}: {n}", a.actor, a.at)?,
+                None => writeln!(out, "    {} at {}", a.actor, a.at)?,
+            }
+        }
+    }
+    writeln!(out, "{}", promotion_line(r.version, &r.verdict, &approvers))
+}
+
+/// What `rollout readiness` measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Measured {
+    pub tenant: TenantId,
+    pub version: u64,
+    /// When the version became the candidate (its publish).
+    pub since: String,
+    /// The decision-stream sequences read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_sequence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_sequence: Option<u64>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub disagreement_basis_points: u64,
+    pub top_agents: Vec<ReadinessEntry>,
+    pub top_tools: Vec<ReadinessEntry>,
+    pub thresholds: ReadinessThresholds,
+    /// As of now, with these counts.
+    pub verdict: Verdict,
+    pub as_of: String,
+}
+
+/// `rollout readiness`: measures the candidate (or `--version`) right now from the decision
+/// stream and prints the verdict against the tenant's thresholds. Exit 0 whether ready or not.
+pub async fn readiness(client: &Client, args: &ReadinessArgs, out: &mut dyn Write) -> CliResult {
+    let status = client.status().await?;
+    let version = match (args.version, &status.candidate) {
+        (Some(v), _) => v,
+        (None, Some(c)) => c.version,
+        (None, None) => {
+            return Err(CliError::invalid(format!(
+                "tenant `{}` has no rollout in progress; name a version with --version",
+                status.tenant
+            )));
+        }
+    };
+    let history = client.history().await?;
+    let Some(view) = history.iter().find(|v| v.version == version) else {
+        return Err(CliError::invalid(format!(
+            "tenant `{}` has no version {version}",
+            status.tenant
+        )));
+    };
+    let since = aegis_core::events::envelope::parse_time(&view.created_at)
+        .map_err(|e| CliError::failure(format!("version {version}: {e}")))?;
+    let mut tally = Tally::new(version);
+    let bounds = aegis_replayer::slice::Bounds::Time {
+        since: since - time::Duration::minutes(10),
+        until: None,
+    };
+    aegis_replayer::readiness::read_into(
+        client.jetstream(),
+        client.tenant(),
+        bounds,
+        std::time::Duration::from_secs(30),
+        &mut tally,
+    )
+    .await
+    .map_err(|e| CliError {
+        exit: Exit::Unavailable,
+        message: e.to_string(),
+    })?;
+    let now = time::OffsetDateTime::now_utc();
+    let counts = tally.counts();
+    let range = tally.range();
+    let measured = Measured {
+        tenant: status.tenant.clone(),
+        version,
+        since: view.created_at.clone(),
+        from_sequence: range.map(|r| r.0),
+        to_sequence: range.map(|r| r.1),
+        counts,
+        disagreement_basis_points: counts.disagreement_basis_points(),
+        top_agents: tally.top_agents(),
+        top_tools: tally.top_tools(),
+        thresholds: status.rollout_readiness,
+        verdict: verdict(&status.rollout_readiness, since, now, &counts),
+        as_of: aegis_core::events::envelope::format_time(now).unwrap_or_default(),
+    };
+    if args.json {
+        write_json(out, &measured)?;
+        return Ok(Exit::Ok);
+    }
+    writeln!(
+        out,
+        "tenant: {}, version {version} (candidate since {})",
+        measured.tenant, measured.since
+    )?;
+    match range {
+        Some((from, to)) => writeln!(out, "decision stream read: {from}..={to}")?,
+        None => writeln!(
+            out,
+            "decision stream read: nothing since the version's publish"
+        )?,
+    }
+    writeln!(out, "measured now: {}", counts_line(&counts))?;
+    write_entries("agent", &measured.top_agents, out)?;
+    write_entries("tool", &measured.top_tools, out)?;
+    writeln!(out, "thresholds: {}", thresholds_line(&measured.thresholds))?;
+    writeln!(out, "verdict: {}", measured.verdict)?;
+    let approvers: Vec<String> = status
+        .readiness
+        .iter()
+        .filter(|r| r.version == version)
+        .flat_map(|r| r.approvals.iter().map(|a| a.actor.to_string()))
+        .collect();
+    writeln!(
+        out,
+        "{}",
+        promotion_line(version, &measured.verdict, &approvers)
+    )?;
+    Ok(Exit::Ok)
 }
 
 fn cohort_cell(v: &RolloutVersion, derived: bool) -> String {
@@ -513,6 +806,73 @@ mod tests {
         assert_eq!(json["source"]["kind"], "tenant_controls");
         assert_eq!(json["candidate"]["percent"], 10);
         assert_eq!(json["blocked_agents"][0]["id"], "planner");
+    }
+
+    #[test]
+    fn readiness_reads_as_measurement_thresholds_verdict_and_approvals() {
+        use aegis_core::events::RolloutReadinessMeasured;
+        use aegis_core::query::ActView;
+        let measurement = RolloutReadinessMeasured {
+            version: 5,
+            from_sequence: 3,
+            to_sequence: 40,
+            decisions: 200,
+            disagreements: 3,
+            would_deny: 2,
+            measured_at: "2026-11-26T10:00:00.000Z".into(),
+            top_agents: vec![ReadinessEntry {
+                id: "finance-agent".into(),
+                decisions: 150,
+                disagreements: 3,
+                would_deny: 2,
+            }],
+            top_tools: vec![],
+        };
+        let thresholds = ReadinessThresholds::default();
+        let since = time::macros::datetime!(2026-11-25 10:00 UTC);
+        let mut view = ReadinessView {
+            version: 5,
+            since: "2026-11-25T10:00:00.000Z".into(),
+            thresholds,
+            verdict: verdict(
+                &thresholds,
+                since,
+                since + time::Duration::days(1),
+                &measurement.counts(),
+            ),
+            measurement: Some(measurement),
+            approvals: vec![],
+            as_of: "2026-11-26T10:00:00.000Z".into(),
+        };
+        let text = |view: &ReadinessView| {
+            let mut out = Vec::new();
+            write_readiness(view, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let t = text(&view);
+        for needle in [
+            "readiness of candidate 5 (candidate since 2026-11-25T10:00:00.000Z):",
+            "measured: 200 decision(s) compared, 3 disagree (1.50%), 2 would be denied by the candidate only (decision stream 3..=40",
+            "most disagreements by agent: finance-agent 3/150 (2 would-deny)",
+            "thresholds: at least 7 day(s) as candidate, at least 100 decision(s) compared, at most 1.00% disagreement",
+            "not ready: candidate for 1d 0h 0m, at least 7 day(s) needed; disagreement 1.50% (3 of 200 decisions), at most 1.00% allowed",
+            "promotion approvals: none",
+            "`aegisctl rollout approve --version 5`",
+        ] {
+            assert!(t.contains(needle), "{needle:?} in\n{t}");
+        }
+        view.approvals.push(ActView {
+            actor: aegis_core::ids::ActorId::new("carol").unwrap(),
+            at: "2026-11-26T09:00:00.000Z".into(),
+            event_id: aegis_core::ids::EventId::new("evt-1").unwrap(),
+            note: Some("intended".into()),
+        });
+        let t = text(&view);
+        assert!(
+            t.contains("    carol at 2026-11-26T09:00:00.000Z: intended"),
+            "{t}"
+        );
+        assert!(t.contains("other than carol may promote it"), "{t}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! `aegisctl tenant configure`: required approvals per risk tier, bundle expiry, and from which
-//! risk tier a change needs a shadow report before approval.
+//! `aegisctl tenant configure`: required approvals per risk tier, bundle expiry, from which
+//! risk tier a change needs a shadow report before approval, and the rollout readiness
+//! thresholds.
 
 use super::{Client, submit};
 use crate::exit::CliResult;
-use aegis_core::events::{Event, RequiredApprovals, TenantConfigured};
+use aegis_core::events::{Event, ReadinessThresholds, RequiredApprovals, TenantConfigured};
 use aegis_core::policy::model::RiskTier;
 use aegis_core::query::TenantStatus;
+use aegis_core::readiness::percent;
 use std::io::Write;
 
 /// Options for [`configure`]; also the `aegisctl tenant configure` arguments. Unset fields
@@ -30,6 +32,17 @@ pub struct ConfigureArgs {
     /// No change needs a shadow report
     #[arg(long, conflicts_with = "shadow_report_required")]
     pub no_shadow_report_required: bool,
+    /// Rollout readiness: days a candidate must have been in shadow or partial before a
+    /// publisher alone may promote it (default 7)
+    #[arg(long, value_name = "D")]
+    pub min_shadow_days: Option<u32>,
+    /// Rollout readiness: most disagreement between candidate and stable, in basis points of
+    /// the decisions compared (100 = 1%; default 100)
+    #[arg(long, value_name = "BP", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub max_disagreement_basis_points: Option<u32>,
+    /// Rollout readiness: fewest decisions compared (default 100)
+    #[arg(long, value_name = "N")]
+    pub min_decisions: Option<u64>,
     /// Print JSON: set from [`OnlineArgs::json`](super::OnlineArgs::json).
     #[arg(skip)]
     pub json: bool,
@@ -49,6 +62,7 @@ fn parse_tier(text: &str) -> Result<RiskTier, String> {
 /// The settings `args` asks for, starting from the current ones.
 pub fn configured(status: &TenantStatus, args: &ConfigureArgs) -> TenantConfigured {
     let current = status.required_approvals;
+    let readiness = status.rollout_readiness;
     TenantConfigured {
         required_approvals: RequiredApprovals {
             low: args.low.unwrap_or(current.low),
@@ -65,6 +79,13 @@ pub fn configured(status: &TenantStatus, args: &ConfigureArgs) -> TenantConfigur
         } else {
             args.shadow_report_required
                 .or(status.shadow_report_required)
+        },
+        rollout_readiness: ReadinessThresholds {
+            min_shadow_days: args.min_shadow_days.unwrap_or(readiness.min_shadow_days),
+            max_disagreement_basis_points: args
+                .max_disagreement_basis_points
+                .unwrap_or(readiness.max_disagreement_basis_points),
+            min_decisions: args.min_decisions.unwrap_or(readiness.min_decisions),
         },
     }
 }
@@ -88,6 +109,14 @@ pub async fn configure(client: &Client, args: &ConfigureArgs, out: &mut dyn Writ
                 .shadow_report_required
                 .map(|t| format!("{} risk", t.as_str()))
                 .unwrap_or_else(|| "never".to_owned())
+        )?;
+        let r = &event.rollout_readiness;
+        writeln!(
+            out,
+            "rollout readiness (promotion by a publisher alone): at least {} day(s) as candidate, at least {} decision(s) compared, at most {} disagreement",
+            r.min_shadow_days,
+            r.min_decisions,
+            percent(u64::from(r.max_disagreement_basis_points))
         )?;
     }
     submit(client, Event::TenantConfigured(event), args.json, out).await
@@ -120,8 +149,16 @@ mod tests {
             &current,
             &ConfigureArgs {
                 high: Some(3),
+                min_decisions: Some(10),
                 ..ConfigureArgs::default()
             },
+        );
+        assert_eq!(
+            e.rollout_readiness,
+            ReadinessThresholds {
+                min_decisions: 10,
+                ..ReadinessThresholds::default()
+            }
         );
         assert_eq!(
             e.required_approvals,

@@ -7,6 +7,7 @@ use super::roles::Role;
 use crate::ids::{ActorId, AgentId, ChangeId, EventId, PolicyName, ToolId};
 use crate::keys::KeyId;
 use crate::policy::model::RiskTier;
+pub use crate::readiness::{ReadinessEntry, ReadinessThresholds};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -132,6 +133,10 @@ pub struct TenantConfigured {
     /// ([`ShadowReportAttached`]) before anyone may approve them. None: never required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_report_required: Option<RiskTier>,
+    /// When a publisher alone may promote a rollout candidate to global (below these
+    /// thresholds another actor must approve the promotion). Defaults when absent.
+    #[serde(default)]
+    pub rollout_readiness: ReadinessThresholds,
 }
 
 /// An edit of one policy's draft: the newest text of the policy, before it is proposed.
@@ -390,6 +395,55 @@ pub struct RolloutAborted {
     /// The candidate version being aborted (must be the current candidate).
     pub version: u64,
     pub reason: String,
+}
+
+/// The control plane's measurement of a rollout candidate on live decisions (see
+/// [`crate::readiness`]): of the tenant's decision events in the `AEGIS_DECISIONS` stream
+/// sequences `from_sequence..=to_sequence`, how many carried both the candidate's and the
+/// stable version's answer, how many of those disagreed, and how many the candidate would
+/// deny where the stable version did not. Cumulative since the version became the candidate;
+/// the latest one counts. Signed by the control plane's key; on `aegis.changes.<tenant>.readiness`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutReadinessMeasured {
+    /// The candidate version measured.
+    pub version: u64,
+    /// First and last `AEGIS_DECISIONS` stream sequence read for the tenant.
+    pub from_sequence: u64,
+    pub to_sequence: u64,
+    pub decisions: u64,
+    pub disagreements: u64,
+    pub would_deny: u64,
+    /// When the control plane measured (RFC 3339, UTC); informational.
+    pub measured_at: String,
+    /// The agents with the most disagreements (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_agents: Vec<ReadinessEntry>,
+    /// The tools with the most disagreements (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_tools: Vec<ReadinessEntry>,
+}
+
+impl RolloutReadinessMeasured {
+    /// The counts a verdict weighs.
+    pub fn counts(&self) -> crate::readiness::Counts {
+        crate::readiness::Counts {
+            decisions: self.decisions,
+            disagreements: self.disagreements,
+            would_deny: self.would_deny,
+        }
+    }
+}
+
+/// An actor approves promoting the rollout candidate `version` to global before it meets the
+/// tenant's readiness thresholds. It counts for any promoter but its signer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPromotionApproved {
+    /// The candidate version (must be the current candidate).
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// Kill switch: every gateway denies every call by this agent (`agent_blocked`) until
@@ -676,6 +730,8 @@ macro_rules! for_each_event {
             DataPlaneUnfrozen => "data_plane_unfrozen",
             RuntimeApprovalGranted => "runtime_approval_granted",
             RuntimeApprovalDenied => "runtime_approval_denied",
+            RolloutReadinessMeasured => "rollout_readiness_measured",
+            RolloutPromotionApproved => "rollout_promotion_approved",
             BundlePublished => "bundle_published",
             TenantControls => "tenant_controls",
             RuntimeApprovalDecided => "runtime_approval_decided",
@@ -705,7 +761,8 @@ impl EventType {
     }
 
     /// The subject suffix under `aegis.changes.<tenant>.` for a change event: `actors`,
-    /// `config`, `policy.<name>`, `change.<id>`, `control` or `issuers`. None for events on
+    /// `config`, `policy.<name>`, `change.<id>`, `control`, `issuers`, `approval.<id>` or
+    /// `readiness`. None for events on
     /// other streams.
     pub fn changes_subject_suffix(event: &Event) -> Option<String> {
         Some(match event {
@@ -727,6 +784,7 @@ impl EventType {
             | Event::TenantUnfrozen(_)
             | Event::RolloutStageChanged(_)
             | Event::RolloutAborted(_)
+            | Event::RolloutPromotionApproved(_)
             | Event::AgentBlocked(_)
             | Event::AgentUnblocked(_)
             | Event::ToolBlocked(_)
@@ -734,6 +792,7 @@ impl EventType {
             | Event::DataPlaneFrozen(_)
             | Event::DataPlaneUnfrozen(_) => "control".to_owned(),
             Event::TokenIssuerRegistered(_) | Event::TokenIssuerRevoked(_) => "issuers".to_owned(),
+            Event::RolloutReadinessMeasured(_) => "readiness".to_owned(),
             Event::RuntimeApprovalGranted(e) => format!("approval.{}", e.approval_id),
             Event::RuntimeApprovalDenied(e) => format!("approval.{}", e.approval_id),
             Event::BundlePublished(_)

@@ -15,11 +15,13 @@ pub enum Role {
     Admin,
     /// Edits policies and proposes changes.
     Editor,
-    /// Approves or rejects other people's changes, and grants or denies runtime approval
-    /// requests from gateways.
+    /// Approves or rejects other people's changes, grants or denies runtime approval
+    /// requests from gateways, and approves promoting a rollout candidate below the
+    /// tenant's readiness thresholds.
     Approver,
-    /// Publishes approved changes, rolls back, changes rollout stages, freezes, and works the
-    /// kill switch (block and unblock agents and tools, freeze the data plane).
+    /// Publishes approved changes, rolls back, changes rollout stages (and approves someone
+    /// else's promotion), freezes, and works the kill switch (block and unblock agents and
+    /// tools, freeze the data plane).
     Publisher,
     /// Reads everything, changes nothing.
     Auditor,
@@ -71,7 +73,11 @@ impl Role {
             | T::DataPlaneFrozen
             | T::DataPlaneUnfrozen => &[Role::Admin, Role::Publisher],
             T::RuntimeApprovalGranted | T::RuntimeApprovalDenied => &[Role::Admin, Role::Approver],
+            // Another pair of eyes on a promotion below the readiness thresholds: whoever may
+            // approve changes or promote versions (never counted for its own signer).
+            T::RolloutPromotionApproved => &[Role::Admin, Role::Approver, Role::Publisher],
             T::ChecksCompleted
+            | T::RolloutReadinessMeasured
             | T::BundlePublished
             | T::TenantControls
             | T::RuntimeApprovalDecided

@@ -371,6 +371,11 @@ mod tests {
                 },
                 bundle_expiry_days: Some(30),
                 shadow_report_required: Some(RiskTier::High),
+                rollout_readiness: ReadinessThresholds {
+                    min_shadow_days: 3,
+                    max_disagreement_basis_points: 50,
+                    min_decisions: 1000,
+                },
             }
             .into(),
             EventType::PolicyUpserted => PolicyUpserted {
@@ -555,6 +560,31 @@ mod tests {
                 approval_id: "apr-0123456789abcdef0123456789abcdef".into(),
                 call_digest: format!("sha256:{}", sha("call")),
                 reason: "No invoice for this payee".into(),
+            }
+            .into(),
+            EventType::RolloutReadinessMeasured => {
+                let entry = |id: &str| ReadinessEntry {
+                    id: id.into(),
+                    decisions: 120,
+                    disagreements: 4,
+                    would_deny: 3,
+                };
+                RolloutReadinessMeasured {
+                    version: 7,
+                    from_sequence: 1041,
+                    to_sequence: 98_112,
+                    decisions: 40_210,
+                    disagreements: 37,
+                    would_deny: 12,
+                    measured_at: "2026-11-26T10:00:00.000Z".into(),
+                    top_agents: vec![entry("finance-agent")],
+                    top_tools: vec![entry("payments")],
+                }
+                .into()
+            }
+            EventType::RolloutPromotionApproved => RolloutPromotionApproved {
+                version: 7,
+                comment: Some("Disagreements are the intended refund limit".into()),
             }
             .into(),
             EventType::TenantControls => {
