@@ -40,6 +40,12 @@ pub fn aegisctl_bin() -> PathBuf {
         .unwrap_or_else(|e| panic!("{e} (build it: cargo build -p aegisctl)"))
 }
 
+/// `run` must have exited 0 (`what` says which step it was); returns it.
+pub fn ok(run: Run, what: &str) -> Run {
+    assert_eq!(run.code, 0, "{what}: {run:#?}");
+    run
+}
+
 /// `aegisctl args` with a clean Aegis environment plus `env`.
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(aegisctl_bin());

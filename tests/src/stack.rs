@@ -33,7 +33,7 @@ use aegis_nats::topology::{
 use async_nats::jetstream;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -253,6 +253,32 @@ impl Stack {
         let v = self.publish_change_for(tenant, &finance_policy_for(tenant));
         assert_eq!(v, 1, "{}", self.cp.log());
         &self.tenants[tenant]
+    }
+
+    /// Writes acme's operators' and the root admin's signing keys into `dir`
+    /// (`<actor>.key.json`, `root.key.json`), for [`Stack::aegisctl`]; returns `dir`.
+    pub fn write_keys(&self, dir: &Path) -> PathBuf {
+        for op in &self.acme().actors {
+            op.key.write_to_dir(dir, op.actor.as_str()).unwrap();
+        }
+        self.keys.root.write_to_dir(dir, "root").unwrap();
+        dir.to_path_buf()
+    }
+
+    /// Runs the `aegisctl` binary as `actor` of acme (signing key `<keys>/<actor>.key.json`,
+    /// see [`Stack::write_keys`]) against the stack's NATS.
+    pub fn aegisctl(&self, keys: &Path, actor: &str, args: &[&str]) -> crate::cli::Run {
+        let key = keys.join(format!("{actor}.key.json"));
+        let url = self.server.url();
+        crate::cli::run(
+            args,
+            &[
+                ("AEGIS_NATS_URL", url.as_str()),
+                ("AEGIS_TENANT", ACME),
+                ("AEGIS_ACTOR", actor),
+                ("AEGIS_KEY", key.to_str().unwrap()),
+            ],
+        )
     }
 
     /// Runs a future on the stack's runtime.
@@ -682,6 +708,13 @@ async fn history(js: &jetstream::Context, tenant: &TenantId) -> Vec<VersionView>
         Ok(QueryAnswer::History(h)) => h,
         other => panic!("history of {tenant}: {other:?}"),
     }
+}
+
+/// `body` (a decide request) retried with runtime approval `id`.
+pub fn with_approval(body: &Value, id: &str) -> Value {
+    let mut body = body.clone();
+    body["approval_id"] = Value::String(id.to_owned());
+    body
 }
 
 /// Asserts `record` is a valid decision event: `schemas/decision-event.schema.json` and the

@@ -12,39 +12,15 @@
 )]
 
 use aegis_replayer::decision_report;
-use aegis_tests::cli::{Run, run};
-use aegis_tests::stack::{ACME, Stack, WAIT, code, finance_with_approval_limit, pay};
+use aegis_tests::cli::ok;
+use aegis_tests::stack::{
+    ACME, Stack, WAIT, code, finance_with_approval_limit, pay, with_approval,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-fn aegisctl(stack: &Stack, keys: &Path, actor: &str, args: &[&str]) -> Run {
-    let key = keys.join(format!("{actor}.key.json"));
-    let url = stack.server.url();
-    run(
-        args,
-        &[
-            ("AEGIS_NATS_URL", url.as_str()),
-            ("AEGIS_TENANT", ACME),
-            ("AEGIS_ACTOR", actor),
-            ("AEGIS_KEY", key.to_str().unwrap()),
-        ],
-    )
-}
-
-fn ok(run: Run, what: &str) -> Run {
-    assert_eq!(run.code, 0, "{what}: {run:#?}");
-    run
-}
-
-fn with_approval(body: &Value, id: &str) -> Value {
-    let mut body = body.clone();
-    body["approval_id"] = Value::String(id.to_owned());
-    body
-}
 
 #[test]
 fn the_decision_report_counts_versions_and_names_the_approver() {
@@ -74,8 +50,7 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
     assert_eq!(first["decision"], "approval_needed", "{first:#}");
     let id = first["approval"]["id"].as_str().unwrap().to_owned();
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             keys,
             "carol",
             &[
@@ -110,8 +85,7 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
     let lapsed = second["approval"]["id"].as_str().unwrap().to_owned();
     assert_ne!(lapsed, id);
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             keys,
             "carol",
             &["approvals", "grant", &lapsed, "--ttl", "1s"],
@@ -178,7 +152,7 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
         if with_trust {
             args.extend(["--trust", trust.to_str().unwrap()]);
         }
-        ok(aegisctl(&stack, keys, "carol", &args), format).stdout
+        ok(stack.aegisctl(keys, "carol", &args), format).stdout
     };
     let report: Value = serde_json::from_str(&export("json", true)).unwrap();
     decision_report::validate(&report).unwrap();
@@ -279,8 +253,7 @@ fn the_decision_report_counts_versions_and_names_the_approver() {
         .format(&Rfc3339)
         .unwrap();
     let empty = ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             keys,
             "carol",
             &[

@@ -18,50 +18,27 @@ use aegis_core::ids::ChangeId;
 use aegis_core::query::ChangeView;
 use aegis_replayer::CandidateKind;
 use aegis_replayer::report::{Report, validate};
-use aegis_tests::cli::Run;
+use aegis_tests::cli::{Run, ok};
 use aegis_tests::flow::{self, accept, refuse};
 use aegis_tests::stack::{
     ACME, Stack, WAIT, live_revision, pay, unmasked_finance, unmasked_finance_vectors,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
 
-/// `aegisctl <args> --tenant acme --nats URL` with `env`.
-fn ctl(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Run {
+/// `aegisctl <args> --tenant acme --nats URL` as nobody in particular (no signing key).
+fn ctl(stack: &Stack, args: &[&str]) -> Run {
     let url = stack.server.url();
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--tenant", ACME, "--nats", &url]);
-    aegis_tests::cli::run(&all, env)
-}
-
-fn ok(run: &Run) {
-    assert_eq!(
-        run.code, 0,
-        "stdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-}
-
-/// `AEGIS_ACTOR`/`AEGIS_KEY` for `name`, whose signing key is written to `dir`.
-fn identity(dir: &Path, name: &str, key: &aegis_core::keys::Keypair) -> [(String, String); 2] {
-    let path = key.write_to_dir(dir, name).unwrap().signing_key;
-    [
-        ("AEGIS_ACTOR".to_owned(), name.to_owned()),
-        ("AEGIS_KEY".to_owned(), path.display().to_string()),
-    ]
-}
-
-fn env(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
+    aegis_tests::cli::run(&all, &[])
 }
 
 fn change(stack: &Stack, id: &ChangeId) -> ChangeView {
-    let run = ctl(stack, &["changes", "show", id.as_str(), "--json"], &[]);
-    ok(&run);
+    let run = ok(
+        ctl(stack, &["changes", "show", id.as_str(), "--json"]),
+        "changes show --json",
+    );
     serde_json::from_str(&run.stdout).unwrap()
 }
 
@@ -72,10 +49,8 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
     let finance = stack.token("finance-agent", &["planner"]);
     let dir = tempfile::tempdir().unwrap();
     let acme = stack.acme().tenant.clone();
-    let [alice, bob, carol, _pat] = stack.acme().actors.clone();
-    let root = stack.keys.root_operator(&acme);
-    let as_root = identity(dir.path(), "root", &root.key);
-    let as_bob = identity(dir.path(), "bob", &bob.key);
+    let [alice, _bob, carol, _pat] = stack.acme().actors.clone();
+    let keys = stack.write_keys(dir.path());
 
     // Version 2 records replayable payments (no masking, approval above 5,900).
     let v2 = stack.publish_change_with_vectors(
@@ -101,12 +76,14 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
     stack.wait_decisions(&format!("aegis.decisions.{ACME}.>"), &wanted, WAIT);
 
     // The tenant wants a shadow report before a high-risk change is approved.
-    let run = ctl(
-        &stack,
-        &["tenant", "configure", "--shadow-report-required", "high"],
-        &env(&as_root),
+    let run = ok(
+        stack.aegisctl(
+            &keys,
+            "root",
+            &["tenant", "configure", "--shadow-report-required", "high"],
+        ),
+        "tenant configure",
     );
-    ok(&run);
     assert!(
         run.stdout
             .contains("shadow report required from: high risk"),
@@ -129,8 +106,10 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
     let view = change(&stack, &id);
     assert!(view.shadow_report_required, "{view:#?}");
     assert!(view.shadow_reports.is_empty());
-    let run = ctl(&stack, &["changes", "show", id.as_str()], &[]);
-    ok(&run);
+    let run = ok(
+        ctl(&stack, &["changes", "show", id.as_str()]),
+        "changes show",
+    );
     assert!(
         run.stdout.contains("required before approval"),
         "{}",
@@ -138,7 +117,7 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
     );
 
     // Bob may not approve it yet.
-    let run = ctl(&stack, &["approve", id.as_str()], &env(&as_bob));
+    let run = stack.aegisctl(&keys, "bob", &["approve", id.as_str()]);
     assert_eq!(run.code, 5, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("requires a shadow report"),
@@ -148,16 +127,18 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
 
     // Replaying a change attaches its report, so it needs an identity (or --no-attach).
     let from = first.to_string();
-    let replay = |extra: &[&str], who: &[(&str, &str)]| {
+    let replay = |extra: &[&str], who: Option<&str>| {
         let mut args = vec!["replay", "--change", id.as_str(), "--from-seq", &from];
         args.extend(extra);
-        ctl(&stack, &args, who)
+        match who {
+            Some(actor) => stack.aegisctl(&keys, actor, &args),
+            None => ctl(&stack, &args),
+        }
     };
-    let run = replay(&[], &[]);
+    let run = replay(&[], None);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("--actor"), "{}", run.stderr);
-    let run = replay(&["--no-attach"], &[]);
-    ok(&run);
+    let run = ok(replay(&["--no-attach"], None), "replay --no-attach");
     assert!(
         run.stdout.contains("amount_requires_approval"),
         "{}",
@@ -168,8 +149,10 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
     // Bob replays it and attaches the report.
     let file = dir.path().join("report.json");
     let file_arg = file.display().to_string();
-    let run = replay(&["--format", "json", "--output", &file_arg], &env(&as_bob));
-    ok(&run);
+    let run = ok(
+        replay(&["--format", "json", "--output", &file_arg], Some("bob")),
+        "replay --change as bob",
+    );
     assert!(run.stderr.contains("accepted"), "{}", run.stderr);
     let bytes = std::fs::read(&file).unwrap();
     let value: Value = serde_json::from_slice(&bytes).unwrap();
@@ -230,8 +213,10 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
         .collect();
     assert!(pairs.contains(&(DecisionKind::Allow, DecisionKind::ApprovalNeeded, 2)));
     assert!(pairs.contains(&(DecisionKind::Deny, DecisionKind::Deny, 1)));
-    let run = ctl(&stack, &["changes", "show", id.as_str()], &[]);
-    ok(&run);
+    let run = ok(
+        ctl(&stack, &["changes", "show", id.as_str()]),
+        "changes show",
+    );
     for needle in [
         "shadow reports: 1",
         "by bob at",
@@ -261,7 +246,10 @@ fn a_change_is_replayed_its_report_attached_and_required_before_approval() {
     assert_eq!(change(&stack, &id).shadow_reports.len(), 1);
 
     // Now the approvals go through.
-    ok(&ctl(&stack, &["approve", id.as_str()], &env(&as_bob)));
+    ok(
+        stack.aegisctl(&keys, "bob", &["approve", id.as_str()]),
+        "bob approves",
+    );
     stack.block_on(accept(
         &stack.js,
         &carol.sign(aegis_core::events::ChangeApproved {

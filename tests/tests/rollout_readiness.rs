@@ -19,9 +19,8 @@
 
 use aegis_core::events::RolloutStage;
 use aegis_core::ids::TenantId;
-use aegis_core::keys::Keypair;
 use aegis_core::query::{Outcome, QueryAnswer, QueryRequest, ReadinessView};
-use aegis_tests::cli::{Run, run};
+use aegis_tests::cli::{Run, ok};
 use aegis_tests::controlplane::{ControlPlane, eventually, query};
 use aegis_tests::gateway::Gateway;
 use aegis_tests::stack::{
@@ -29,7 +28,6 @@ use aegis_tests::stack::{
     tenant_status, wait_until,
 };
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
 
 /// An IBAN-shaped account with 25 characters after the check digits: the template accepts
 /// 11 to 30, the stricter candidate only 11 to 23.
@@ -71,32 +69,8 @@ fn start() -> (Stack, tempfile::TempDir) {
         ))
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for op in &stack.acme().actors {
-        op.key.write_to_dir(dir.path(), op.actor.as_str()).unwrap();
-    }
-    let root: &Keypair = &stack.keys.root;
-    root.write_to_dir(dir.path(), "root").unwrap();
+    stack.write_keys(dir.path());
     (stack, dir)
-}
-
-/// Runs `aegisctl` as `actor` of acme.
-fn aegisctl(stack: &Stack, keys: &Path, actor: &str, args: &[&str]) -> Run {
-    let key: PathBuf = keys.join(format!("{actor}.key.json"));
-    let url = stack.server.url();
-    run(
-        args,
-        &[
-            ("AEGIS_NATS_URL", url.as_str()),
-            ("AEGIS_TENANT", ACME),
-            ("AEGIS_ACTOR", actor),
-            ("AEGIS_KEY", key.to_str().unwrap()),
-        ],
-    )
-}
-
-fn ok(run: Run, what: &str) -> Run {
-    assert_eq!(run.code, 0, "{what}: {run:#?}");
-    run
 }
 
 /// `aegisctl …` must be refused by the control plane (exit 5); returns what it printed.
@@ -230,7 +204,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
 
     // `rollout status` shows it with the verdict and what is unmet.
     let status = ok(
-        aegisctl(&stack, keys, "pat", &["rollout", "status"]),
+        stack.aegisctl(keys, "pat", &["rollout", "status"]),
         "rollout status",
     );
     for needle in [
@@ -251,7 +225,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
         );
     }
     let json = ok(
-        aegisctl(&stack, keys, "pat", &["rollout", "status", "--json"]),
+        stack.aegisctl(keys, "pat", &["rollout", "status", "--json"]),
         "rollout status --json",
     );
     let view: Value = serde_json::from_str(&json.stdout).unwrap();
@@ -270,7 +244,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
 
     // On demand, client-side: the same counts.
     let now = ok(
-        aegisctl(&stack, keys, "pat", &["rollout", "readiness", "--json"]),
+        stack.aegisctl(keys, "pat", &["rollout", "readiness", "--json"]),
         "rollout readiness",
     );
     let now: Value = serde_json::from_str(&now.stdout).unwrap();
@@ -287,7 +261,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
     );
     assert_eq!(now["verdict"]["ready"], false);
     let text = ok(
-        aegisctl(&stack, keys, "pat", &["rollout", "readiness"]),
+        stack.aegisctl(keys, "pat", &["rollout", "readiness"]),
         "rollout readiness",
     );
     assert!(
@@ -298,7 +272,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
 
     // The publisher alone: refused, with the unmet conditions and the way out.
     let global = ["rollout", "global", "--version", "2"];
-    let told = refused(aegisctl(&stack, keys, "pat", &global), "pat alone");
+    let told = refused(stack.aegisctl(keys, "pat", &global), "pat alone");
     for needle in [
         "does not meet tenant `acme`'s rollout readiness thresholds",
         "at least 7 day(s) needed",
@@ -309,15 +283,10 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
     }
     // Approving it themselves does not help.
     ok(
-        aegisctl(
-            &stack,
-            keys,
-            "pat",
-            &["rollout", "approve", "--version", "2"],
-        ),
+        stack.aegisctl(keys, "pat", &["rollout", "approve", "--version", "2"]),
         "pat approves",
     );
-    let told = refused(aegisctl(&stack, keys, "pat", &global), "pat self-approved");
+    let told = refused(stack.aegisctl(keys, "pat", &global), "pat self-approved");
     assert!(
         told.contains("`pat`'s own approval does not count"),
         "{told}"
@@ -326,8 +295,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
 
     // carol approves; pat promotes; the gateway moves to v2.
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             keys,
             "carol",
             &[
@@ -342,7 +310,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
         "carol approves",
     );
     let status = ok(
-        aegisctl(&stack, keys, "pat", &["rollout", "status"]),
+        stack.aegisctl(keys, "pat", &["rollout", "status"]),
         "rollout status",
     );
     assert!(
@@ -350,7 +318,7 @@ fn a_stricter_candidate_is_measured_live_and_needs_another_actors_approval() {
         "{}",
         status.stdout
     );
-    ok(aegisctl(&stack, keys, "pat", &global), "pat promotes");
+    ok(stack.aegisctl(keys, "pat", &global), "pat promotes");
     gw.wait_version(ACME, 2, WAIT).unwrap();
     let a = decide(&stack, &gw, &pay_to(LONG_ACCOUNT));
     assert_eq!(
@@ -366,8 +334,7 @@ fn a_candidate_that_meets_the_thresholds_is_promoted_by_the_publisher_alone() {
     let keys = keys.path();
     let gw = stack.gateway("gw-ready2");
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             keys,
             "root",
             &[
@@ -392,7 +359,7 @@ fn a_candidate_that_meets_the_thresholds_is_promoted_by_the_publisher_alone() {
     );
     wait_shadow(&gw, v2);
     let global = ["rollout", "global", "--version", "2"];
-    let told = refused(aegisctl(&stack, keys, "pat", &global), "nothing measured");
+    let told = refused(stack.aegisctl(keys, "pat", &global), "nothing measured");
     assert!(
         told.contains("0 decision(s) compared with the stable version, at least 5 needed"),
         "{told}"
@@ -416,7 +383,7 @@ fn a_candidate_that_meets_the_thresholds_is_promoted_by_the_publisher_alone() {
     assert_eq!(next.from_sequence, m.from_sequence);
     assert!(next.to_sequence > m.to_sequence, "{next:#?} after {m:#?}");
     let status = ok(
-        aegisctl(&stack, keys, "pat", &["rollout", "status"]),
+        stack.aegisctl(keys, "pat", &["rollout", "status"]),
         "rollout status",
     );
     assert!(
@@ -427,6 +394,6 @@ fn a_candidate_that_meets_the_thresholds_is_promoted_by_the_publisher_alone() {
         status.stdout
     );
 
-    ok(aegisctl(&stack, keys, "pat", &global), "pat alone promotes");
+    ok(stack.aegisctl(keys, "pat", &global), "pat alone promotes");
     gw.wait_version(ACME, v2, WAIT).unwrap();
 }

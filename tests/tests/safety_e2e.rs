@@ -22,46 +22,16 @@
     clippy::indexing_slicing
 )]
 
-use aegis_core::keys::Keypair;
-use aegis_tests::cli::{Run, run};
+use aegis_tests::cli::{Run, ok};
 use aegis_tests::gateway::Gateway;
-use aegis_tests::stack::{ACME, Stack, WAIT, code, finance_with_approval_limit, pay};
+use aegis_tests::stack::{
+    ACME, Stack, WAIT, code, finance_with_approval_limit, pay, with_approval,
+};
 use aegis_tests::webhook::{bodies, webhook};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Runs `aegisctl` as `actor` of acme (key from `keys`) against the stack's NATS.
-fn aegisctl(stack: &Stack, keys: &Path, actor: &str, args: &[&str]) -> Run {
-    let key = keys.join(format!("{actor}.key.json"));
-    let url = stack.server.url();
-    run(
-        args,
-        &[
-            ("AEGIS_NATS_URL", url.as_str()),
-            ("AEGIS_TENANT", ACME),
-            ("AEGIS_ACTOR", actor),
-            ("AEGIS_KEY", key.to_str().unwrap()),
-        ],
-    )
-}
-
-/// `aegisctl …` must succeed.
-fn ok(run: Run, what: &str) -> Run {
-    assert_eq!(run.code, 0, "{what}: {run:#?}");
-    run
-}
-
-/// Writes acme's operators' and the root admin's signing keys into `dir`.
-fn write_keys(stack: &Stack, dir: &Path) -> PathBuf {
-    for op in &stack.acme().actors {
-        op.key.write_to_dir(dir, op.actor.as_str()).unwrap();
-    }
-    let root: &Keypair = &stack.keys.root;
-    root.write_to_dir(dir, "root").unwrap();
-    dir.to_path_buf()
-}
 
 /// Polls `gw` with `body` until the answer's decision and first reason code are `want`.
 fn until_answer(gw: &Gateway, token: &str, body: &Value, want: (&str, &str)) -> Value {
@@ -101,17 +71,11 @@ fn events(stack: &Stack, answers: &[&Value]) -> Vec<Value> {
     got
 }
 
-fn with_approval(body: &Value, id: &str) -> Value {
-    let mut body = body.clone();
-    body["approval_id"] = Value::String(id.to_owned());
-    body
-}
-
 #[test]
 fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
     let stack = Stack::start();
     let dir = tempfile::tempdir().unwrap();
-    let keys = write_keys(&stack, dir.path());
+    let keys = stack.write_keys(dir.path());
     let (url, received) = webhook();
     let gw1 = Gateway::start(
         &stack
@@ -150,7 +114,7 @@ fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
 
     // It is pending; an editor-only actor may not grant; carol (approver) does.
     let listed = ok(
-        aegisctl(&stack, &keys, "carol", &["approvals", "list"]),
+        stack.aegisctl(&keys, "carol", &["approvals", "list"]),
         "list",
     );
     assert!(
@@ -165,11 +129,10 @@ fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
         ("approval_needed", "approval_pending"),
     );
     assert_eq!(pending["approval"]["id"], id.as_str());
-    let pat = aegisctl(&stack, &keys, "pat", &["approvals", "grant", &id]);
+    let pat = stack.aegisctl(&keys, "pat", &["approvals", "grant", &id]);
     assert_eq!(pat.code, 5, "a publisher is not an approver: {pat:#?}");
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             &keys,
             "carol",
             &[
@@ -204,7 +167,7 @@ fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
     assert_eq!(recorded[0]["approval_id"], id.as_str());
     assert_eq!(recorded[1]["reasons"][0]["code"], "approval_used");
     let listed = ok(
-        aegisctl(&stack, &keys, "carol", &["approvals", "list", "--all"]),
+        stack.aegisctl(&keys, "carol", &["approvals", "list", "--all"]),
         "list --all",
     );
     assert!(listed.stdout.contains("used"), "{listed:#?}");
@@ -213,8 +176,7 @@ fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
     let small = pay(3_000);
     until_answer(&gw1, &token, &small, ("allow", "allowed"));
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             &keys,
             "pat",
             &[
@@ -245,7 +207,7 @@ fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
         "finance-agent without the planner is not blocked: {alone:#}"
     );
     ok(
-        aegisctl(&stack, &keys, "pat", &["unblock", "agent", "planner"]),
+        stack.aegisctl(&keys, "pat", &["unblock", "agent", "planner"]),
         "unblock",
     );
     for gw in [&gw1, &gw2] {
@@ -257,7 +219,7 @@ fn the_walkthrough_approval_granted_once_then_the_planner_blocked_everywhere() {
 fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
     let mut stack = Stack::start();
     let dir = tempfile::tempdir().unwrap();
-    let keys = write_keys(&stack, dir.path());
+    let keys = stack.write_keys(dir.path());
     let gws = [stack.gateway("gw1"), stack.gateway("gw2")];
     let token = stack.token("finance-agent", &["planner"]);
     let call = pay(5_200);
@@ -308,8 +270,7 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
 
     // Partial for finance-agent: the candidate decides for it, the stable one is recorded.
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             &keys,
             "pat",
             &[
@@ -332,15 +293,14 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
         assert_eq!(event["shadow"]["decision"], "approval_needed");
     }
     let status = ok(
-        aegisctl(&stack, &keys, "pat", &["rollout", "status"]),
+        stack.aegisctl(&keys, "pat", &["rollout", "status"]),
         "rollout status",
     );
     assert!(status.stdout.contains("partial"), "{status:#?}");
 
     // Abort: everyone is back on v1, no shadow any more.
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             &keys,
             "pat",
             &[
@@ -382,8 +342,7 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
         "{alone:#?}"
     );
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             &keys,
             "carol",
             &["rollout", "approve", "--version", &v3.to_string()],
@@ -401,8 +360,7 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
     // Data-plane freeze: a new global version (bound 5,100) is published, but both gateways
     // keep v3 until the freeze is lifted.
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             &keys,
             "pat",
             &[
@@ -439,7 +397,7 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
         assert_eq!(answer["decision"], "allow", "still v3's bound");
     }
     ok(
-        aegisctl(&stack, &keys, "pat", &["unfreeze", "--data-plane"]),
+        stack.aegisctl(&keys, "pat", &["unfreeze", "--data-plane"]),
         "unfreeze --data-plane",
     );
     for gw in &gws {
@@ -454,16 +412,14 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
 
     // Emergency rollback to v3's content: a publisher alone may not; the admin may, and it
     // reaches both gateways as a new version.
-    let refused = aegisctl(
-        &stack,
+    let refused = stack.aegisctl(
         &keys,
         "pat",
         &["rollback", "--to", "3", "--reason", "INC-11", "--emergency"],
     );
     assert_eq!(refused.code, 5, "{refused:#?}");
     ok(
-        aegisctl(
-            &stack,
+        stack.aegisctl(
             &keys,
             "root",
             &[
@@ -489,8 +445,7 @@ fn rollout_shadow_partial_abort_global_then_freeze_and_emergency_rollback() {
 }
 
 fn aegis_rollout_global(stack: &Stack, keys: &Path, version: u64) -> Run {
-    aegisctl(
-        stack,
+    stack.aegisctl(
         keys,
         "pat",
         &["rollout", "global", "--version", &version.to_string()],
