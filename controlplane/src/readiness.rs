@@ -64,16 +64,7 @@ pub async fn run(js: jetstream::Context, store: Arc<Store>, fold: FoldConfig, in
 
 /// The records of every tenant with a candidate.
 fn candidates(store: &Store) -> Vec<TenantRecord> {
-    let tenants: Vec<TenantId> = store
-        .scan::<bool>(Family::State, keys::tenants_prefix())
-        .map(|v| {
-            v.into_iter()
-                .filter_map(|(k, _)| {
-                    TenantId::new(k.trim_start_matches(keys::tenants_prefix())).ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let tenants = crate::records::tenant_ids(store);
     tenants
         .iter()
         .filter_map(|t| {

@@ -305,3 +305,17 @@ pub mod keys {
         format!("audit/{t}")
     }
 }
+
+/// Every tenant the store knows (an unreadable store reads as none: callers retry later).
+pub fn tenant_ids(store: &crate::store::Store) -> Vec<TenantId> {
+    store
+        .scan::<bool>(crate::store::Family::State, keys::tenants_prefix())
+        .map(|v| {
+            v.into_iter()
+                .filter_map(|(k, _)| {
+                    TenantId::new(k.trim_start_matches(keys::tenants_prefix())).ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -383,16 +383,7 @@ impl Reactor {
     }
 
     fn tenants(&self) -> Vec<TenantId> {
-        self.store
-            .scan::<bool>(Family::State, keys::tenants_prefix())
-            .map(|v| {
-                v.into_iter()
-                    .filter_map(|(k, _)| {
-                        TenantId::new(k.trim_start_matches(keys::tenants_prefix())).ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::records::tenant_ids(&self.store)
     }
 
     /// Whether the fold has reached the end of `AEGIS_CHANGES` as it is now. Only then is a
