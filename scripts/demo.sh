@@ -235,7 +235,7 @@ until_code allowed AEGIS_DEMO_TOKEN 3000
 decide_expect 200 allow - "pay 3,000 USD again after unblock" AEGIS_DEMO_TOKEN 3000
 
 section "every decision is an event: aegisctl tail reads them back from NATS"
-run aegisctl tail --tenant acme --from-start --limit 20 --format table
+run aegisctl tail --tenant acme --from-start --no-follow --format table
 run aegisctl up --down --dir "$UP_DIR"
 UP_DIR=""
 unset AEGIS_UP_DIR AEGIS_NATS_URL AEGIS_GATEWAY_URL AEGIS_DEMO_TOKEN AEGIS_TENANT AEGIS_KEYS_DIR \

@@ -577,6 +577,36 @@ async fn tail_from_start_filters_and_prints_the_stored_json_lines() {
         [id(1), id(2), rej.clone(), id(3), id(4), id(5)]
     );
 
+    // --no-follow: everything stored, then exit (no --limit needed); nothing stored: at once.
+    let run = aegisctl(
+        &["tail", "--tenant", "acme", "--from-start", "--no-follow"],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), expected);
+    let run = aegisctl(
+        &[
+            "tail",
+            "--tenant",
+            "acme",
+            "--tenant",
+            "globex",
+            "--from-start",
+            "--no-follow",
+        ],
+        &env,
+        dir.path(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 7, "{}", run.stdout);
+    let run = aegisctl(
+        &["tail", "--tenant", "initech", "--from-start", "--no-follow"],
+        &env,
+        dir.path(),
+    );
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+
     // --decision: only those decisions, bundle rejections left out.
     let run = aegisctl(
         &[

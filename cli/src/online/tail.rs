@@ -25,8 +25,8 @@ use async_nats::jetstream::consumer::push::{Ordered, OrderedConfig, OrderedError
 use async_nats::jetstream::{self, ErrorCode};
 use futures::StreamExt;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::pin::Pin;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -72,6 +72,10 @@ pub struct TailArgs {
     /// Exit after printing N matching records
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// Exit once it has caught up with the stream (every stored record printed) instead of
+    /// following new ones: with --from-start or --since, "what is there now"
+    #[arg(long)]
+    pub no_follow: bool,
 }
 
 fn parse_decision(text: &str) -> Result<DecisionKind, String> {
@@ -246,20 +250,35 @@ pub async fn run(
 ) -> CliResult {
     let filters = args.filters()?;
     let policy = args.deliver_policy(OffsetDateTime::now_utc());
-    let mut streams: Vec<Pin<Box<Ordered>>> = Vec::new();
-    for filter in &filters {
-        let (messages, _) = ordered(js, DECISIONS_STREAM, filter, policy, "aegisctl-tail").await?;
-        streams.push(Box::pin(messages));
+    let mut streams = Vec::new();
+    // With --no-follow: the consumers that still have records stored before the start.
+    let mut behind: BTreeSet<usize> = BTreeSet::new();
+    for (i, filter) in filters.iter().enumerate() {
+        let (messages, pending) =
+            ordered(js, DECISIONS_STREAM, filter, policy, "aegisctl-tail").await?;
+        if pending > 0 {
+            behind.insert(i);
+        }
+        streams.push(Box::pin(messages.map(move |m| (i, m))));
     }
     if format == TailFormat::Table && !emit(out, &table_header())? {
         return Ok(Exit::Ok);
     }
-    if args.limit == Some(0) {
+    if args.limit == Some(0) || (args.no_follow && behind.is_empty()) {
         return Ok(Exit::Ok);
     }
     let mut all = futures::stream::select_all(streams);
     let mut shown: u64 = 0;
-    while let Some(next) = all.next().await {
+    while let Some((consumer, next)) = all.next().await {
+        let caught_up = |m: &async_nats::jetstream::Message| {
+            args.no_follow && m.info().is_ok_and(|i| i.pending == 0)
+        };
+        if let Ok(m) = &next
+            && caught_up(m)
+        {
+            behind.remove(&consumer);
+        }
+        let done = args.no_follow && behind.is_empty();
         let message = match next {
             Ok(m) => m,
             Err(e) if matches!(e.kind(), OrderedErrorKind::MissingHeartbeat) => {
@@ -287,24 +306,28 @@ pub async fn run(
                     "warning: {subject} (stream sequence {}) is not JSON; skipped",
                     seq()
                 )?;
+                if done {
+                    return Ok(Exit::Ok);
+                }
                 continue;
             }
-            Err(_) if args.selects_decisions() => continue,
-            Err(_) => (other_line(subject, "not JSON", seq()), false),
-            Ok(record) if !args.matches(&record) => continue,
+            Err(_) if args.selects_decisions() => (None, false),
+            Err(_) => (Some(other_line(subject, "not JSON", seq())), false),
+            Ok(record) if !args.matches(&record) => (None, false),
             Ok(record) => match format {
-                TailFormat::Json => (json_line(raw, &record)?, true),
-                TailFormat::Table => (table_line(subject, &record, seq()), true),
+                TailFormat::Json => (Some(json_line(raw, &record)?), true),
+                TailFormat::Table => (Some(table_line(subject, &record, seq())), true),
             },
         };
-        if !emit(out, &line)? {
+        if let Some(line) = line
+            && !emit(out, &line)?
+        {
             return Ok(Exit::Ok);
         }
-        if !counts {
-            continue;
+        if counts {
+            shown = shown.saturating_add(1);
         }
-        shown = shown.saturating_add(1);
-        if args.limit.is_some_and(|limit| shown >= limit) {
+        if done || args.limit.is_some_and(|limit| shown >= limit) {
             return Ok(Exit::Ok);
         }
     }
