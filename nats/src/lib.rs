@@ -2,6 +2,7 @@
 
 pub mod conf;
 pub mod connect;
+pub mod ordered;
 pub mod provision;
 pub mod publish;
 pub mod topology;

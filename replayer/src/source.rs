@@ -9,11 +9,11 @@
 
 use crate::slice::{Bounds, Filter, SliceSpec};
 use aegis_core::decision_log::{BUNDLE_REJECTED_TYPE, DECISION_TYPE, DecisionEvent};
-use aegis_core::ids::EventId;
+use aegis_nats::ordered::ConsumeError;
 use aegis_nats::topology::{self, DECISIONS_STREAM};
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::push::{Ordered, OrderedConfig, OrderedErrorKind};
-use async_nats::jetstream::{self, ErrorCode};
+use async_nats::jetstream::consumer::push::{Ordered, OrderedErrorKind};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::pin::Pin;
@@ -46,6 +46,17 @@ pub enum SourceError {
         "no record arrived from {DECISIONS_STREAM} for {idle:?} while {remaining} were still due"
     )]
     Stalled { idle: Duration, remaining: u64 },
+}
+
+impl From<ConsumeError> for SourceError {
+    fn from(e: ConsumeError) -> SourceError {
+        match e {
+            ConsumeError::Random(detail) => SourceError::Random(detail),
+            ConsumeError::NoStream { .. } => SourceError::NoStream,
+            ConsumeError::TimedOut { filter, .. } => SourceError::TimedOut { filter },
+            ConsumeError::Failed { filter, detail, .. } => SourceError::Failed { filter, detail },
+        }
+    }
 }
 
 /// Why a record of the slice is not replayed at all (as opposed to a decision that is read
@@ -177,43 +188,14 @@ impl SliceReader {
             },
             Bounds::Time { since, .. } => DeliverPolicy::ByStartTime { start_time: since },
         };
-        let failed = |detail: String| SourceError::Failed {
-            filter: filter_subject.clone(),
-            detail,
-        };
-        let name = EventId::random()
-            .map(|id| format!("aegis-replay-{}", id.as_str().trim_start_matches("evt-")))
-            .map_err(|e| SourceError::Random(e.to_string()))?;
-        let stream = js
-            .get_stream_no_info(DECISIONS_STREAM)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                name: Some(name),
-                filter_subject: filter_subject.clone(),
-                deliver_subject: js.client().new_inbox(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                use async_nats::jetstream::stream::ConsumerErrorKind as K;
-                match e.kind() {
-                    K::TimedOut => SourceError::TimedOut {
-                        filter: filter_subject.clone(),
-                    },
-                    K::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
-                        SourceError::NoStream
-                    }
-                    _ => failed(e.to_string()),
-                }
-            })?;
-        let remaining = consumer.cached_info().num_pending;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let (messages, remaining) = aegis_nats::ordered::ordered(
+            js,
+            DECISIONS_STREAM,
+            &filter_subject,
+            deliver_policy,
+            "aegis-replay",
+        )
+        .await?;
         Ok(SliceReader {
             messages: Box::pin(messages),
             filter_subject,

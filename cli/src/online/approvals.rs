@@ -19,7 +19,6 @@
 //! plane's signature is not checked here: gateways check it before they honour a grant).
 
 use super::render::{Table, truncate};
-use super::tail::{ConsumeError, ordered};
 use super::{Client, outcome_exit, outcome_line};
 use crate::duration::parse_duration;
 use crate::exit::{CliError, CliResult, Exit};
@@ -29,6 +28,7 @@ use aegis_core::events::envelope::format_time;
 use aegis_core::events::{Event, RuntimeApprovalDenied, RuntimeApprovalGranted};
 use aegis_core::ids::TenantId;
 use aegis_core::query::EventRecord;
+use aegis_nats::ordered::{ConsumeError, ordered};
 use aegis_nats::topology::{self, APPROVALS_STREAM};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::DeliverPolicy;

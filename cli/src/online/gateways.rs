@@ -24,7 +24,6 @@
 //! the command exits [`Exit::NotConverged`] (8). `--wait` polls until converged.
 
 use super::render::{Table, truncate};
-use super::tail::{ConsumeError, ordered};
 use crate::duration::{human, parse_duration};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
@@ -34,6 +33,7 @@ use aegis_core::heartbeat::Heartbeat;
 use aegis_core::ids::TenantId;
 use aegis_core::keys::TrustStore;
 use aegis_nats::ReadError;
+use aegis_nats::ordered::{ConsumeError, ordered};
 use aegis_nats::topology::{self, BUNDLES_STREAM, GATEWAYS_KV, kv_stream};
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::DeliverPolicy;
