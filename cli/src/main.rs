@@ -1271,7 +1271,7 @@ mod tests {
             (args.version, args.slice.from_seq, args.slice.to_seq),
             (Some(3), Some(2), None)
         );
-        assert_eq!(args.tools.len(), 1);
+        assert_eq!(args.filter.tools.len(), 1);
         assert_eq!(args.format, Some(replay::ReplayFormat::Markdown));
         assert_eq!(args.output, None);
         let Command::Replay { args, .. } = parse(&[

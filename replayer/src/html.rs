@@ -7,6 +7,7 @@
 
 use crate::candidate::CandidateKind;
 use crate::engine::GroupCounts;
+use crate::markdown::{num, pct};
 use crate::report::{BoundsView, ParamHistogram, Report, ThresholdStatus};
 use aegis_core::decision::DecisionKind;
 use std::collections::BTreeMap;
@@ -53,18 +54,6 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
-}
-
-fn pct(rate: Option<f64>) -> String {
-    rate.map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", r * 100.0))
-}
-
-fn num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else {
-        format!("{v}")
-    }
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {

@@ -4,11 +4,13 @@
 use crate::report::{ParamHistogram, Report};
 use std::fmt::Write as _;
 
-fn pct(rate: Option<f64>) -> String {
+/// A rate as a percentage with two decimals, `n/a` without one.
+pub(crate) fn pct(rate: Option<f64>) -> String {
     rate.map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", r * 100.0))
 }
 
-fn num(v: f64) -> String {
+/// A number without a fraction when it has none.
+pub(crate) fn num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
     } else {

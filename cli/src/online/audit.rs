@@ -1142,15 +1142,9 @@ pub struct ReplayArgs {
     /// The slice of the decision log
     #[command(flatten)]
     pub slice: super::slice_args::SliceArgs,
-    /// Only decisions of this agent (repeatable: any of them)
-    #[arg(long = "agent", value_name = "A")]
-    pub agents: Vec<aegis_core::ids::AgentId>,
-    /// Only decisions on this tool (repeatable: any of them)
-    #[arg(long = "tool", value_name = "T")]
-    pub tools: Vec<aegis_core::ids::ToolId>,
-    /// Only these recorded decisions: allow, deny, sanitize, approval_needed (repeatable)
-    #[arg(long = "decision", value_name = "D", value_parser = super::slice_args::parse_decision)]
-    pub decisions: Vec<aegis_core::decision::DecisionKind>,
+    /// Which recorded decisions of the slice count
+    #[command(flatten)]
+    pub filter: super::slice_args::FilterArgs,
     /// List at most N disagreements (the first ones in stream order) [default: all]; all are
     /// counted either way
     #[arg(long, value_name = "N")]
@@ -1172,16 +1166,7 @@ impl super::CommandArgs for ReplayArgs {
 impl ReplayArgs {
     /// The slice the arguments describe.
     pub fn spec(&self, tenant: TenantId) -> Result<aegis_replayer::SliceSpec, CliError> {
-        let bounds = self.slice.bounds()?;
-        Ok(aegis_replayer::SliceSpec {
-            tenant,
-            bounds,
-            filter: aegis_replayer::Filter {
-                agents: self.agents.clone(),
-                tools: self.tools.clone(),
-                decisions: self.decisions.clone(),
-            },
-        })
+        self.slice.spec(tenant, &self.filter)
     }
 }
 

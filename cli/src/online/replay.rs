@@ -8,15 +8,12 @@ use super::{Client, outcome_exit, outcome_line};
 use crate::exit::{CliError, CliResult, Exit};
 use crate::output::write_json;
 use aegis_core::bundle::sha256_hex;
-use aegis_core::decision::DecisionKind;
 use aegis_core::events::Event;
-use aegis_core::ids::{AgentId, ChangeId, ToolId};
+use aegis_core::ids::ChangeId;
 use aegis_core::keys::TrustStore;
 use aegis_replayer::engine::EngineOptions;
 use aegis_replayer::source::SourceError;
-use aegis_replayer::{
-    Candidate, CandidateError, Filter, ReplayError, SliceSpec, html, mark_thresholds, markdown,
-};
+use aegis_replayer::{Candidate, CandidateError, ReplayError, html, mark_thresholds, markdown};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -61,15 +58,9 @@ pub struct ReplayArgs {
     /// The slice of the decision log
     #[command(flatten)]
     pub slice: super::slice_args::SliceArgs,
-    /// Only decisions of this agent (repeatable: any of them)
-    #[arg(long = "agent", value_name = "A")]
-    pub agents: Vec<AgentId>,
-    /// Only decisions on this tool (repeatable: any of them)
-    #[arg(long = "tool", value_name = "T")]
-    pub tools: Vec<ToolId>,
-    /// Only these recorded decisions: allow, deny, sanitize, approval_needed (repeatable)
-    #[arg(long = "decision", value_name = "D", value_parser = super::slice_args::parse_decision)]
-    pub decisions: Vec<DecisionKind>,
+    /// Which recorded decisions of the slice count
+    #[command(flatten)]
+    pub filter: super::slice_args::FilterArgs,
     /// Output format [default: markdown, or json with --json]
     #[arg(long, value_enum)]
     pub format: Option<ReplayFormat>,
@@ -158,7 +149,7 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
             "--change attaches the report to the change as a signed event: give --actor and --key (or --no-attach to only print it)",
         ));
     }
-    let bounds = args.slice.bounds()?;
+    let spec = args.slice.spec(tenant.clone(), &args.filter)?;
     let trust = args.trust.as_deref().map(load_trust).transpose()?;
     let candidate = if let Some(file) = &args.bundle {
         require_trust(trust.as_ref(), "the bundle")?;
@@ -185,15 +176,6 @@ pub async fn run(client: &Client, args: &ReplayArgs, out: &mut dyn Write) -> Cli
         Candidate::from_change(&set, &tenant).map_err(candidate_error)?
     } else {
         Candidate::from_policy_tree(&args.policies, &tenant).map_err(candidate_error)?
-    };
-    let spec = SliceSpec {
-        tenant,
-        bounds,
-        filter: Filter {
-            agents: args.agents.clone(),
-            tools: args.tools.clone(),
-            decisions: args.decisions.clone(),
-        },
     };
     let options = EngineOptions {
         workers: args.workers,

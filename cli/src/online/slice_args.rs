@@ -3,7 +3,8 @@
 
 use crate::exit::CliError;
 use aegis_core::decision::DecisionKind;
-use aegis_replayer::Bounds;
+use aegis_core::ids::{AgentId, TenantId, ToolId};
+use aegis_replayer::{Bounds, Filter, SliceSpec};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -51,6 +52,36 @@ impl SliceArgs {
                 "give a sequence range (--from-seq/--to-seq) or a time range (--since/--until), not both",
             )),
         }
+    }
+}
+
+/// `--agent`, `--tool`, `--decision`: which recorded decisions of the slice count
+/// (`replay`, `audit replay`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct FilterArgs {
+    /// Only decisions of this agent (repeatable: any of them)
+    #[arg(long = "agent", value_name = "A")]
+    pub agents: Vec<AgentId>,
+    /// Only decisions on this tool (repeatable: any of them)
+    #[arg(long = "tool", value_name = "T")]
+    pub tools: Vec<ToolId>,
+    /// Only these recorded decisions: allow, deny, sanitize, approval_needed (repeatable)
+    #[arg(long = "decision", value_name = "D", value_parser = parse_decision)]
+    pub decisions: Vec<DecisionKind>,
+}
+
+impl SliceArgs {
+    /// The slice of `tenant`'s decisions these bounds and `filter` describe.
+    pub fn spec(&self, tenant: TenantId, filter: &FilterArgs) -> Result<SliceSpec, CliError> {
+        Ok(SliceSpec {
+            tenant,
+            bounds: self.bounds()?,
+            filter: Filter {
+                agents: filter.agents.clone(),
+                tools: filter.tools.clone(),
+                decisions: filter.decisions.clone(),
+            },
+        })
     }
 }
 
